@@ -1,0 +1,43 @@
+{
+  "targets": [
+    {
+      "target_name": "kvxfer",
+      "sources": [
+        "native/addon.cc",
+        "native/agent.cc",
+        "native/errors.cc",
+        "native/descs.cc",
+        "native/progress.cc",
+        "native/ucx/ucx_engine.cc",
+        "native/ucx/ucx_metadata.cc",
+        "native/ucx/ucx_info.cc"
+      ],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")",
+        "native"
+      ],
+      "defines": [
+        "NAPI_VERSION=8",
+        "NODE_ADDON_API_DISABLE_DEPRECATED",
+        "NODE_ADDON_API_ENABLE_TYPE_CHECK_ON_AS"
+      ],
+      "dependencies": [
+        "<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"
+      ],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
+      "cflags": ["-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
+      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
+      "conditions": [
+        ["OS=='linux'", {
+          "cflags_cc+": ["<!@(pkg-config --cflags ucx 2>/dev/null || true)"],
+          "libraries": [
+            "<!@(pkg-config --libs ucx 2>/dev/null || echo '-lucp -luct -lucs')",
+            "-ldl",
+            "-lpthread"
+          ]
+        }]
+      ]
+    }
+  ]
+}

@@ -1,0 +1,85 @@
+import { ErrorCode, KvxferError, invalidArg } from './errors';
+
+/** What every asynchronous call accepts. */
+export interface OperationOptions {
+  /** Rejects with ERR_ABORTED when this signal aborts. */
+  signal?: AbortSignal;
+  /** Rejects with ERR_TIMEOUT after this many milliseconds. */
+  timeoutMs?: number;
+}
+
+export function checkBounds(options: OperationOptions | undefined): void {
+  if (options === undefined) return;
+  if (typeof options !== 'object' || options === null) throw invalidArg('options must be an object');
+  const { timeoutMs, signal } = options;
+  if (timeoutMs !== undefined && !(typeof timeoutMs === 'number' && timeoutMs >= 0 && Number.isFinite(timeoutMs))) {
+    throw invalidArg('timeoutMs must be a non-negative finite number');
+  }
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidArg('signal must be an AbortSignal');
+}
+
+export function abortedError(what: string, signal: AbortSignal): KvxferError {
+  return new KvxferError(ErrorCode.ABORTED, `${what} was aborted`, { cause: signal.reason });
+}
+
+/**
+ * Settles a promise exactly once, from whichever comes first: the operation,
+ * its timeout, or its abort signal. The operation itself may go on (a posted
+ * transfer still pins its memory until the engine lets go); only the caller
+ * stops waiting.
+ */
+export class Bounded<T> {
+  readonly promise: Promise<T>;
+  #resolve!: (value: T) => void;
+  #reject!: (error: unknown) => void;
+  #timer: NodeJS.Timeout | undefined;
+  #signal: AbortSignal | undefined;
+  #onAbort: (() => void) | undefined;
+  settled = false;
+
+  constructor(what: string, options: OperationOptions | undefined, onGiveUp?: () => void) {
+    this.promise = new Promise<T>((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+    });
+    const signal = options?.signal;
+    if (signal?.aborted) {
+      this.reject(abortedError(what, signal));
+      return;
+    }
+    if (options?.timeoutMs !== undefined) {
+      this.#timer = setTimeout(() => {
+        this.reject(new KvxferError(ErrorCode.TIMEOUT, `${what} timed out after ${options.timeoutMs} ms`));
+        onGiveUp?.();
+      }, options.timeoutMs);
+    }
+    if (signal !== undefined) {
+      this.#signal = signal;
+      this.#onAbort = () => {
+        this.reject(abortedError(what, signal));
+        onGiveUp?.();
+      };
+      signal.addEventListener('abort', this.#onAbort, { once: true });
+    }
+  }
+
+  resolve(value: T): void {
+    if (this.settled) return;
+    this.#finish();
+    this.#resolve(value);
+  }
+
+  reject(error: unknown): void {
+    if (this.settled) return;
+    this.#finish();
+    this.#reject(error);
+  }
+
+  #finish(): void {
+    this.settled = true;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    if (this.#signal !== undefined && this.#onAbort !== undefined) {
+      this.#signal.removeEventListener('abort', this.#onAbort);
+    }
+  }
+}

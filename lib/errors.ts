@@ -1,0 +1,59 @@
+/** The stable error codes of kvxfer. */
+export const ErrorCode = {
+  INVALID_ARG: 'ERR_INVALID_ARG',
+  NOT_REGISTERED: 'ERR_NOT_REGISTERED',
+  OUT_OF_RANGE: 'ERR_OUT_OF_RANGE',
+  UNKNOWN_PEER: 'ERR_UNKNOWN_PEER',
+  BAD_METADATA: 'ERR_BAD_METADATA',
+  PEER_UNREACHABLE: 'ERR_PEER_UNREACHABLE',
+  TIMEOUT: 'ERR_TIMEOUT',
+  ABORTED: 'ERR_ABORTED',
+  CLOSED: 'ERR_CLOSED',
+  BUSY: 'ERR_BUSY',
+  ENGINE: 'ERR_ENGINE',
+} as const;
+
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+export interface KvxferErrorDetails {
+  /** The engine's own name for the failure, e.g. `UCS_ERR_CONNECTION_RESET`. */
+  engineStatus?: string;
+  /** The engine's own status number. */
+  engineCode?: number;
+  cause?: unknown;
+}
+
+/**
+ * Every error kvxfer raises, synchronous or asynchronous, native or not.
+ * Branch on `code`; `message` is for people.
+ */
+export class KvxferError extends Error {
+  readonly code: ErrorCode;
+  readonly engineStatus?: string;
+  readonly engineCode?: number;
+
+  constructor(code: ErrorCode, message: string, details: KvxferErrorDetails = {}) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.name = 'KvxferError';
+    this.code = code;
+    if (details.engineStatus !== undefined) this.engineStatus = details.engineStatus;
+    if (details.engineCode !== undefined) this.engineCode = details.engineCode;
+  }
+}
+
+/**
+ * Errors of asynchronous operations are created on the owner thread's
+ * schedule, far from the caller. This puts the caller's stack (captured
+ * cheaply as an Error when the call was made) under the message instead.
+ */
+export function withCallerStack(error: KvxferError, caller: Error | undefined): KvxferError {
+  if (caller?.stack !== undefined) {
+    const frames = caller.stack.slice(caller.stack.indexOf('\n') + 1);
+    error.stack = `${error.name}: ${error.message}\n${frames}`;
+  }
+  return error;
+}
+
+export function invalidArg(message: string): KvxferError {
+  return new KvxferError(ErrorCode.INVALID_ARG, message);
+}

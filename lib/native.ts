@@ -1,0 +1,102 @@
+/**
+ * The one place that loads the compiled addon and declares its surface.
+ * Nothing else imports the .node file.
+ */
+import * as path from 'node:path';
+import { ErrorCode, KvxferError } from './errors';
+
+/** Events delivered in batches from the owner thread. */
+export interface NativeOperationEvent {
+  kind: 0;
+  token: number;
+  error?: KvxferError;
+  value?: string;
+}
+export interface NativeNotificationEvent {
+  kind: 1;
+  peer: string;
+  data: Buffer;
+}
+export interface NativePeerFailedEvent {
+  kind: 2;
+  peer: string;
+  error: KvxferError;
+}
+export type NativeEvent = NativeOperationEvent | NativeNotificationEvent | NativePeerFailedEvent;
+
+/**
+ * `done` holds [token, durationNs] pairs of operations that succeeded: the
+ * hot path allocates no object per transfer. `others` holds the rest, in the
+ * order they happened.
+ */
+export type NativeEventHandler = (done: Float64Array, others: NativeEvent[]) => void;
+
+export interface NativeAgent {
+  start(): number;
+  /** -> [token, regionId, address] */
+  registerMemory(bytes: Uint8Array): [number, number, bigint];
+  registerAddress(kind: number, address: bigint, length: number | bigint, device: number): [number, number, bigint];
+  allocate(length: number | bigint): [number, number, bigint];
+  deregister(regionId: number): number;
+  view(regionId: number, offset: number | bigint, length: number | bigint): Buffer;
+  metadata(): Buffer;
+  loadPeer(blob: Uint8Array): number;
+  forgetPeer(name: string): void;
+  /** -> [transferId, bytes] */
+  prepare(op: number, local: Uint8Array, remote: Uint8Array, peer: string, notify?: Uint8Array): [number, number];
+  post(transferId: number): number;
+  release(transferId: number): void;
+  notify(peer: string, message: Uint8Array): number;
+  close(): number;
+  /** Keep the event loop alive while JS waits for something native. */
+  hold(): void;
+  unhold(): void;
+}
+
+export interface NativeUcxInfo {
+  version: string;
+  transports: { name: string; device: string }[];
+}
+
+interface Binding {
+  NativeAgent: new (name: string, transports: string, onEvents: NativeEventHandler) => NativeAgent;
+  setErrorClass(ctor: typeof KvxferError): void;
+  info(): { ucx: NativeUcxInfo };
+}
+
+function explainLoadFailure(error: unknown): KvxferError {
+  const message = error instanceof Error ? error.message : String(error);
+  let hint: string;
+  if (/lib(ucp|uct|ucs|ucm)\.so/.test(message)) {
+    hint =
+      'UCX is not installed or not on the loader path. On Debian/Ubuntu: `apt-get install libucx0` ' +
+      '(or libucx-dev to build from source); elsewhere, point LD_LIBRARY_PATH at the lib/ of your UCX installation.';
+  } else if (/No native build was found/.test(message)) {
+    hint =
+      'no prebuilt binary matches this platform and the addon was not built. Build it with `npm rebuild kvxfer`, ' +
+      'which needs libucx-dev, pkg-config, g++, make and python3 (Debian/Ubuntu: `apt-get install libucx-dev pkg-config g++ make python3`).';
+  } else {
+    hint = 'the native addon could not be loaded.';
+  }
+  return new KvxferError(ErrorCode.ENGINE, `kvxfer: ${hint}\n  cause: ${message}`, { cause: error });
+}
+
+function load(): Binding {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const nodeGypBuild = require('node-gyp-build') as (dir: string) => Binding;
+    const binding = nodeGypBuild(path.join(__dirname, '..'));
+    binding.setErrorClass(KvxferError);
+    return binding;
+  } catch (error) {
+    throw explainLoadFailure(error);
+  }
+}
+
+let cached: Binding | undefined;
+
+/** The addon, loaded on first use so that importing kvxfer never throws. */
+export function binding(): Binding {
+  cached ??= load();
+  return cached;
+}

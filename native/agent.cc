@@ -1,0 +1,735 @@
+#include "agent.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+
+#include "addon.h"
+#include "descs.h"
+#include "errors.h"
+
+namespace kvxfer {
+
+namespace {
+
+constexpr size_t kMaxNotification = 16 * 1024;
+constexpr size_t kMaxAgentNameBytes = 255;
+enum EventKind { kEventOperation = 0, kEventNotification = 1, kEventPeerFailed = 2 };
+
+uint64_t ToU64(Napi::Env env, const Napi::Value& value, const char* what) {
+  if (value.IsBigInt()) {
+    bool lossless = false;
+    uint64_t v = value.As<Napi::BigInt>().Uint64Value(&lossless);
+    if (lossless) return v;
+  } else if (value.IsNumber()) {
+    double d = value.As<Napi::Number>().DoubleValue();
+    if (d >= 0 && d <= 9007199254740991.0 && std::floor(d) == d) return static_cast<uint64_t>(d);
+  }
+  Throw(env, Code::kInvalidArg, std::string(what) + " must be a non-negative integer (number or bigint)");
+}
+
+uint32_t ToU32(Napi::Env env, const Napi::Value& value, const char* what) {
+  uint64_t v = ToU64(env, value, what);
+  if (v > UINT32_MAX) Throw(env, Code::kInvalidArg, std::string(what) + " is too large");
+  return static_cast<uint32_t>(v);
+}
+
+Napi::Uint8Array ToBytes(Napi::Env env, const Napi::Value& value, const char* what) {
+  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    Throw(env, Code::kInvalidArg, std::string(what) + " must be a Uint8Array");
+  }
+  return value.As<Napi::Uint8Array>();
+}
+
+std::string Hex(uint64_t v) {
+  char buf[24];
+  snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+std::string DescText(const char* side, uint32_t i, const Desc& d) {
+  return std::string(side) + " descriptor " + std::to_string(i) + " (" + Hex(d.address) + ", " +
+         std::to_string(d.length) + " bytes)";
+}
+
+// The region holding [d.address, d.address + d.length), searching regions
+// sorted by start address. Regions may overlap, so a miss keeps looking at
+// earlier ones; the common hit costs one binary search.
+template <typename T, typename Get>
+const T* FindContaining(const std::vector<T>& sorted, const Desc& d, Get get, bool* partial) {
+  auto it = std::upper_bound(sorted.begin(), sorted.end(), d.address,
+                             [&](uint64_t a, const T& r) { return a < get(r).address; });
+  while (it != sorted.begin()) {
+    --it;
+    const auto& r = get(*it);
+    const uint64_t offset = d.address - r.address;
+    if (offset >= r.length) continue;
+    if (r.kind == MemKind::kVram && r.device != d.device) continue;
+    if (d.length <= r.length - offset) return &*it;
+    *partial = true;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+HostAllocation::~HostAllocation() { munmap(base, mapped_length); }
+
+Napi::Function NativeAgent::Init(Napi::Env env) {
+  return DefineClass(env, "NativeAgent",
+                     {
+                         InstanceMethod<&NativeAgent::Start>("start"),
+                         InstanceMethod<&NativeAgent::RegisterMemory>("registerMemory"),
+                         InstanceMethod<&NativeAgent::RegisterAddress>("registerAddress"),
+                         InstanceMethod<&NativeAgent::Allocate>("allocate"),
+                         InstanceMethod<&NativeAgent::Deregister>("deregister"),
+                         InstanceMethod<&NativeAgent::View>("view"),
+                         InstanceMethod<&NativeAgent::Metadata>("metadata"),
+                         InstanceMethod<&NativeAgent::LoadPeer>("loadPeer"),
+                         InstanceMethod<&NativeAgent::ForgetPeer>("forgetPeer"),
+                         InstanceMethod<&NativeAgent::Prepare>("prepare"),
+                         InstanceMethod<&NativeAgent::Post>("post"),
+                         InstanceMethod<&NativeAgent::Release>("release"),
+                         InstanceMethod<&NativeAgent::Notify>("notify"),
+                         InstanceMethod<&NativeAgent::Close>("close"),
+                         InstanceMethod<&NativeAgent::Hold>("hold"),
+                         InstanceMethod<&NativeAgent::Unhold>("unhold"),
+                     });
+}
+
+NativeAgent::NativeAgent(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeAgent>(info) {
+  Napi::Env env = info.Env();
+  addon_ = env.GetInstanceData<KvxferAddon>();
+  if (info.Length() < 3 || !info[0].IsString() || !info[1].IsString() || !info[2].IsFunction()) {
+    Throw(env, Code::kInvalidArg, "NativeAgent(name, transports, onEvents)");
+  }
+  name_ = info[0].As<Napi::String>().Utf8Value();
+  if (name_.empty() || name_.size() > kMaxAgentNameBytes || name_.find('\0') != std::string::npos) {
+    Throw(env, Code::kInvalidArg, "an agent name must be 1 to 255 bytes of UTF-8 without NUL");
+  }
+  EngineOptions options;
+  options.transports = info[1].As<Napi::String>().Utf8Value();
+
+  tsfn_ = Tsfn::New(env, info[2].As<Napi::Function>(), "kvxfer agent", 0, 1, this);
+  tsfn_live_ = true;
+  tsfn_.Unref(env);
+  env_ = env;
+  napi_add_env_cleanup_hook(env, &NativeAgent::OnEnvCleanup, this);
+  cleanup_hook_added_ = true;
+  owner_ = std::make_unique<OwnerThread>(name_, std::move(options),
+                                         [this] { tsfn_.NonBlockingCall(); });
+}
+
+NativeAgent::~NativeAgent() { Teardown(); }
+
+void NativeAgent::OnEnvCleanup(void* arg) {
+  auto* self = static_cast<NativeAgent*>(arg);
+  self->cleanup_hook_added_ = false;
+  self->Teardown();
+}
+
+// Stops the owner thread without going back to JS: for an agent the
+// environment is tearing down or the garbage collector is reclaiming.
+void NativeAgent::Teardown() {
+  if (closed_) return;
+  closed_ = true;
+  closing_ = true;
+  if (owner_ != nullptr) {
+    owner_->Submit(Command{Command::kClose});
+    owner_->Join();
+    owner_.reset();
+  }
+  if (tsfn_live_) {
+    tsfn_.Abort();
+    tsfn_live_ = false;
+  }
+  pending_.clear();
+  xfers_.clear();
+  peers_by_name_.clear();
+  peers_.clear();
+  region_index_.clear();
+  regions_.clear();
+  if (cleanup_hook_added_) {
+    napi_remove_env_cleanup_hook(env_, &NativeAgent::OnEnvCleanup, this);
+    cleanup_hook_added_ = false;
+  }
+}
+
+void NativeAgent::CheckOpen(Napi::Env env) const {
+  if (closing_ || closed_) Throw(env, Code::kClosed, "agent '" + name_ + "' is closed");
+}
+
+uint32_t NativeAgent::Submit(Command command, PendingOp pending) {
+  uint32_t token = next_token_++;
+  if (token == 0) token = next_token_++;
+  command.token = token;
+  pending_.emplace(token, std::move(pending));
+  owner_->Submit(std::move(command));
+  UpdateRef(Env());
+  return token;
+}
+
+void NativeAgent::UpdateRef(Napi::Env env) {
+  const bool want = !closed_ && tsfn_live_ && (!pending_.empty() || holds_ > 0);
+  if (want == loop_ref_) return;
+  loop_ref_ = want;
+  if (want) {
+    tsfn_.Ref(env);
+  } else {
+    tsfn_.Unref(env);
+  }
+}
+
+Napi::Value NativeAgent::Start(const Napi::CallbackInfo& info) {
+  CheckOpen(info.Env());
+  if (started_) Throw(info.Env(), Code::kBusy, "agent already started");
+  started_ = true;
+  return Napi::Number::New(info.Env(), Submit(Command{Command::kStart}));
+}
+
+RegionEntry* NativeAgent::NewRegion(Napi::Env env) {
+  CheckOpen(env);
+  auto entry = std::make_unique<RegionEntry>();
+  entry->id = next_region_id_++;
+  RegionEntry* raw = entry.get();
+  regions_.emplace(raw->id, std::move(entry));
+  return raw;
+}
+
+Napi::Value NativeAgent::SubmitRegister(RegionEntry* entry) {
+  Napi::Env env = Env();
+  Command command{Command::kRegister};
+  command.region = &entry->region;
+  PendingOp pending;
+  pending.region = entry;
+  uint32_t token = Submit(std::move(command), std::move(pending));
+  Napi::Array result = Napi::Array::New(env, 3);
+  result.Set(0u, Napi::Number::New(env, token));
+  result.Set(1u, Napi::Number::New(env, entry->id));
+  result.Set(2u, Napi::BigInt::New(env, static_cast<uint64_t>(entry->region.address)));
+  return result;
+}
+
+// registerMemory(bytes: Uint8Array): JS memory, kept alive by the region.
+Napi::Value NativeAgent::RegisterMemory(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CheckOpen(env);
+  Napi::Uint8Array bytes = ToBytes(env, info[0], "memory");
+  if (bytes.ByteLength() == 0) {
+    Throw(env, Code::kInvalidArg, "cannot register empty (or detached) memory");
+  }
+  RegionEntry* entry = NewRegion(env);
+  entry->region.address = reinterpret_cast<uint64_t>(bytes.Data());
+  entry->region.length = bytes.ByteLength();
+  entry->keepalive = Napi::Persistent(info[0]);
+  return SubmitRegister(entry);
+}
+
+// registerAddress(kind, address, length, device): memory the caller owns,
+// such as a CUDA allocation.
+Napi::Value NativeAgent::RegisterAddress(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CheckOpen(env);
+  const uint32_t kind = ToU32(env, info[0], "kind");
+  if (kind > static_cast<uint32_t>(MemKind::kVram)) Throw(env, Code::kInvalidArg, "unknown memory kind");
+  const uint64_t address = ToU64(env, info[1], "address");
+  const uint64_t length = ToU64(env, info[2], "length");
+  const uint32_t device = ToU32(env, info[3], "device");
+  if (address == 0) Throw(env, Code::kInvalidArg, "address must not be 0");
+  if (length == 0) Throw(env, Code::kInvalidArg, "length must be greater than 0");
+  if (address + length < address) Throw(env, Code::kInvalidArg, "address + length wraps around");
+  RegionEntry* entry = NewRegion(env);
+  entry->region.address = address;
+  entry->region.length = length;
+  entry->region.kind = static_cast<MemKind>(kind);
+  entry->region.device = device;
+  return SubmitRegister(entry);
+}
+
+// allocate(length): page-aligned, zero-filled native memory of any size.
+Napi::Value NativeAgent::Allocate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CheckOpen(env);
+  const uint64_t length = ToU64(env, info[0], "length");
+  if (length == 0) Throw(env, Code::kInvalidArg, "length must be greater than 0");
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  if (length > UINT64_MAX - page) Throw(env, Code::kInvalidArg, "length is too large");
+  const uint64_t mapped = (length + page - 1) / page * page;
+  // NORESERVE: a pool is reserved up front and touched as the KV cache
+  // fills, as inference servers do.
+  void* base = mmap(nullptr, mapped, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) {
+    Throw(env, Code::kEngine,
+          "allocating " + std::to_string(length) + " bytes failed: " + std::strerror(errno));
+  }
+  auto allocation = std::make_shared<HostAllocation>(base, mapped);
+  RegionEntry* entry = NewRegion(env);
+  entry->region.address = reinterpret_cast<uint64_t>(base);
+  entry->region.length = length;
+  entry->allocation = std::move(allocation);
+  return SubmitRegister(entry);
+}
+
+Napi::Value NativeAgent::Deregister(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CheckOpen(env);
+  const uint32_t id = ToU32(env, info[0], "region id");
+  auto it = regions_.find(id);
+  if (it == regions_.end() || it->second->state == RegionEntry::kDeregistering) {
+    Throw(env, Code::kNotRegistered, "the region is not registered");
+  }
+  RegionEntry* entry = it->second.get();
+  if (entry->state == RegionEntry::kRegistering) {
+    Throw(env, Code::kBusy, "the region is still being registered");
+  }
+  if (entry->users > 0) {
+    Throw(env, Code::kBusy,
+          "the region is used by " + std::to_string(entry->users) +
+              " unreleased transfer(s); release them (or let them finish) first");
+  }
+  entry->state = RegionEntry::kDeregistering;
+  RebuildRegionIndex();
+  Command command{Command::kDeregister};
+  command.region = &entry->region;
+  PendingOp pending;
+  pending.region = entry;
+  return Napi::Number::New(env, Submit(std::move(command), std::move(pending)));
+}
+
+// view(id, offset, length): a Buffer over allocate()d memory, no copy. The
+// Buffer keeps the memory mapped even after the region is deregistered.
+Napi::Value NativeAgent::View(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint32_t id = ToU32(env, info[0], "region id");
+  const uint64_t offset = ToU64(env, info[1], "offset");
+  const uint64_t length = ToU64(env, info[2], "length");
+  auto it = regions_.find(id);
+  if (it == regions_.end()) Throw(env, Code::kNotRegistered, "the region is not registered");
+  RegionEntry* entry = it->second.get();
+  if (!entry->allocation) {
+    Throw(env, Code::kInvalidArg, "view() is only available on memory from allocate()");
+  }
+  if (offset > entry->region.length || length > entry->region.length - offset) {
+    Throw(env, Code::kOutOfRange,
+          "view of " + std::to_string(length) + " bytes at offset " + std::to_string(offset) +
+              " runs past the region's " + std::to_string(entry->region.length) + " bytes");
+  }
+  auto* hold = new std::shared_ptr<HostAllocation>(entry->allocation);
+  auto* data = static_cast<uint8_t*>(entry->allocation->base) + offset;
+  return Napi::Buffer<uint8_t>::New(
+      env, data, static_cast<size_t>(length),
+      [](Napi::Env, uint8_t*, std::shared_ptr<HostAllocation>* h) { delete h; }, hold);
+}
+
+void NativeAgent::RebuildRegionIndex() {
+  region_index_.clear();
+  for (auto& [id, entry] : regions_) {
+    if (entry->state == RegionEntry::kRegistered) region_index_.push_back(entry.get());
+  }
+  std::sort(region_index_.begin(), region_index_.end(),
+            [](const RegionEntry* a, const RegionEntry* b) {
+              return a->region.address < b->region.address;
+            });
+  metadata_dirty_ = true;
+}
+
+Napi::Value NativeAgent::Metadata(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CheckOpen(env);
+  if (metadata_dirty_) {
+    std::vector<const LocalRegion*> regions;
+    regions.reserve(region_index_.size());
+    for (const RegionEntry* entry : region_index_) regions.push_back(&entry->region);
+    metadata_cache_ = owner_->engine()->PackMetadata(regions);
+    metadata_dirty_ = false;
+  }
+  return Napi::Buffer<uint8_t>::Copy(env, metadata_cache_.data(), metadata_cache_.size());
+}
+
+Napi::Value NativeAgent::LoadPeer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CheckOpen(env);
+  Napi::Uint8Array blob = ToBytes(env, info[0], "metadata");
+  Command command{Command::kLoadPeer};
+  command.bytes.assign(blob.Data(), blob.Data() + blob.ByteLength());
+  return Napi::Number::New(env, Submit(std::move(command)));
+}
+
+PeerEntry* NativeAgent::FindPeer(Napi::Env env, const Napi::Value& name) {
+  if (!name.IsString()) Throw(env, Code::kInvalidArg, "peer must be a string (the peer's agent name)");
+  std::string key = name.As<Napi::String>().Utf8Value();
+  auto it = peers_by_name_.find(key);
+  if (it == peers_by_name_.end()) {
+    Throw(env, Code::kUnknownPeer, "unknown peer '" + key + "': load its metadata with loadPeer() first");
+  }
+  return it->second;
+}
+
+Napi::Value NativeAgent::ForgetPeer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CheckOpen(env);
+  PeerEntry* entry = FindPeer(env, info[0]);
+  peers_by_name_.erase(entry->peer->name);
+  entry->forgotten = true;
+  DropPeer(entry);
+  return env.Undefined();
+}
+
+void NativeAgent::DropPeer(PeerEntry* entry) {
+  if (--entry->users > 0 || closing_ || closed_) return;
+  Command command{Command::kDestroyPeer};
+  command.peer = entry->peer.get();
+  owner_->Submit(std::move(command));  // reported by kPeerDestroyed, no promise
+}
+
+const RegionEntry* NativeAgent::FindLocal(const Desc& d, uint32_t i, Status* error) const {
+  bool partial = false;
+  const RegionEntry* const* hit = FindContaining(
+      region_index_, d, [](const RegionEntry* e) -> const LocalRegion& { return e->region; },
+      &partial);
+  if (hit != nullptr) return *hit;
+  *error = partial ? Status::Error(Code::kOutOfRange, DescText("local", i, d) +
+                                                          " runs past the end of its region")
+                   : Status::Error(Code::kNotRegistered,
+                                   DescText("local", i, d) + " is not in a registered region");
+  return nullptr;
+}
+
+const RemoteRegion* NativeAgent::FindRemote(const PeerEntry& peer, const Desc& d, uint32_t i,
+                                            Status* error) const {
+  bool partial = false;
+  const RemoteRegion* hit = FindContaining(
+      peer.peer->regions, d, [](const RemoteRegion& r) -> const RemoteRegion& { return r; },
+      &partial);
+  if (hit != nullptr) return hit;
+  const std::string where = " of peer '" + peer.peer->name + "'";
+  *error = partial ? Status::Error(Code::kOutOfRange, DescText("remote", i, d) +
+                                                          " runs past the end of a region" + where)
+                   : Status::Error(Code::kNotRegistered, DescText("remote", i, d) +
+                                                             " is in no registered region" + where);
+  return nullptr;
+}
+
+// prepare(op, local, remote, peer, notify?) -> [id, bytes]. Every check
+// happens here, once; post() then does no per-descriptor work on this thread.
+Napi::Value NativeAgent::Prepare(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CheckOpen(env);
+  const uint32_t op = ToU32(env, info[0], "op");
+  if (op > static_cast<uint32_t>(XferOp::kRead)) Throw(env, Code::kInvalidArg, "op must be 'write' or 'read'");
+  Napi::Uint8Array local_bytes = ToBytes(env, info[1], "local descriptor list");
+  Napi::Uint8Array remote_bytes = ToBytes(env, info[2], "remote descriptor list");
+  PeerEntry* peer = FindPeer(env, info[3]);
+  if (peer->failed) Throw(env, peer->failure);
+  std::vector<uint8_t> notify;
+  if (info.Length() > 4 && !info[4].IsUndefined() && !info[4].IsNull()) {
+    Napi::Uint8Array message = ToBytes(env, info[4], "notify");
+    if (message.ByteLength() > kMaxNotification) {
+      Throw(env, Code::kInvalidArg, "a notification holds at most 16 KiB");
+    }
+    notify.assign(message.Data(), message.Data() + message.ByteLength());
+  }
+
+  DescListView local, remote;
+  Status s = DescListView::Parse(local_bytes.Data(), local_bytes.ByteLength(), &local);
+  if (!s.ok()) Throw(env, Code::kInvalidArg, "local list: " + s.message);
+  s = DescListView::Parse(remote_bytes.Data(), remote_bytes.ByteLength(), &remote);
+  if (!s.ok()) Throw(env, Code::kInvalidArg, "remote list: " + s.message);
+  if (local.count() != remote.count()) {
+    Throw(env, Code::kInvalidArg,
+          "the local list has " + std::to_string(local.count()) + " descriptors and the remote list " +
+              std::to_string(remote.count()));
+  }
+  if (local.count() == 0) Throw(env, Code::kInvalidArg, "a transfer needs at least one descriptor");
+
+  auto xfer = std::make_unique<XferEntry>();
+  xfer->plan.op = static_cast<XferOp>(op);
+  xfer->plan.peer = peer->peer.get();
+  xfer->plan.notify = std::move(notify);
+  xfer->plan.segments.reserve(local.count());
+  if (++prepare_epoch_ == 0) {
+    for (auto& [id, entry] : regions_) entry->prepare_mark = 0;
+    prepare_epoch_ = 1;
+  }
+  uint64_t bytes = 0;
+  for (uint32_t i = 0; i < local.count(); ++i) {
+    const Desc l = local.at(i);
+    const Desc r = remote.at(i);
+    if (l.length != r.length) {
+      Throw(env, Code::kInvalidArg,
+            "descriptor " + std::to_string(i) + ": local length " + std::to_string(l.length) +
+                " differs from remote length " + std::to_string(r.length));
+    }
+    const RegionEntry* lr = FindLocal(l, i, &s);
+    if (lr == nullptr) Throw(env, s);
+    const RemoteRegion* rr = FindRemote(*peer, r, i, &s);
+    if (rr == nullptr) Throw(env, s);
+    auto* entry = const_cast<RegionEntry*>(lr);
+    if (entry->prepare_mark != prepare_epoch_) {
+      entry->prepare_mark = prepare_epoch_;
+      xfer->regions.push_back(entry);
+    }
+    xfer->plan.segments.push_back(Segment{l.address, r.address, l.length, &lr->region, rr});
+    bytes += l.length;
+  }
+  xfer->plan.bytes = bytes;
+  xfer->peer = peer;
+  for (RegionEntry* entry : xfer->regions) ++entry->users;
+  ++peer->users;
+  xfer->id = next_xfer_id_++;
+  if (xfer->id == 0) xfer->id = next_xfer_id_++;
+  const uint32_t id = xfer->id;
+  xfers_.emplace(id, std::move(xfer));
+
+  Napi::Array result = Napi::Array::New(env, 2);
+  result.Set(0u, Napi::Number::New(env, id));
+  result.Set(1u, Napi::Number::New(env, static_cast<double>(bytes)));
+  return result;
+}
+
+XferEntry* NativeAgent::FindXfer(Napi::Env env, const Napi::Value& id) {
+  auto it = xfers_.find(ToU32(env, id, "transfer id"));
+  if (it == xfers_.end() || it->second->released) {
+    Throw(env, Code::kInvalidArg, "the transfer was released");
+  }
+  return it->second.get();
+}
+
+Napi::Value NativeAgent::Post(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CheckOpen(env);
+  XferEntry* xfer = FindXfer(env, info[0]);
+  if (xfer->in_flight) {
+    Throw(env, Code::kBusy, "the transfer is already in flight; wait for it or prepare another");
+  }
+  if (xfer->peer->forgotten) {
+    Throw(env, Code::kUnknownPeer, "peer '" + xfer->peer->peer->name + "' was forgotten or reloaded");
+  }
+  if (xfer->peer->failed) Throw(env, xfer->peer->failure);
+  xfer->in_flight = true;
+  Command command{Command::kPost};
+  command.plan = &xfer->plan;
+  PendingOp pending;
+  pending.xfer = xfer;
+  return Napi::Number::New(env, Submit(std::move(command), std::move(pending)));
+}
+
+Napi::Value NativeAgent::Release(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto it = xfers_.find(ToU32(env, info[0], "transfer id"));
+  if (it == xfers_.end() || it->second->released) return env.Undefined();
+  XferEntry* xfer = it->second.get();
+  xfer->released = true;
+  if (!xfer->in_flight) DestroyXfer(xfer);
+  return env.Undefined();
+}
+
+void NativeAgent::DestroyXfer(XferEntry* xfer) {
+  for (RegionEntry* entry : xfer->regions) --entry->users;
+  DropPeer(xfer->peer);
+  xfers_.erase(xfer->id);
+}
+
+Napi::Value NativeAgent::Notify(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CheckOpen(env);
+  PeerEntry* peer = FindPeer(env, info[0]);
+  Napi::Uint8Array message = ToBytes(env, info[1], "message");
+  if (message.ByteLength() > kMaxNotification) {
+    Throw(env, Code::kInvalidArg, "a notification holds at most 16 KiB");
+  }
+  if (peer->failed) Throw(env, peer->failure);
+  PendingOp pending;
+  pending.message =
+      std::make_unique<std::vector<uint8_t>>(message.Data(), message.Data() + message.ByteLength());
+  pending.notify_peer = peer;
+  ++peer->users;
+  Command command{Command::kNotify};
+  command.peer = peer->peer.get();
+  command.message = pending.message.get();
+  return Napi::Number::New(env, Submit(std::move(command), std::move(pending)));
+}
+
+Napi::Value NativeAgent::Close(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CheckOpen(env);
+  closing_ = true;
+  return Napi::Number::New(env, Submit(Command{Command::kClose}));
+}
+
+Napi::Value NativeAgent::Hold(const Napi::CallbackInfo& info) {
+  ++holds_;
+  UpdateRef(info.Env());
+  return info.Env().Undefined();
+}
+
+Napi::Value NativeAgent::Unhold(const Napi::CallbackInfo& info) {
+  if (holds_ > 0) --holds_;
+  UpdateRef(info.Env());
+  return info.Env().Undefined();
+}
+
+void AgentCallJs(Napi::Env env, Napi::Function callback, NativeAgent* self, void*) {
+  // env is null when the environment is going away with calls still queued.
+  if (env == nullptr || self == nullptr) return;
+  self->DrainEvents(env, callback);
+}
+
+// Delivers one batch to JS: successful completions as [token, durationNs]
+// pairs in one Float64Array (no object per transfer), everything else as
+// objects: { kind, token, error?, value?, peer?, data? }.
+void NativeAgent::DrainEvents(Napi::Env env, Napi::Function callback) {
+  if (owner_ == nullptr) return;
+  std::vector<Event> events;
+  owner_->TakeEvents(&events);
+  if (events.empty()) return;
+  Napi::HandleScope scope(env);
+  size_t fast = 0;
+  for (const Event& e : events) {
+    if (e.type == Event::kOperationDone && e.status.ok()) ++fast;
+  }
+  Napi::Float64Array done = Napi::Float64Array::New(env, fast * 2);
+  Napi::Array others = Napi::Array::New(env);
+  size_t done_count = 0;
+  bool closed = false;
+  for (Event& e : events) {
+    HandleEvent(env, e, others, done, &done_count);
+    closed = closed || e.type == Event::kClosed;
+  }
+  if (closed) FinishClose();
+  UpdateRef(env);
+  try {
+    callback.Call({done, others});
+  } catch (const Napi::Error& error) {
+    error.ThrowAsJavaScriptException();
+  }
+  if (closed && tsfn_live_) {
+    tsfn_live_ = false;
+    tsfn_.Release();
+  }
+}
+
+void NativeAgent::HandleEvent(Napi::Env env, Event& e, Napi::Array others, Napi::Float64Array done,
+                              size_t* done_count) {
+  auto push = [&](Napi::Object o) { others.Set(others.Length(), o); };
+  auto op_result = [&](uint32_t token, const Status& status) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("kind", Napi::Number::New(env, kEventOperation));
+    o.Set("token", Napi::Number::New(env, token));
+    if (!status.ok()) o.Set("error", MakeError(env, status).Value());
+    return o;
+  };
+  PendingOp pending;
+  if (e.token != 0) {
+    auto it = pending_.find(e.token);
+    if (it != pending_.end()) {
+      pending = std::move(it->second);
+      pending_.erase(it);
+    }
+  }
+  switch (e.type) {
+    case Event::kStarted:
+    case Event::kClosed:
+      push(op_result(e.token, e.status));
+      break;
+    case Event::kRegistered:
+      if (pending.region != nullptr) {
+        if (e.status.ok()) {
+          pending.region->state = RegionEntry::kRegistered;
+          RebuildRegionIndex();
+        } else {
+          regions_.erase(pending.region->id);
+        }
+      }
+      push(op_result(e.token, e.status));
+      break;
+    case Event::kDeregistered:
+      if (pending.region != nullptr) regions_.erase(pending.region->id);
+      push(op_result(e.token, e.status));
+      break;
+    case Event::kPeerLoaded: {
+      Napi::Object o = op_result(e.token, e.status);
+      if (e.status.ok()) {
+        auto entry = std::make_unique<PeerEntry>();
+        entry->peer.reset(e.peer);
+        const std::string& name = e.peer->name;
+        auto old = peers_by_name_.find(name);
+        if (old != peers_by_name_.end()) {
+          // Newer metadata replaces the old; transfers prepared against the
+          // old one keep it alive until they are released.
+          PeerEntry* previous = old->second;
+          peers_by_name_.erase(old);
+          previous->forgotten = true;
+          DropPeer(previous);
+        }
+        peers_by_name_[name] = entry.get();
+        o.Set("value", name);
+        peers_.emplace(e.peer, std::move(entry));
+      }
+      push(o);
+      break;
+    }
+    case Event::kPeerDestroyed:
+      peers_.erase(e.peer);
+      break;
+    case Event::kOperationDone:
+      if (pending.xfer != nullptr) {
+        pending.xfer->in_flight = false;
+        if (pending.xfer->released) DestroyXfer(pending.xfer);
+      }
+      if (pending.notify_peer != nullptr) DropPeer(pending.notify_peer);
+      if (e.status.ok()) {
+        done[(*done_count) * 2] = e.token;
+        done[(*done_count) * 2 + 1] = static_cast<double>(e.duration_ns);
+        ++*done_count;
+      } else {
+        push(op_result(e.token, e.status));
+      }
+      break;
+    case Event::kNotification: {
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("kind", Napi::Number::New(env, kEventNotification));
+      o.Set("peer", e.peer_name);
+      o.Set("data", Napi::Buffer<uint8_t>::Copy(env, e.data.data(), e.data.size()));
+      push(o);
+      break;
+    }
+    case Event::kPeerFailed: {
+      auto it = peers_.find(e.peer);
+      if (it == peers_.end()) break;
+      it->second->failed = true;
+      it->second->failure = e.status;
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("kind", Napi::Number::New(env, kEventPeerFailed));
+      o.Set("peer", e.peer->name);
+      o.Set("error", MakeError(env, e.status).Value());
+      push(o);
+      break;
+    }
+  }
+}
+
+// The owner thread has stopped and the engine released everything: drop the
+// JS-side tables, and with them the references that pinned JS memory.
+void NativeAgent::FinishClose() {
+  owner_->Join();
+  owner_.reset();
+  closed_ = true;
+  pending_.clear();
+  xfers_.clear();
+  peers_by_name_.clear();
+  peers_.clear();
+  region_index_.clear();
+  regions_.clear();
+  if (cleanup_hook_added_) {
+    napi_remove_env_cleanup_hook(env_, &NativeAgent::OnEnvCleanup, this);
+    cleanup_hook_added_ = false;
+  }
+}
+
+}  // namespace kvxfer

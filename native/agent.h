@@ -1,0 +1,153 @@
+// The native Agent: argument checks, region and peer tables, descriptor
+// validation, and the bridge between promises (tokens) and the owner thread.
+// Everything here runs on the JS thread.
+#pragma once
+
+#include <napi.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "descs.h"
+#include "engine.h"
+#include "progress.h"
+
+namespace kvxfer {
+
+class KvxferAddon;
+class NativeAgent;
+
+void AgentCallJs(Napi::Env env, Napi::Function callback, NativeAgent* self, void* data);
+
+// Native memory from allocate(): freed when the region and every Buffer view
+// of it are gone, whichever is last.
+struct HostAllocation {
+  HostAllocation(void* b, size_t length) : base(b), mapped_length(length) {}
+  HostAllocation(const HostAllocation&) = delete;
+  HostAllocation& operator=(const HostAllocation&) = delete;
+  ~HostAllocation();
+  void* const base;
+  const size_t mapped_length;
+};
+
+struct RegionEntry {
+  enum State : uint8_t { kRegistering, kRegistered, kDeregistering };
+  uint32_t id = 0;
+  State state = kRegistering;
+  LocalRegion region;
+  Napi::Reference<Napi::Value> keepalive;      // the JS memory the region covers
+  std::shared_ptr<HostAllocation> allocation;  // or the native memory it owns
+  uint32_t users = 0;                          // unreleased transfers using it
+  uint32_t prepare_mark = 0;
+};
+
+struct PeerEntry {
+  std::unique_ptr<Peer> peer;
+  // Transfers and notifications that use the peer, plus one while it is in
+  // the name table. The connection is torn down when this reaches zero.
+  uint32_t users = 1;
+  bool forgotten = false;
+  bool failed = false;
+  Status failure;
+};
+
+struct XferEntry {
+  uint32_t id = 0;
+  Plan plan;
+  PeerEntry* peer = nullptr;
+  std::vector<RegionEntry*> regions;
+  bool in_flight = false;
+  bool released = false;
+};
+
+// What a token's completion must settle on the JS side.
+struct PendingOp {
+  XferEntry* xfer = nullptr;
+  RegionEntry* region = nullptr;
+  PeerEntry* notify_peer = nullptr;
+  std::unique_ptr<std::vector<uint8_t>> message;
+};
+
+class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  explicit NativeAgent(const Napi::CallbackInfo& info);
+  ~NativeAgent() override;
+
+ private:
+  friend void AgentCallJs(Napi::Env, Napi::Function, NativeAgent*, void*);
+  using Tsfn = Napi::TypedThreadSafeFunction<NativeAgent, void, AgentCallJs>;
+
+  static void OnEnvCleanup(void* self);
+
+  Napi::Value Start(const Napi::CallbackInfo& info);
+  Napi::Value RegisterMemory(const Napi::CallbackInfo& info);
+  Napi::Value RegisterAddress(const Napi::CallbackInfo& info);
+  Napi::Value Allocate(const Napi::CallbackInfo& info);
+  Napi::Value Deregister(const Napi::CallbackInfo& info);
+  Napi::Value View(const Napi::CallbackInfo& info);
+  Napi::Value Metadata(const Napi::CallbackInfo& info);
+  Napi::Value LoadPeer(const Napi::CallbackInfo& info);
+  Napi::Value ForgetPeer(const Napi::CallbackInfo& info);
+  Napi::Value Prepare(const Napi::CallbackInfo& info);
+  Napi::Value Post(const Napi::CallbackInfo& info);
+  Napi::Value Release(const Napi::CallbackInfo& info);
+  Napi::Value Notify(const Napi::CallbackInfo& info);
+  Napi::Value Close(const Napi::CallbackInfo& info);
+  Napi::Value Hold(const Napi::CallbackInfo& info);
+  Napi::Value Unhold(const Napi::CallbackInfo& info);
+
+  void CheckOpen(Napi::Env env) const;
+  uint32_t Submit(Command command, PendingOp pending = PendingOp());
+  RegionEntry* NewRegion(Napi::Env env);
+  Napi::Value SubmitRegister(RegionEntry* entry);
+  PeerEntry* FindPeer(Napi::Env env, const Napi::Value& name);
+  XferEntry* FindXfer(Napi::Env env, const Napi::Value& id);
+  void DropPeer(PeerEntry* entry);
+  void DestroyXfer(XferEntry* xfer);
+  void RebuildRegionIndex();
+  const RegionEntry* FindLocal(const Desc& d, uint32_t i, Status* error) const;
+  const RemoteRegion* FindRemote(const PeerEntry& peer, const Desc& d, uint32_t i,
+                                 Status* error) const;
+
+  void DrainEvents(Napi::Env env, Napi::Function callback);
+  void HandleEvent(Napi::Env env, Event& event, Napi::Array others, Napi::Float64Array done,
+                   size_t* done_count);
+  void UpdateRef(Napi::Env env);
+  void FinishClose();
+  void Teardown();
+
+  std::string name_;
+  KvxferAddon* addon_ = nullptr;
+  Tsfn tsfn_;
+  bool tsfn_live_ = false;
+  std::unique_ptr<OwnerThread> owner_;
+  napi_env env_ = nullptr;
+  bool cleanup_hook_added_ = false;
+  bool started_ = false;
+  bool closing_ = false;
+  bool closed_ = false;
+
+  uint32_t next_token_ = 1;
+  uint32_t next_region_id_ = 1;
+  uint32_t next_xfer_id_ = 1;
+  uint32_t prepare_epoch_ = 0;
+
+  std::unordered_map<uint32_t, std::unique_ptr<RegionEntry>> regions_;
+  std::vector<RegionEntry*> region_index_;  // registered regions by address
+  std::unordered_map<Peer*, std::unique_ptr<PeerEntry>> peers_;
+  std::unordered_map<std::string, PeerEntry*> peers_by_name_;
+  std::unordered_map<uint32_t, std::unique_ptr<XferEntry>> xfers_;
+  std::unordered_map<uint32_t, PendingOp> pending_;
+
+  std::vector<uint8_t> metadata_cache_;
+  bool metadata_dirty_ = true;
+
+  uint32_t holds_ = 0;
+  bool loop_ref_ = false;
+};
+
+}  // namespace kvxfer

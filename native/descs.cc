@@ -1,0 +1,54 @@
+#include "descs.h"
+
+#include <string>
+
+namespace kvxfer {
+
+namespace {
+constexpr uint8_t kMagic[4] = {'K', 'V', 'D', 'L'};
+}
+
+Status DescListView::Parse(const uint8_t* data, size_t length, DescListView* out) {
+  if (data == nullptr || length < kDescHeaderSize) {
+    return Status::Error(Code::kInvalidArg, "descriptor list is shorter than its header");
+  }
+  if (std::memcmp(data, kMagic, 4) != 0) {
+    return Status::Error(Code::kInvalidArg, "descriptor list has a bad magic number");
+  }
+  uint16_t version;
+  std::memcpy(&version, data + 4, 2);
+  if (version != kDescListVersion) {
+    return Status::Error(Code::kInvalidArg,
+                         "descriptor list version " + std::to_string(version) +
+                             " is not supported (expected " +
+                             std::to_string(kDescListVersion) + ")");
+  }
+  uint32_t count;
+  std::memcpy(&count, data + 8, 4);
+  if (count > kMaxDescriptors) {
+    return Status::Error(Code::kInvalidArg, "descriptor list holds too many descriptors");
+  }
+  if (length != kDescHeaderSize + static_cast<size_t>(count) * kDescEntrySize) {
+    return Status::Error(Code::kInvalidArg,
+                         "descriptor list size does not match its count of " +
+                             std::to_string(count));
+  }
+  DescListView view;
+  view.entries_ = data + kDescHeaderSize;
+  view.count_ = count;
+  for (uint32_t i = 0; i < count; ++i) {
+    Desc d = view.at(i);
+    if (d.length == 0) {
+      return Status::Error(Code::kInvalidArg,
+                           "descriptor " + std::to_string(i) + " has length 0");
+    }
+    if (d.address + d.length < d.address) {
+      return Status::Error(Code::kInvalidArg,
+                           "descriptor " + std::to_string(i) + " wraps around the address space");
+    }
+  }
+  *out = view;
+  return Status::Ok();
+}
+
+}  // namespace kvxfer

@@ -1,0 +1,124 @@
+// The engine interface: what a transfer library (UCX, NIXL) must provide.
+// Everything above it (argument checks, descriptor validation, promises,
+// notifications, statistics) is shared by all engines.
+//
+// Threading: every method runs on the agent's owner thread unless its comment
+// says otherwise. Completions are reported through EngineEvents, also on the
+// owner thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "status.h"
+
+namespace kvxfer {
+
+enum class MemKind : uint8_t { kDram = 0, kVram = 1 };
+enum class XferOp : uint8_t { kWrite = 0, kRead = 1 };
+
+const char* MemKindName(MemKind kind);
+
+// Memory this agent registered. The agent (JS thread) owns it; the engine
+// fills in its handles on the owner thread.
+struct LocalRegion {
+  uint64_t address = 0;
+  uint64_t length = 0;
+  MemKind kind = MemKind::kDram;
+  uint32_t device = 0;
+  void* engine_handle = nullptr;
+  // What a peer needs to reach this region (a packed UCX rkey). Written by
+  // Register, read on the JS thread only after Register has completed.
+  std::vector<uint8_t> remote_key;
+};
+
+// A region of a peer, as its metadata described it.
+struct RemoteRegion {
+  uint64_t address = 0;
+  uint64_t length = 0;
+  MemKind kind = MemKind::kDram;
+  uint32_t device = 0;
+  void* engine_key = nullptr;
+};
+
+struct Peer {
+  std::string name;
+  std::vector<RemoteRegion> regions;  // sorted by address
+  void* engine_conn = nullptr;
+};
+
+struct Segment {
+  uint64_t local;
+  uint64_t remote;
+  uint64_t length;
+  const LocalRegion* local_region;
+  const RemoteRegion* remote_region;
+};
+
+// A validated transfer. Immutable while posted, so a prepared transfer can be
+// posted again and again without any per-descriptor work on the JS thread.
+struct Plan {
+  XferOp op = XferOp::kWrite;
+  Peer* peer = nullptr;
+  std::vector<Segment> segments;
+  std::vector<uint8_t> notify;  // empty: no notification
+  uint64_t bytes = 0;
+};
+
+struct EngineOptions {
+  std::string transports;  // UCX_TLS for this agent only; empty: environment
+};
+
+class EngineEvents {
+ public:
+  virtual ~EngineEvents() = default;
+  // A posted plan or a standalone notification finished.
+  virtual void OperationDone(uint32_t token, Status status, uint64_t duration_ns) = 0;
+  virtual void NotificationReceived(std::string peer, std::vector<uint8_t> message) = 0;
+  virtual void PeerFailed(Peer* peer, Status status) = 0;
+  // DestroyPeer finished tearing the connection down.
+  virtual void PeerDestroyed(Peer* peer) = 0;
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  virtual const char* name() const = 0;
+
+  virtual Status Start(const std::string& agent_name, const EngineOptions& options) = 0;
+
+  virtual Status Register(LocalRegion* region) = 0;
+  virtual void Deregister(LocalRegion* region) = 0;
+
+  // Any thread, after Start: reads only what Start and completed Register
+  // calls wrote.
+  virtual std::vector<uint8_t> PackMetadata(
+      const std::vector<const LocalRegion*>& regions) const = 0;
+
+  // Parses an untrusted blob, connects, and unpacks the peer's keys.
+  virtual Status LoadPeer(const uint8_t* blob, size_t length, std::unique_ptr<Peer>* peer) = 0;
+  // Starts closing the connection; PeerDestroyed reports the end. Called only
+  // once no plan and no notification uses the peer.
+  virtual void DestroyPeer(Peer* peer) = 0;
+
+  virtual void Post(const Plan& plan, uint32_t token) = 0;
+  // `message` must stay valid until OperationDone(token).
+  virtual void Notify(Peer* peer, const std::vector<uint8_t>& message, uint32_t token) = 0;
+
+  // One round of progress; true when something happened.
+  virtual bool Progress() = 0;
+  // A file descriptor that becomes readable when Progress has work, valid
+  // after Start, and Arm() to enable it: false when work is already pending.
+  virtual int event_fd() const = 0;
+  virtual bool Arm() = 0;
+
+  // Fails everything in flight (their OperationDone fire), releases every
+  // peer and region, and tears the engine down. Blocks for a bounded time.
+  virtual void Shutdown() = 0;
+};
+
+std::unique_ptr<Engine> CreateUcxEngine(EngineEvents* events);
+
+}  // namespace kvxfer

@@ -1,0 +1,208 @@
+#include "progress.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+
+namespace kvxfer {
+
+namespace {
+
+// While work is in flight the thread spins on progress; after this long with
+// nothing happening it sleeps on the event fd in short naps, so a transfer
+// stalled on a slow peer does not burn a core.
+constexpr auto kSpinBeforeNap = std::chrono::microseconds(200);
+constexpr int kNapMs = 1;
+
+}  // namespace
+
+OwnerThread::OwnerThread(std::string agent_name, EngineOptions options,
+                         std::function<void()> wake_js)
+    : agent_name_(std::move(agent_name)),
+      options_(std::move(options)),
+      wake_js_(std::move(wake_js)),
+      engine_(CreateUcxEngine(this)) {
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  thread_ = std::thread([this] { Run(); });
+}
+
+OwnerThread::~OwnerThread() {
+  Join();
+  if (wake_fd_ >= 0) close(wake_fd_);
+}
+
+void OwnerThread::Join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void OwnerThread::Submit(Command command) {
+  {
+    std::lock_guard<std::mutex> lock(commands_mutex_);
+    commands_.push_back(std::move(command));
+  }
+  has_commands_.store(true);
+  // Only a sleeping thread needs the system call.
+  if (sleeping_.exchange(false)) {
+    uint64_t one = 1;
+    ssize_t n;
+    do {
+      n = write(wake_fd_, &one, sizeof one);
+    } while (n < 0 && errno == EINTR);
+  }
+}
+
+void OwnerThread::TakeEvents(std::vector<Event>* out) {
+  std::lock_guard<std::mutex> lock(events_mutex_);
+  out->swap(events_);
+}
+
+void OwnerThread::Push(Event event) {
+  bool was_empty;
+  {
+    std::lock_guard<std::mutex> lock(events_mutex_);
+    was_empty = events_.empty();
+    events_.push_back(std::move(event));
+  }
+  if (was_empty) wake_js_();
+}
+
+bool OwnerThread::DrainCommands() {
+  if (!has_commands_.load()) return false;
+  std::deque<Command> batch;
+  {
+    std::lock_guard<std::mutex> lock(commands_mutex_);
+    batch.swap(commands_);
+    has_commands_.store(false);
+  }
+  for (Command& command : batch) Execute(command);
+  return !batch.empty();
+}
+
+void OwnerThread::Execute(Command& c) {
+  // Before a successful start (or after a failed one) the only commands that
+  // can arrive are kStart and kClose: the JS side sends nothing else until
+  // it has seen kStarted succeed.
+  switch (c.type) {
+    case Command::kStart: {
+      Status s = engine_->Start(agent_name_, options_);
+      engine_started_ = s.ok();
+      Push(Event{Event::kStarted, c.token, std::move(s)});
+      break;
+    }
+    case Command::kRegister: {
+      Event e{Event::kRegistered, c.token, engine_->Register(c.region)};
+      e.region = c.region;
+      Push(std::move(e));
+      break;
+    }
+    case Command::kDeregister: {
+      engine_->Deregister(c.region);
+      Event e{Event::kDeregistered, c.token};
+      e.region = c.region;
+      Push(std::move(e));
+      break;
+    }
+    case Command::kLoadPeer: {
+      std::unique_ptr<Peer> peer;
+      Event e{Event::kPeerLoaded, c.token,
+              engine_->LoadPeer(c.bytes.data(), c.bytes.size(), &peer)};
+      e.peer = peer.release();
+      Push(std::move(e));
+      break;
+    }
+    case Command::kDestroyPeer:
+      ++in_flight_;  // until PeerDestroyed
+      engine_->DestroyPeer(c.peer);
+      break;
+    case Command::kPost:
+      ++in_flight_;
+      engine_->Post(*c.plan, c.token);
+      break;
+    case Command::kNotify:
+      ++in_flight_;
+      engine_->Notify(c.peer, *c.message, c.token);
+      break;
+    case Command::kClose:
+      if (engine_started_) engine_->Shutdown();
+      engine_.reset();
+      stopping_ = true;
+      Push(Event{Event::kClosed, c.token});
+      break;
+  }
+}
+
+void OwnerThread::OperationDone(uint32_t token, Status status, uint64_t duration_ns) {
+  --in_flight_;
+  Event e{Event::kOperationDone, token, std::move(status)};
+  e.duration_ns = duration_ns;
+  Push(std::move(e));
+}
+
+void OwnerThread::NotificationReceived(std::string peer, std::vector<uint8_t> message) {
+  Event e{Event::kNotification};
+  e.peer_name = std::move(peer);
+  e.data = std::move(message);
+  Push(std::move(e));
+}
+
+void OwnerThread::PeerFailed(Peer* peer, Status status) {
+  Event e{Event::kPeerFailed, 0, std::move(status)};
+  e.peer = peer;
+  Push(std::move(e));
+}
+
+void OwnerThread::PeerDestroyed(Peer* peer) {
+  --in_flight_;
+  Event e{Event::kPeerDestroyed};
+  e.peer = peer;
+  Push(std::move(e));
+}
+
+void OwnerThread::SleepUntilWork(int timeout_ms) {
+  // Announce the sleep first, then look for commands once more: a Submit that
+  // raced with us either sees sleeping_ and writes the fd, or we see its
+  // command here.
+  sleeping_.store(true);
+  if (has_commands_.load()) {
+    sleeping_.store(false);
+    return;
+  }
+  pollfd fds[2];
+  nfds_t count = 1;
+  fds[0] = {wake_fd_, POLLIN, 0};
+  if (engine_started_ && engine_ && engine_->event_fd() >= 0) {
+    fds[1] = {engine_->event_fd(), POLLIN, 0};
+    count = 2;
+  }
+  int n = poll(fds, count, timeout_ms);
+  sleeping_.store(false);
+  if (n > 0 && (fds[0].revents & POLLIN)) {
+    uint64_t value;
+    while (read(wake_fd_, &value, sizeof value) > 0) {
+    }
+  }
+}
+
+void OwnerThread::Run() {
+  auto last_progress = std::chrono::steady_clock::now();
+  while (!stopping_) {
+    bool did_work = DrainCommands();
+    if (stopping_) break;
+    if (engine_started_) {
+      while (engine_->Progress()) did_work = true;
+    }
+    auto now = std::chrono::steady_clock::now();
+    if (did_work) last_progress = now;
+    if (in_flight_ > 0) {
+      if (now - last_progress < kSpinBeforeNap) continue;
+      if (engine_->Arm()) SleepUntilWork(kNapMs);
+      continue;
+    }
+    if (!engine_started_ || engine_->Arm()) SleepUntilWork(-1);
+  }
+}
+
+}  // namespace kvxfer

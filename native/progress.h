@@ -1,0 +1,119 @@
+// The owner thread: the only thread that calls into the engine. The JS thread
+// submits commands and returns at once; the owner thread runs them, drives
+// progress (spinning while transfers are in flight, sleeping on the engine's
+// event fd when idle) and queues events that the JS thread drains in batches.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "engine.h"
+
+namespace kvxfer {
+
+struct Command {
+  enum Type : uint8_t {
+    kStart,
+    kRegister,
+    kDeregister,
+    kLoadPeer,
+    kDestroyPeer,
+    kPost,
+    kNotify,
+    kClose,
+  };
+  explicit Command(Type t) : type(t) {}
+  Type type;
+  uint32_t token = 0;
+  LocalRegion* region = nullptr;
+  Peer* peer = nullptr;
+  const Plan* plan = nullptr;
+  const std::vector<uint8_t>* message = nullptr;  // kNotify: owned by the agent
+  std::vector<uint8_t> bytes;                     // kLoadPeer: the blob
+};
+
+struct Event {
+  enum Type : uint8_t {
+    kStarted,         // token
+    kRegistered,      // token, region
+    kDeregistered,    // token, region
+    kPeerLoaded,      // token, peer (owned by the event until adopted)
+    kPeerDestroyed,   // peer
+    kOperationDone,   // token, duration_ns
+    kNotification,    // peer_name, data
+    kPeerFailed,      // peer
+    kClosed,          // token
+  };
+  explicit Event(Type t, uint32_t tok = 0, Status s = Status()) : type(t), token(tok), status(std::move(s)) {}
+  Type type;
+  uint32_t token = 0;
+  Status status;
+  uint64_t duration_ns = 0;
+  LocalRegion* region = nullptr;
+  Peer* peer = nullptr;
+  std::string peer_name;
+  std::vector<uint8_t> data;
+};
+
+class OwnerThread : private EngineEvents {
+ public:
+  // `wake_js` is called from the owner thread when the event queue goes from
+  // empty to non-empty; the JS thread then drains it with TakeEvents.
+  OwnerThread(std::string agent_name, EngineOptions options, std::function<void()> wake_js);
+  ~OwnerThread();
+
+  OwnerThread(const OwnerThread&) = delete;
+  OwnerThread& operator=(const OwnerThread&) = delete;
+
+  // The engine, for the few calls that are safe off the owner thread
+  // (PackMetadata). Null before construction finishes.
+  const Engine* engine() const { return engine_.get(); }
+
+  void Submit(Command command);  // JS thread
+  void TakeEvents(std::vector<Event>* out);  // JS thread
+  // Waits for the thread to end; it ends after a kClose command.
+  void Join();
+
+ private:
+  void Run();
+  void Execute(Command& command);
+  bool DrainCommands();
+  void Push(Event event);
+  void SleepUntilWork(int timeout_ms);
+
+  // EngineEvents
+  void OperationDone(uint32_t token, Status status, uint64_t duration_ns) override;
+  void NotificationReceived(std::string peer, std::vector<uint8_t> message) override;
+  void PeerFailed(Peer* peer, Status status) override;
+  void PeerDestroyed(Peer* peer) override;
+
+  const std::string agent_name_;
+  const EngineOptions options_;
+  const std::function<void()> wake_js_;
+  std::unique_ptr<Engine> engine_;
+  bool engine_started_ = false;
+
+  std::mutex commands_mutex_;
+  std::deque<Command> commands_;
+  std::atomic<bool> has_commands_{false};
+  std::atomic<bool> sleeping_{false};
+  int wake_fd_ = -1;  // eventfd the JS thread writes to wake a sleeping owner
+
+  std::mutex events_mutex_;
+  std::vector<Event> events_;
+
+  // Owner thread only.
+  uint32_t in_flight_ = 0;
+  bool stopping_ = false;
+
+  std::thread thread_;
+};
+
+}  // namespace kvxfer

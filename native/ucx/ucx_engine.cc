@@ -1,0 +1,532 @@
+#include "ucx/ucx_engine.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <chrono>
+#include <unordered_set>
+#include <vector>
+
+#include "engine.h"
+#include "ucx/ucx_metadata.h"
+
+namespace kvxfer {
+
+namespace {
+
+constexpr unsigned kNotifyAmId = 7;
+constexpr size_t kMaxNotification = 16 * 1024;
+constexpr auto kShutdownDeadline = std::chrono::seconds(5);
+
+uint64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+bool IsPeerFailure(ucs_status_t s) {
+  switch (s) {
+    case UCS_ERR_UNREACHABLE:
+    case UCS_ERR_CONNECTION_RESET:
+    case UCS_ERR_ENDPOINT_TIMEOUT:
+    case UCS_ERR_REJECTED:
+    case UCS_ERR_NOT_CONNECTED:
+    case UCS_ERR_TIMED_OUT:
+    case UCS_ERR_IO_ERROR:
+      return true;
+    default:
+      return false;
+  }
+}
+
+class UcxEngine;
+
+struct UcxConn {
+  UcxEngine* engine;
+  Peer* peer;
+  ucp_ep_h ep = nullptr;
+  ucs_status_t failure = UCS_OK;
+  bool report_destroyed = true;
+};
+
+// One posted plan or standalone notification, from post to OperationDone.
+struct UcxOp {
+  UcxEngine* engine;
+  UcxConn* conn;
+  uint32_t token;
+  uint64_t start_ns;
+  const std::vector<uint8_t>* message;  // sent after the data; may be null
+  ucs_status_t status = UCS_OK;         // the first failure
+};
+
+class UcxEngine final : public Engine {
+ public:
+  explicit UcxEngine(EngineEvents* events) : events_(events) {}
+  ~UcxEngine() override = default;
+
+  const char* name() const override { return "ucx"; }
+
+  Status Start(const std::string& agent_name, const EngineOptions& options) override {
+    name_ = agent_name;
+    ucp_config_t* config = nullptr;
+    ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
+    if (st != UCS_OK) return UcsError(Code::kEngine, "reading the UCX configuration", st);
+    if (!options.transports.empty()) {
+      st = ucp_config_modify(config, "TLS", options.transports.c_str());
+      if (st != UCS_OK) {
+        ucp_config_release(config);
+        return UcsError(Code::kInvalidArg, "transports '" + options.transports + "'", st);
+      }
+    }
+    ucp_params_t params{};
+    params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
+    params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+    params.name = name_.c_str();
+    st = ucp_init(&params, config, &context_);
+    ucp_config_release(config);
+    if (st != UCS_OK) return UcsError(Code::kEngine, "ucp_init", st);
+
+    ucp_worker_params_t worker_params{};
+    worker_params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+    worker_params.thread_mode = UCS_THREAD_MODE_SINGLE;
+    st = ucp_worker_create(context_, &worker_params, &worker_);
+    if (st != UCS_OK) return Fail(UcsError(Code::kEngine, "ucp_worker_create", st));
+    st = ucp_worker_get_efd(worker_, &event_fd_);
+    if (st != UCS_OK) return Fail(UcsError(Code::kEngine, "ucp_worker_get_efd", st));
+
+    ucp_address_t* address = nullptr;
+    size_t address_length = 0;
+    st = ucp_worker_get_address(worker_, &address, &address_length);
+    if (st != UCS_OK) return Fail(UcsError(Code::kEngine, "ucp_worker_get_address", st));
+    const auto* bytes = reinterpret_cast<const uint8_t*>(address);
+    worker_address_.assign(bytes, bytes + address_length);
+    ucp_worker_release_address(worker_, address);
+
+    ucp_am_handler_param_t am{};
+    am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                    UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
+    am.id = kNotifyAmId;
+    am.cb = &UcxEngine::OnNotification;
+    am.arg = this;
+    am.flags = UCP_AM_FLAG_WHOLE_MSG;
+    st = ucp_worker_set_am_recv_handler(worker_, &am);
+    if (st != UCS_OK) return Fail(UcxErrorNotify(st));
+    return Status::Ok();
+  }
+
+  Status Register(LocalRegion* region) override {
+    ucp_mem_map_params_t params{};
+    params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                        UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
+    params.address = reinterpret_cast<void*>(region->address);
+    params.length = region->length;
+    params.memory_type =
+        region->kind == MemKind::kVram ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST;
+    ucp_mem_h memh = nullptr;
+    ucs_status_t st = ucp_mem_map(context_, &params, &memh);
+    if (st != UCS_OK) {
+      return UcsError(Code::kEngine,
+                      std::string("registering ") + MemKindName(region->kind) + " memory", st);
+    }
+    void* key = nullptr;
+    size_t key_length = 0;
+    st = ucp_rkey_pack(context_, memh, &key, &key_length);
+    if (st != UCS_OK) {
+      ucp_mem_unmap(context_, memh);
+      return UcsError(Code::kEngine, "packing a remote key", st);
+    }
+    const auto* key_bytes = static_cast<const uint8_t*>(key);
+    region->remote_key.assign(key_bytes, key_bytes + key_length);
+    ucp_rkey_buffer_release(key);
+    region->engine_handle = memh;
+    regions_.insert(region);
+    return Status::Ok();
+  }
+
+  void Deregister(LocalRegion* region) override {
+    if (regions_.erase(region) == 0) return;
+    ucp_mem_unmap(context_, static_cast<ucp_mem_h>(region->engine_handle));
+    region->engine_handle = nullptr;
+  }
+
+  std::vector<uint8_t> PackMetadata(const std::vector<const LocalRegion*>& regions) const override {
+    return PackUcxMetadata(name_, worker_address_, regions);
+  }
+
+  Status LoadPeer(const uint8_t* blob, size_t length, std::unique_ptr<Peer>* out) override {
+    UcxMetadata md;
+    Status s = ParseUcxMetadata(blob, length, &md);
+    if (!s.ok()) return s;
+
+    auto peer = std::make_unique<Peer>();
+    peer->name = md.name;
+    auto* conn = new UcxConn{this, peer.get()};
+    ucp_ep_params_t params{};
+    params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                        UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    params.address = reinterpret_cast<const ucp_address_t*>(md.worker_address);
+    params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    params.err_handler.cb = &UcxEngine::OnEndpointError;
+    params.err_handler.arg = conn;
+    ucs_status_t st = ucp_ep_create(worker_, &params, &conn->ep);
+    if (st != UCS_OK) {
+      delete conn;
+      if (st == UCS_ERR_UNREACHABLE) {
+        return UcsError(Code::kPeerUnreachable,
+                        "no transport reaches peer '" + md.name +
+                            "' (do both agents allow a common transport in UCX_TLS?)",
+                        st);
+      }
+      return UcsError(Code::kBadMetadata, "connecting to peer '" + md.name + "'", st);
+    }
+    conns_.insert(conn);
+    peer->engine_conn = conn;
+    peer->regions.reserve(md.regions.size());
+    for (const UcxMetadataRegion& r : md.regions) {
+      ucp_rkey_h rkey = nullptr;
+      st = ucp_ep_rkey_unpack(conn->ep, r.key, &rkey);
+      if (st != UCS_OK) {
+        // The peer object dies with this call, so the keys go now and the
+        // endpoint closes on its own.
+        for (RemoteRegion& unpacked : peer->regions) {
+          ucp_rkey_destroy(static_cast<ucp_rkey_h>(unpacked.engine_key));
+        }
+        peer->regions.clear();
+        conn->report_destroyed = false;
+        DestroyPeer(peer.get());
+        conn->peer = nullptr;
+        return UcsError(Code::kBadMetadata,
+                        "unpacking a remote key of peer '" + md.name + "'", st);
+      }
+      peer->regions.push_back(RemoteRegion{r.address, r.length, r.kind, r.device, rkey});
+    }
+    std::sort(peer->regions.begin(), peer->regions.end(),
+              [](const RemoteRegion& a, const RemoteRegion& b) { return a.address < b.address; });
+    *out = std::move(peer);
+    return Status::Ok();
+  }
+
+  void DestroyPeer(Peer* peer) override {
+    auto* conn = static_cast<UcxConn*>(peer->engine_conn);
+    ucp_request_param_t param{};
+    param.op_attr_mask =
+        UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+    // A failed endpoint can only be closed by force; a healthy one is
+    // flushed and disconnected politely.
+    param.flags = (conn->failure != UCS_OK || shutting_down_) ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+    param.cb.send = &UcxEngine::OnEndpointClosed;
+    param.user_data = conn;
+    ++closing_;
+    closing_conns_.insert(conn);
+    ucs_status_ptr_t request = ucp_ep_close_nbx(conn->ep, &param);
+    if (!UCS_PTR_IS_PTR(request)) EndpointClosed(conn);
+  }
+
+  void Post(const Plan& plan, uint32_t token) override {
+    auto* conn = static_cast<UcxConn*>(plan.peer->engine_conn);
+    UcxOp* op = NewOp(conn, token, plan.notify.empty() ? nullptr : &plan.notify);
+    if (conn->failure != UCS_OK) {
+      op->status = conn->failure;
+      Finish(op);
+      return;
+    }
+    ucp_request_param_t host{};
+    ucp_request_param_t cuda{};
+    cuda.op_attr_mask = UCP_OP_ATTR_FIELD_MEMORY_TYPE;
+    cuda.memory_type = UCS_MEMORY_TYPE_CUDA;
+    const bool write = plan.op == XferOp::kWrite;
+    // No callbacks per descriptor: requests that do not complete at once are
+    // freed right away (UCX finishes them anyway) and the flush below
+    // completes when every one of them has reached the peer.
+    for (const Segment& s : plan.segments) {
+      const ucp_request_param_t* param =
+          s.local_region->kind == MemKind::kVram ? &cuda : &host;
+      auto rkey = static_cast<ucp_rkey_h>(s.remote_region->engine_key);
+      void* local = reinterpret_cast<void*>(s.local);
+      ucs_status_ptr_t request =
+          write ? ucp_put_nbx(conn->ep, local, s.length, s.remote, rkey, param)
+                : ucp_get_nbx(conn->ep, local, s.length, s.remote, rkey, param);
+      if (UCS_PTR_IS_ERR(request)) {
+        op->status = UCS_PTR_STATUS(request);
+        break;
+      }
+      if (request != nullptr) ucp_request_free(request);
+    }
+    Flush(op);
+  }
+
+  void Notify(Peer* peer, const std::vector<uint8_t>& message, uint32_t token) override {
+    auto* conn = static_cast<UcxConn*>(peer->engine_conn);
+    UcxOp* op = NewOp(conn, token, &message);
+    if (conn->failure != UCS_OK) {
+      op->status = conn->failure;
+      Finish(op);
+      return;
+    }
+    SendNotification(op);
+  }
+
+  bool Progress() override { return ucp_worker_progress(worker_) != 0; }
+
+  int event_fd() const override { return event_fd_; }
+
+  bool Arm() override { return ucp_worker_arm(worker_) == UCS_OK; }
+
+  void Shutdown() override {
+    shutting_down_ = true;
+    std::vector<UcxConn*> open;
+    for (UcxConn* conn : conns_) {
+      if (conn->ep != nullptr && !closing_conns_.count(conn)) open.push_back(conn);
+    }
+    for (UcxConn* conn : open) {
+      conn->report_destroyed = false;
+      DestroyPeer(conn->peer);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + kShutdownDeadline;
+    while ((!ops_.empty() || closing_ > 0) && std::chrono::steady_clock::now() < deadline) {
+      ucp_worker_progress(worker_);
+    }
+    for (LocalRegion* region : regions_) {
+      ucp_mem_unmap(context_, static_cast<ucp_mem_h>(region->engine_handle));
+      region->engine_handle = nullptr;
+    }
+    regions_.clear();
+    Teardown();
+  }
+
+ private:
+  Status Fail(Status status) {
+    Teardown();
+    return status;
+  }
+
+  void Teardown() {
+    if (worker_ != nullptr) ucp_worker_destroy(worker_);
+    if (context_ != nullptr) ucp_cleanup(context_);
+    worker_ = nullptr;
+    context_ = nullptr;
+    event_fd_ = -1;
+  }
+
+  static Status UcxErrorNotify(ucs_status_t st) {
+    return UcsError(Code::kEngine, "installing the notification handler", st);
+  }
+
+  UcxOp* NewOp(UcxConn* conn, uint32_t token, const std::vector<uint8_t>* message) {
+    auto* op = new UcxOp{this, conn, token, NowNs(), message};
+    ops_.insert(op);
+    return op;
+  }
+
+  void Flush(UcxOp* op) {
+    ucp_request_param_t param{};
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    param.cb.send = &UcxEngine::OnFlushed;
+    param.user_data = op;
+    ucs_status_ptr_t request = ucp_ep_flush_nbx(op->conn->ep, &param);
+    if (!UCS_PTR_IS_PTR(request)) AfterFlush(op, UCS_PTR_STATUS(request));
+  }
+
+  void AfterFlush(UcxOp* op, ucs_status_t status) {
+    if (op->status == UCS_OK) op->status = status;
+    // The flush means the data is in the peer's memory; only then may the
+    // notification that announces it go out.
+    if (op->status == UCS_OK && op->message != nullptr) {
+      SendNotification(op);
+      return;
+    }
+    Finish(op);
+  }
+
+  void SendNotification(UcxOp* op) {
+    ucp_request_param_t param{};
+    param.op_attr_mask =
+        UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+    param.flags = UCP_AM_SEND_FLAG_EAGER;
+    param.cb.send = &UcxEngine::OnNotificationSent;
+    param.user_data = op;
+    ucs_status_ptr_t request =
+        ucp_am_send_nbx(op->conn->ep, kNotifyAmId, name_.data(), name_.size(),
+                        op->message->data(), op->message->size(), &param);
+    if (!UCS_PTR_IS_PTR(request)) {
+      op->status = UCS_PTR_STATUS(request);
+      Finish(op);
+    }
+  }
+
+  void Finish(UcxOp* op) {
+    Status status;
+    if (op->status != UCS_OK) status = OperationFailure(op);
+    const uint64_t duration = NowNs() - op->start_ns;
+    const uint32_t token = op->token;
+    ops_.erase(op);
+    delete op;
+    events_->OperationDone(token, std::move(status), duration);
+  }
+
+  Status OperationFailure(const UcxOp* op) const {
+    const std::string& peer = op->conn->peer->name;
+    if (shutting_down_) {
+      Status s = UcsError(Code::kClosed, "the agent was closed", op->status);
+      s.message = "the agent was closed before the operation finished";
+      return s;
+    }
+    if (op->conn->failure != UCS_OK || IsPeerFailure(op->status)) {
+      ucs_status_t why = op->conn->failure != UCS_OK ? op->conn->failure : op->status;
+      return UcsError(Code::kPeerUnreachable, "peer '" + peer + "' is unreachable", why);
+    }
+    return UcsError(Code::kEngine, "transfer with peer '" + peer + "'", op->status);
+  }
+
+  void EndpointClosed(UcxConn* conn) {
+    --closing_;
+    closing_conns_.erase(conn);
+    conns_.erase(conn);
+    Peer* peer = conn->peer;
+    const bool report = conn->report_destroyed && !shutting_down_;
+    delete conn;
+    if (peer == nullptr) return;
+    for (RemoteRegion& r : peer->regions) {
+      if (r.engine_key != nullptr) ucp_rkey_destroy(static_cast<ucp_rkey_h>(r.engine_key));
+      r.engine_key = nullptr;
+    }
+    peer->engine_conn = nullptr;
+    if (report) events_->PeerDestroyed(peer);
+  }
+
+  static void OnFlushed(void* request, ucs_status_t status, void* user_data) {
+    ucp_request_free(request);
+    auto* op = static_cast<UcxOp*>(user_data);
+    op->engine->AfterFlush(op, status);
+  }
+
+  static void OnNotificationSent(void* request, ucs_status_t status, void* user_data) {
+    ucp_request_free(request);
+    auto* op = static_cast<UcxOp*>(user_data);
+    if (op->status == UCS_OK) op->status = status;
+    op->engine->Finish(op);
+  }
+
+  static void OnEndpointClosed(void* request, ucs_status_t status, void* user_data) {
+    ucp_request_free(request);
+    auto* conn = static_cast<UcxConn*>(user_data);
+    conn->engine->EndpointClosed(conn);
+  }
+
+  static void OnEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status) {
+    auto* conn = static_cast<UcxConn*>(arg);
+    if (conn->failure != UCS_OK || conn->peer == nullptr) return;
+    conn->failure = status;
+    UcxEngine* self = conn->engine;
+    if (self->shutting_down_) return;
+    self->events_->PeerFailed(
+        conn->peer,
+        UcsError(Code::kPeerUnreachable, "peer '" + conn->peer->name + "' is unreachable", status));
+  }
+
+  static ucs_status_t OnNotification(void* arg, const void* header, size_t header_length,
+                                     void* data, size_t length,
+                                     const ucp_am_recv_param_t* param) {
+    auto* self = static_cast<UcxEngine*>(arg);
+    // kvxfer sends notifications eagerly, so a rendezvous message or one
+    // with a bad header did not come from a kvxfer peer: drop it.
+    if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || header_length == 0 ||
+        header_length > kMaxAgentName || length > kMaxNotification) {
+      return UCS_OK;
+    }
+    std::string peer(static_cast<const char*>(header), header_length);
+    const auto* bytes = static_cast<const uint8_t*>(data);
+    self->events_->NotificationReceived(std::move(peer),
+                                        std::vector<uint8_t>(bytes, bytes + length));
+    return UCS_OK;
+  }
+
+  EngineEvents* const events_;
+  std::string name_;
+  ucp_context_h context_ = nullptr;
+  ucp_worker_h worker_ = nullptr;
+  int event_fd_ = -1;
+  std::vector<uint8_t> worker_address_;
+  std::unordered_set<LocalRegion*> regions_;
+  std::unordered_set<UcxConn*> conns_;
+  std::unordered_set<UcxConn*> closing_conns_;
+  std::unordered_set<UcxOp*> ops_;
+  int closing_ = 0;
+  bool shutting_down_ = false;
+};
+
+}  // namespace
+
+std::string UcsStatusName(ucs_status_t status) {
+  switch (status) {
+#define KVXFER_UCS_NAME(s) \
+  case s:                  \
+    return #s;
+    KVXFER_UCS_NAME(UCS_OK)
+    KVXFER_UCS_NAME(UCS_INPROGRESS)
+    KVXFER_UCS_NAME(UCS_ERR_NO_MESSAGE)
+    KVXFER_UCS_NAME(UCS_ERR_NO_RESOURCE)
+    KVXFER_UCS_NAME(UCS_ERR_IO_ERROR)
+    KVXFER_UCS_NAME(UCS_ERR_NO_MEMORY)
+    KVXFER_UCS_NAME(UCS_ERR_INVALID_PARAM)
+    KVXFER_UCS_NAME(UCS_ERR_UNREACHABLE)
+    KVXFER_UCS_NAME(UCS_ERR_INVALID_ADDR)
+    KVXFER_UCS_NAME(UCS_ERR_NOT_IMPLEMENTED)
+    KVXFER_UCS_NAME(UCS_ERR_MESSAGE_TRUNCATED)
+    KVXFER_UCS_NAME(UCS_ERR_NO_PROGRESS)
+    KVXFER_UCS_NAME(UCS_ERR_BUFFER_TOO_SMALL)
+    KVXFER_UCS_NAME(UCS_ERR_NO_ELEM)
+    KVXFER_UCS_NAME(UCS_ERR_SOME_CONNECTS_FAILED)
+    KVXFER_UCS_NAME(UCS_ERR_NO_DEVICE)
+    KVXFER_UCS_NAME(UCS_ERR_BUSY)
+    KVXFER_UCS_NAME(UCS_ERR_CANCELED)
+    KVXFER_UCS_NAME(UCS_ERR_SHMEM_SEGMENT)
+    KVXFER_UCS_NAME(UCS_ERR_ALREADY_EXISTS)
+    KVXFER_UCS_NAME(UCS_ERR_OUT_OF_RANGE)
+    KVXFER_UCS_NAME(UCS_ERR_TIMED_OUT)
+    KVXFER_UCS_NAME(UCS_ERR_EXCEEDS_LIMIT)
+    KVXFER_UCS_NAME(UCS_ERR_UNSUPPORTED)
+    KVXFER_UCS_NAME(UCS_ERR_REJECTED)
+    KVXFER_UCS_NAME(UCS_ERR_NOT_CONNECTED)
+    KVXFER_UCS_NAME(UCS_ERR_CONNECTION_RESET)
+    KVXFER_UCS_NAME(UCS_ERR_ENDPOINT_TIMEOUT)
+#undef KVXFER_UCS_NAME
+    default:
+      return "UCS_ERR_" + std::to_string(-static_cast<int>(status));
+  }
+}
+
+Status UcsError(Code code, const std::string& what, ucs_status_t status) {
+  return Status::Engine(code, what + ": " + ucs_status_string(status), UcsStatusName(status),
+                        static_cast<int>(status));
+}
+
+const char* MemKindName(MemKind kind) { return kind == MemKind::kVram ? "vram" : "dram"; }
+
+void PrepareUcxEnvironment() {
+  // Peer error handling is on for every endpoint, and UCX then drops its
+  // shared-memory transports unless they are told to report peer failures,
+  // which is off by default: a same-host transfer would fall back to TCP.
+  // ucp_config_modify cannot reach these transport keys in every release,
+  // so they go into the environment, once per process, before any agent
+  // reads its configuration; a value the user set wins.
+  static std::once_flag once;
+  std::call_once(once, [] {
+    // A UCX_TLS without shared memory would leave them unused, and UCX warns
+    // about unused variables the user never set.
+    const char* tls = std::getenv("UCX_TLS");
+    if (tls != nullptr && tls[0] != '^' && !std::strstr(tls, "sm") && !std::strstr(tls, "posix") &&
+        !std::strstr(tls, "sysv") && !std::strstr(tls, "all")) {
+      return;
+    }
+    setenv("UCX_POSIX_ERROR_HANDLING", "y", 0);
+    setenv("UCX_SYSV_ERROR_HANDLING", "y", 0);
+  });
+}
+
+std::unique_ptr<Engine> CreateUcxEngine(EngineEvents* events) {
+  return std::make_unique<UcxEngine>(events);
+}
+
+}  // namespace kvxfer

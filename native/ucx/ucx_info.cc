@@ -1,0 +1,45 @@
+#include "ucx/ucx_info.h"
+
+#include <ucp/api/ucp.h>
+#include <uct/api/uct.h>
+
+namespace kvxfer {
+
+std::string UcxVersion() { return ucp_get_version_string(); }
+
+std::vector<UcxTransport> UcxTransports() {
+  std::vector<UcxTransport> out;
+  uct_component_h* components = nullptr;
+  unsigned component_count = 0;
+  if (uct_query_components(&components, &component_count) != UCS_OK) return out;
+  for (unsigned c = 0; c < component_count; ++c) {
+    uct_component_attr_t attr{};
+    attr.field_mask = UCT_COMPONENT_ATTR_FIELD_MD_RESOURCE_COUNT;
+    if (uct_component_query(components[c], &attr) != UCS_OK) continue;
+    std::vector<uct_md_resource_desc_t> mds(attr.md_resource_count);
+    attr.field_mask = UCT_COMPONENT_ATTR_FIELD_MD_RESOURCES;
+    attr.md_resources = mds.data();
+    if (uct_component_query(components[c], &attr) != UCS_OK) continue;
+    for (const uct_md_resource_desc_t& md_desc : mds) {
+      uct_md_config_t* config = nullptr;
+      if (uct_md_config_read(components[c], nullptr, nullptr, &config) != UCS_OK) continue;
+      uct_md_h md = nullptr;
+      ucs_status_t st = uct_md_open(components[c], md_desc.md_name, config, &md);
+      uct_config_release(config);
+      if (st != UCS_OK) continue;
+      uct_tl_resource_desc_t* resources = nullptr;
+      unsigned resource_count = 0;
+      if (uct_md_query_tl_resources(md, &resources, &resource_count) == UCS_OK) {
+        for (unsigned i = 0; i < resource_count; ++i) {
+          out.push_back({resources[i].tl_name, resources[i].dev_name});
+        }
+        uct_release_tl_resource_list(resources);
+      }
+      uct_md_close(md);
+    }
+  }
+  uct_release_component_list(components);
+  return out;
+}
+
+}  // namespace kvxfer

@@ -1,0 +1,189 @@
+#include "ucx/ucx_metadata.h"
+
+#include <array>
+#include <cstring>
+
+namespace kvxfer {
+
+namespace {
+
+constexpr uint8_t kMagic[4] = {'K', 'V', 'X', 'M'};
+constexpr uint8_t kEngineUcx = 1;
+constexpr size_t kHeaderSize = 16;
+constexpr uint32_t kMaxWorkerAddress = 64 * 1024;
+constexpr uint32_t kMaxKey = 64 * 1024;
+constexpr uint32_t kMaxRegions = 1u << 20;
+constexpr size_t kRegionFixedSize = 8 + 8 + 1 + 3 + 4 + 4;
+
+std::array<uint32_t, 256> MakeCrcTable() {
+  std::array<uint32_t, 256> table{};
+  for (uint32_t i = 0; i < 256; ++i) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+    table[i] = c;
+  }
+  return table;
+}
+
+class Writer {
+ public:
+  explicit Writer(std::vector<uint8_t>* out) : out_(out) {}
+  template <typename T>
+  void Put(T value) {
+    uint8_t bytes[sizeof(T)];
+    std::memcpy(bytes, &value, sizeof(T));
+    out_->insert(out_->end(), bytes, bytes + sizeof(T));
+  }
+  void PutBytes(const uint8_t* data, size_t length) {
+    out_->insert(out_->end(), data, data + length);
+  }
+
+ private:
+  std::vector<uint8_t>* out_;
+};
+
+// Reads fields from untrusted bytes; any read past the end latches a failure
+// that the caller checks once.
+class Reader {
+ public:
+  Reader(const uint8_t* data, size_t length) : data_(data), left_(length) {}
+  template <typename T>
+  T Get() {
+    T value{};
+    if (left_ < sizeof(T)) {
+      failed_ = true;
+      return value;
+    }
+    std::memcpy(&value, data_, sizeof(T));
+    data_ += sizeof(T);
+    left_ -= sizeof(T);
+    return value;
+  }
+  const uint8_t* Take(size_t length) {
+    if (left_ < length) {
+      failed_ = true;
+      return nullptr;
+    }
+    const uint8_t* p = data_;
+    data_ += length;
+    left_ -= length;
+    return p;
+  }
+  size_t left() const { return left_; }
+  bool failed() const { return failed_; }
+
+ private:
+  const uint8_t* data_;
+  size_t left_;
+  bool failed_ = false;
+};
+
+Status Bad(const std::string& why) {
+  return Status::Error(Code::kBadMetadata, "malformed peer metadata: " + why);
+}
+
+}  // namespace
+
+uint32_t Crc32(const uint8_t* data, size_t length) {
+  static const std::array<uint32_t, 256> table = MakeCrcTable();
+  uint32_t c = 0xFFFFFFFFu;
+  for (size_t i = 0; i < length; ++i) c = table[(c ^ data[i]) & 0xFF] ^ (c >> 8);
+  return c ^ 0xFFFFFFFFu;
+}
+
+std::vector<uint8_t> PackUcxMetadata(const std::string& name,
+                                     const std::vector<uint8_t>& worker_address,
+                                     const std::vector<const LocalRegion*>& regions) {
+  std::vector<uint8_t> blob(kHeaderSize);
+  Writer w(&blob);
+  w.Put<uint16_t>(static_cast<uint16_t>(name.size()));
+  w.PutBytes(reinterpret_cast<const uint8_t*>(name.data()), name.size());
+  w.Put<uint32_t>(static_cast<uint32_t>(worker_address.size()));
+  w.PutBytes(worker_address.data(), worker_address.size());
+  w.Put<uint32_t>(static_cast<uint32_t>(regions.size()));
+  for (const LocalRegion* r : regions) {
+    w.Put<uint64_t>(r->address);
+    w.Put<uint64_t>(r->length);
+    w.Put<uint8_t>(static_cast<uint8_t>(r->kind));
+    w.Put<uint8_t>(0);
+    w.Put<uint16_t>(0);
+    w.Put<uint32_t>(r->device);
+    w.Put<uint32_t>(static_cast<uint32_t>(r->remote_key.size()));
+    w.PutBytes(r->remote_key.data(), r->remote_key.size());
+  }
+  const uint32_t body_length = static_cast<uint32_t>(blob.size() - kHeaderSize);
+  const uint32_t crc = Crc32(blob.data() + kHeaderSize, body_length);
+  std::memcpy(blob.data(), kMagic, 4);
+  const uint16_t version = kUcxMetadataVersion;
+  std::memcpy(blob.data() + 4, &version, 2);
+  blob[6] = kEngineUcx;
+  blob[7] = 0;
+  std::memcpy(blob.data() + 8, &body_length, 4);
+  std::memcpy(blob.data() + 12, &crc, 4);
+  return blob;
+}
+
+Status ParseUcxMetadata(const uint8_t* blob, size_t length, UcxMetadata* out) {
+  if (blob == nullptr || length < kHeaderSize) return Bad("shorter than its header");
+  if (std::memcmp(blob, kMagic, 4) != 0) return Bad("not a kvxfer metadata blob");
+  uint16_t version;
+  std::memcpy(&version, blob + 4, 2);
+  if (version != kUcxMetadataVersion) {
+    return Bad("format version " + std::to_string(version) + " is not supported (expected " +
+               std::to_string(kUcxMetadataVersion) + ")");
+  }
+  if (blob[6] != kEngineUcx) {
+    return Bad("made by another engine (id " + std::to_string(blob[6]) +
+               "); both agents must use the same engine");
+  }
+  uint32_t body_length, crc;
+  std::memcpy(&body_length, blob + 8, 4);
+  std::memcpy(&crc, blob + 12, 4);
+  if (body_length != length - kHeaderSize) return Bad("length field does not match the blob");
+  if (Crc32(blob + kHeaderSize, body_length) != crc) return Bad("checksum mismatch (corrupted)");
+
+  Reader r(blob + kHeaderSize, body_length);
+  const uint16_t name_length = r.Get<uint16_t>();
+  if (name_length == 0 || name_length > kMaxAgentName) return Bad("agent name length");
+  const uint8_t* name = r.Take(name_length);
+  const uint32_t address_length = r.Get<uint32_t>();
+  if (address_length == 0 || address_length > kMaxWorkerAddress) return Bad("worker address length");
+  const uint8_t* address = r.Take(address_length);
+  const uint32_t region_count = r.Get<uint32_t>();
+  if (r.failed()) return Bad("truncated");
+  if (region_count > kMaxRegions || region_count * kRegionFixedSize > r.left()) {
+    return Bad("region count");
+  }
+  UcxMetadata md;
+  md.name.assign(reinterpret_cast<const char*>(name), name_length);
+  if (md.name.find('\0') != std::string::npos) return Bad("agent name contains NUL");
+  md.worker_address = address;
+  md.worker_address_length = address_length;
+  md.regions.reserve(region_count);
+  for (uint32_t i = 0; i < region_count; ++i) {
+    UcxMetadataRegion region;
+    region.address = r.Get<uint64_t>();
+    region.length = r.Get<uint64_t>();
+    const uint8_t kind = r.Get<uint8_t>();
+    r.Take(3);
+    region.device = r.Get<uint32_t>();
+    region.key_length = r.Get<uint32_t>();
+    if (r.failed()) return Bad("truncated region " + std::to_string(i));
+    if (kind > static_cast<uint8_t>(MemKind::kVram)) return Bad("region " + std::to_string(i) + " kind");
+    region.kind = static_cast<MemKind>(kind);
+    if (region.length == 0 || region.address + region.length < region.address) {
+      return Bad("region " + std::to_string(i) + " bounds");
+    }
+    if (region.key_length == 0 || region.key_length > kMaxKey) {
+      return Bad("region " + std::to_string(i) + " key length");
+    }
+    region.key = r.Take(region.key_length);
+    if (r.failed()) return Bad("truncated region " + std::to_string(i));
+    md.regions.push_back(region);
+  }
+  if (r.left() != 0) return Bad("trailing bytes");
+  *out = std::move(md);
+  return Status::Ok();
+}
+
+}  // namespace kvxfer
