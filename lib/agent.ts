@@ -169,12 +169,22 @@ class AgentCore {
       checkBounds(options);
       this.checkOpen();
       if (options?.signal?.aborted) return Promise.reject(abortedError(what, options.signal));
+      const caller = extra.caller ?? new Error();
       const token = call();
-      const bounded = new Bounded<T>(what, options);
-      this.pending.set(token, { bounded, caller: extra.caller ?? new Error(), ...extra });
+      const bounded = new Bounded<T>(what, options, undefined, caller);
+      this.pending.set(token, { ...extra, bounded, caller });
       return bounded.promise;
     } catch (error) {
+      if (extra.transfer !== undefined) this.countRefused(extra.transfer.peer, error);
       return Promise.reject(error);
+    }
+  }
+
+  /** A transfer refused before it was posted because its peer is known to be dead is a failure too. */
+  countRefused(peer: string, error: unknown): void {
+    if (error instanceof KvxferError && error.code === ErrorCode.PEER_UNREACHABLE) {
+      this.stats.failures++;
+      this.peer(peer).failures++;
     }
   }
 
@@ -278,7 +288,7 @@ class AgentCore {
       this.regions.clear();
     });
     for (const waiter of this.matchWaiters.splice(0)) waiter.bounded.reject(closedError());
-    for (const waiter of this.iteratorWaiters.splice(0)) waiter.resolve({ done: true, value: undefined });
+    for (const waiter of this.iteratorWaiters.splice(0)) waiter.reject(closedError());
     this.updateHold();
     return this.closePromise;
   }
@@ -477,20 +487,12 @@ export class Agent implements AsyncDisposable {
     }
     if (bytes !== undefined) {
       const view = bytes;
-      let id = 0;
-      let address = 0n;
-      return core
-        .submit<void>(
-          'registering memory',
-          () => {
-            let token: number;
-            [token, id, address] = core.native.registerMemory(view);
-            return token;
-          },
-          options,
-          { onLateSuccess: () => core.native.deregister(id) },
-        )
-        .then(() => this.#adopt(new Region(core, id, address, view.byteLength, 'dram', 0, view, false)));
+      return this.#registerWith(
+        'registering memory',
+        options,
+        (id, address) => new Region(core, id, address, view.byteLength, 'dram', 0, view, false),
+        () => core.native.registerMemory(view),
+      );
     }
     if (memory === null || typeof memory !== 'object' || typeof (memory as ExternalMemory).address !== 'bigint') {
       return Promise.reject(
@@ -501,42 +503,58 @@ export class Agent implements AsyncDisposable {
     const kind = external.kind;
     if (kind !== 'dram' && kind !== 'vram') return Promise.reject(invalidArg("kind must be 'dram' or 'vram'"));
     const device = external.device ?? 0;
-    let id = 0;
     let length = 0;
-    return core
-      .submit<void>(
-        `registering ${kind} memory`,
-        () => {
-          length = toInteger(external.length, 'length');
-          let token: number;
-          [token, id] = core.native.registerAddress(kind === 'vram' ? 1 : 0, external.address, length, device);
-          return token;
-        },
-        options,
-        { onLateSuccess: () => core.native.deregister(id) },
-      )
-      .then(() => this.#adopt(new Region(core, id, external.address, length, kind, device, undefined, false)));
+    return this.#registerWith(
+      `registering ${kind} memory`,
+      options,
+      (id, address) => new Region(core, id, address, length, kind, device, undefined, false),
+      () => {
+        length = toInteger(external.length, 'length');
+        return core.native.registerAddress(kind === 'vram' ? 1 : 0, external.address, length, device);
+      },
+    );
   }
 
-  /** Page-aligned, zero-filled native host memory of any size (above 4 GiB too), registered. */
+  /**
+   * Host memory of any size (above 4 GiB too), allocated by the engine where
+   * peers reach it fastest (UCX: shared memory a same-host peer copies into
+   * directly), registered. `region.view()` reads and writes it.
+   */
   allocate(length: number | bigint, options?: OperationOptions): Promise<Region> {
     const core = this.#core;
-    let id = 0;
-    let address = 0n;
     let size = 0;
+    return this.#registerWith(
+      'allocating memory',
+      options,
+      (id, address) => new Region(core, id, address, size, 'dram', 0, undefined, true),
+      () => {
+        size = toInteger(length, 'length');
+        return core.native.allocate(size);
+      },
+    );
+  }
+
+  /** Shared by register and allocate: submit, then wrap the region once its address is known. */
+  #registerWith(
+    what: string,
+    options: OperationOptions | undefined,
+    make: (id: number, address: bigint) => Region,
+    call: () => [number, number],
+  ): Promise<Region> {
+    const core = this.#core;
+    let id = 0;
     return core
-      .submit<void>(
-        'allocating memory',
+      .submit<bigint>(
+        what,
         () => {
-          size = toInteger(length, 'length');
           let token: number;
-          [token, id, address] = core.native.allocate(size);
+          [token, id] = call();
           return token;
         },
         options,
         { onLateSuccess: () => core.native.deregister(id) },
       )
-      .then(() => this.#adopt(new Region(core, id, address, size, 'dram', 0, undefined, true)));
+      .then((address) => this.#adopt(make(id, address)));
   }
 
   #adopt(region: Region): Region {
@@ -599,7 +617,13 @@ export class Agent implements AsyncDisposable {
     options: TransferOptions | undefined,
   ): Promise<TransferResult> {
     checkBounds(options);
-    const transfer = this.prepare({ op, local, remote, peer, notify: options?.notify });
+    let transfer: Transfer;
+    try {
+      transfer = this.prepare({ op, local, remote, peer, notify: options?.notify });
+    } catch (error) {
+      this.#core.countRefused(peer, error);
+      throw error;
+    }
     try {
       return await transfer.post(options);
     } finally {
@@ -626,21 +650,29 @@ export class Agent implements AsyncDisposable {
   }
 
   /**
-   * Notifications as they arrive, each delivered to one consumer. Several
-   * iterators share one stream. Ends when the agent closes; rejects
-   * ERR_ABORTED when the signal aborts.
+   * Notifications as they arrive, each delivered to one consumer: several
+   * iterators share one stream, and waitForNotification takes its match
+   * first. `next()` rejects ERR_CLOSED once the agent closes (notifications
+   * that arrived before are still handed out) and ERR_ABORTED when the
+   * signal aborts.
    */
   notifications(options: { signal?: AbortSignal } = {}): AsyncIterableIterator<Notification> {
     const core = this.#core;
+    core.checkOpen();
     const signal = options.signal;
+    if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidArg('signal must be an AbortSignal');
     let finished = false;
     const iterator: AsyncIterableIterator<Notification> = {
       next(): Promise<IteratorResult<Notification>> {
         if (signal?.aborted) return Promise.reject(abortedError('waiting for notifications', signal));
-        if (finished || core.closed) return Promise.resolve({ done: true, value: undefined });
+        if (finished) return Promise.resolve({ done: true, value: undefined });
         const ready = core.inbox.shift();
         if (ready !== undefined) return Promise.resolve({ done: false, value: ready });
-        if (core.closePromise !== undefined) return Promise.resolve({ done: true, value: undefined });
+        try {
+          core.checkOpen();
+        } catch (error) {
+          return Promise.reject(error);
+        }
         return new Promise((resolve, reject) => {
           core.iteratorWaiters.push({ iterator, resolve, reject });
           core.updateHold();
@@ -679,15 +711,13 @@ export class Agent implements AsyncDisposable {
       const data = toBytes(message, 'message');
       const ready = core.inbox.findIndex((n) => n.peer === peer && sameBytes(n.data, data));
       if (ready >= 0) return Promise.resolve(core.inbox.splice(ready, 1)[0]);
-      const waiter: MatchWaiter = {
-        peer,
-        data,
-        bounded: new Bounded<Notification>(`waiting for a notification from '${peer}'`, options, () => {
-          const at = core.matchWaiters.indexOf(waiter);
-          if (at >= 0) core.matchWaiters.splice(at, 1);
-          core.updateHold();
-        }),
+      const giveUp = () => {
+        const at = core.matchWaiters.indexOf(waiter);
+        if (at >= 0) core.matchWaiters.splice(at, 1);
+        core.updateHold();
       };
+      const what = `waiting for a notification from '${peer}'`;
+      const waiter: MatchWaiter = { peer, data, bounded: new Bounded<Notification>(what, options, giveUp, new Error()) };
       if (!waiter.bounded.settled) {
         core.matchWaiters.push(waiter);
         core.updateHold();

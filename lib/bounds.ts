@@ -1,4 +1,4 @@
-import { ErrorCode, KvxferError, invalidArg } from './errors';
+import { ErrorCode, KvxferError, invalidArg, withCallerStack } from './errors';
 
 /** What every asynchronous call accepts. */
 export interface OperationOptions {
@@ -37,26 +37,32 @@ export class Bounded<T> {
   #onAbort: (() => void) | undefined;
   settled = false;
 
-  constructor(what: string, options: OperationOptions | undefined, onGiveUp?: () => void) {
+  /**
+   * `caller` (an Error made when the call was made) lends its stack to the
+   * timeout and abort errors, which are otherwise made in a timer or an
+   * event listener with no trace of the caller.
+   */
+  constructor(what: string, options: OperationOptions | undefined, onGiveUp?: () => void, caller?: Error) {
     this.promise = new Promise<T>((resolve, reject) => {
       this.#resolve = resolve;
       this.#reject = reject;
     });
     const signal = options?.signal;
     if (signal?.aborted) {
-      this.reject(abortedError(what, signal));
+      this.reject(withCallerStack(abortedError(what, signal), caller));
       return;
     }
     if (options?.timeoutMs !== undefined) {
       this.#timer = setTimeout(() => {
-        this.reject(new KvxferError(ErrorCode.TIMEOUT, `${what} timed out after ${options.timeoutMs} ms`));
+        const error = new KvxferError(ErrorCode.TIMEOUT, `${what} timed out after ${options.timeoutMs} ms`);
+        this.reject(withCallerStack(error, caller));
         onGiveUp?.();
       }, options.timeoutMs);
     }
     if (signal !== undefined) {
       this.#signal = signal;
       this.#onAbort = () => {
-        this.reject(abortedError(what, signal));
+        this.reject(withCallerStack(abortedError(what, signal), caller));
         onGiveUp?.();
       };
       signal.addEventListener('abort', this.#onAbort, { once: true });

@@ -22,7 +22,8 @@ const ENTRY = 24;
 const VERSION = 1;
 const MAGIC = 0x4c44564b; // "KVDL" read as a little-endian u32
 const MAX_COUNT = 2 ** 28;
-const U64_MAX = (1n << 64n) - 1n;
+// A descriptor may end exactly at the top of the 64-bit address space.
+const ADDRESS_END = 1n << 64n;
 const TWO_32 = 2 ** 32;
 
 function checkLength(value: number | bigint, index: number): number {
@@ -52,6 +53,9 @@ export class DescList implements Iterable<Desc> {
 
   /** Builds a list from regions, slices and plain `{ address, length, device? }` objects. */
   static from(items: Iterable<DescLike>): DescList {
+    if (items === null || typeof items !== 'object' || typeof (items as Iterable<DescLike>)[Symbol.iterator] !== 'function') {
+      throw invalidArg('DescList.from expects an iterable of regions or { address, length, device? }');
+    }
     const array = Array.isArray(items) ? (items as DescLike[]) : Array.from(items);
     if (array.length > MAX_COUNT) throw invalidArg('too many descriptors');
     const bytes = new Uint8Array(HEADER + ENTRY * array.length);
@@ -70,7 +74,7 @@ export class DescList implements Iterable<Desc> {
       if (!Number.isInteger(device) || device < 0 || device >= TWO_32) {
         throw invalidArg(`descriptor ${i}: device must be a non-negative integer`);
       }
-      if (item.address < 0n || item.address + BigInt(length) > U64_MAX) {
+      if (item.address < 0n || item.address + BigInt(length) > ADDRESS_END) {
         throw invalidArg(`descriptor ${i}: address out of the 64-bit range`);
       }
       const at = HEADER + ENTRY * i;
@@ -104,7 +108,7 @@ export class DescList implements Iterable<Desc> {
       if (length === 0 || hi >= 2 ** 21) {
         throw invalidArg(`descriptor ${i}: length must be a positive integer below 2^53`);
       }
-      if (view.getBigUint64(at, true) + BigInt(length) > U64_MAX) {
+      if (view.getBigUint64(at, true) + BigInt(length) > ADDRESS_END) {
         throw invalidArg(`descriptor ${i} wraps around the address space`);
       }
       total += length;

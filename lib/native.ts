@@ -10,7 +10,8 @@ export interface NativeOperationEvent {
   kind: 0;
   token: number;
   error?: KvxferError;
-  value?: string;
+  /** A loaded peer's name, or a registered region's address. */
+  value?: string | bigint;
 }
 export interface NativeNotificationEvent {
   kind: 1;
@@ -33,10 +34,10 @@ export type NativeEventHandler = (done: Float64Array, others: NativeEvent[]) => 
 
 export interface NativeAgent {
   start(): number;
-  /** -> [token, regionId, address] */
-  registerMemory(bytes: Uint8Array): [number, number, bigint];
-  registerAddress(kind: number, address: bigint, length: number | bigint, device: number): [number, number, bigint];
-  allocate(length: number | bigint): [number, number, bigint];
+  /** -> [token, regionId]; the completion's value is the region's address. */
+  registerMemory(bytes: Uint8Array): [number, number];
+  registerAddress(kind: number, address: bigint, length: number | bigint, device: number): [number, number];
+  allocate(length: number | bigint): [number, number];
   deregister(regionId: number): number;
   view(regionId: number, offset: number | bigint, length: number | bigint): Buffer;
   metadata(): Buffer;

@@ -1,8 +1,5 @@
 #include "agent.h"
 
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -76,8 +73,6 @@ const T* FindContaining(const std::vector<T>& sorted, const Desc& d, Get get, bo
 }
 
 }  // namespace
-
-HostAllocation::~HostAllocation() { munmap(base, mapped_length); }
 
 Napi::Function NativeAgent::Init(Napi::Env env) {
   return DefineClass(env, "NativeAgent",
@@ -200,17 +195,17 @@ RegionEntry* NativeAgent::NewRegion(Napi::Env env) {
   return raw;
 }
 
-Napi::Value NativeAgent::SubmitRegister(RegionEntry* entry) {
+// -> [token, region id]; the completion carries the region's address.
+Napi::Value NativeAgent::SubmitRegister(RegionEntry* entry, Command::Type type) {
   Napi::Env env = Env();
-  Command command{Command::kRegister};
+  Command command{type};
   command.region = &entry->region;
   PendingOp pending;
   pending.region = entry;
   uint32_t token = Submit(std::move(command), std::move(pending));
-  Napi::Array result = Napi::Array::New(env, 3);
+  Napi::Array result = Napi::Array::New(env, 2);
   result.Set(0u, Napi::Number::New(env, token));
   result.Set(1u, Napi::Number::New(env, entry->id));
-  result.Set(2u, Napi::BigInt::New(env, static_cast<uint64_t>(entry->region.address)));
   return result;
 }
 
@@ -226,7 +221,7 @@ Napi::Value NativeAgent::RegisterMemory(const Napi::CallbackInfo& info) {
   entry->region.address = reinterpret_cast<uint64_t>(bytes.Data());
   entry->region.length = bytes.ByteLength();
   entry->keepalive = Napi::Persistent(info[0]);
-  return SubmitRegister(entry);
+  return SubmitRegister(entry, Command::kRegister);
 }
 
 // registerAddress(kind, address, length, device): memory the caller owns,
@@ -241,38 +236,25 @@ Napi::Value NativeAgent::RegisterAddress(const Napi::CallbackInfo& info) {
   const uint32_t device = ToU32(env, info[3], "device");
   if (address == 0) Throw(env, Code::kInvalidArg, "address must not be 0");
   if (length == 0) Throw(env, Code::kInvalidArg, "length must be greater than 0");
-  if (address + length < address) Throw(env, Code::kInvalidArg, "address + length wraps around");
+  if (length - 1 > UINT64_MAX - address) Throw(env, Code::kInvalidArg, "address + length wraps around");
   RegionEntry* entry = NewRegion(env);
   entry->region.address = address;
   entry->region.length = length;
   entry->region.kind = static_cast<MemKind>(kind);
   entry->region.device = device;
-  return SubmitRegister(entry);
+  return SubmitRegister(entry, Command::kRegister);
 }
 
-// allocate(length): page-aligned, zero-filled native memory of any size.
+// allocate(length): host memory of any size, allocated by the engine where
+// peers reach it fastest.
 Napi::Value NativeAgent::Allocate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   CheckOpen(env);
   const uint64_t length = ToU64(env, info[0], "length");
   if (length == 0) Throw(env, Code::kInvalidArg, "length must be greater than 0");
-  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  if (length > UINT64_MAX - page) Throw(env, Code::kInvalidArg, "length is too large");
-  const uint64_t mapped = (length + page - 1) / page * page;
-  // NORESERVE: a pool is reserved up front and touched as the KV cache
-  // fills, as inference servers do.
-  void* base = mmap(nullptr, mapped, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (base == MAP_FAILED) {
-    Throw(env, Code::kEngine,
-          "allocating " + std::to_string(length) + " bytes failed: " + std::strerror(errno));
-  }
-  auto allocation = std::make_shared<HostAllocation>(base, mapped);
   RegionEntry* entry = NewRegion(env);
-  entry->region.address = reinterpret_cast<uint64_t>(base);
   entry->region.length = length;
-  entry->allocation = std::move(allocation);
-  return SubmitRegister(entry);
+  return SubmitRegister(entry, Command::kAllocate);
 }
 
 Napi::Value NativeAgent::Deregister(const Napi::CallbackInfo& info) {
@@ -302,16 +284,19 @@ Napi::Value NativeAgent::Deregister(const Napi::CallbackInfo& info) {
 }
 
 // view(id, offset, length): a Buffer over allocate()d memory, no copy. The
-// Buffer keeps the memory mapped even after the region is deregistered.
+// Buffer keeps the memory mapped even after the region is deregistered or
+// the agent closed.
 Napi::Value NativeAgent::View(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const uint32_t id = ToU32(env, info[0], "region id");
   const uint64_t offset = ToU64(env, info[1], "offset");
   const uint64_t length = ToU64(env, info[2], "length");
   auto it = regions_.find(id);
-  if (it == regions_.end()) Throw(env, Code::kNotRegistered, "the region is not registered");
+  if (it == regions_.end() || it->second->state != RegionEntry::kRegistered) {
+    Throw(env, Code::kNotRegistered, "the region is not registered");
+  }
   RegionEntry* entry = it->second.get();
-  if (!entry->allocation) {
+  if (!entry->region.memory) {
     Throw(env, Code::kInvalidArg, "view() is only available on memory from allocate()");
   }
   if (offset > entry->region.length || length > entry->region.length - offset) {
@@ -319,11 +304,11 @@ Napi::Value NativeAgent::View(const Napi::CallbackInfo& info) {
           "view of " + std::to_string(length) + " bytes at offset " + std::to_string(offset) +
               " runs past the region's " + std::to_string(entry->region.length) + " bytes");
   }
-  auto* hold = new std::shared_ptr<HostAllocation>(entry->allocation);
-  auto* data = static_cast<uint8_t*>(entry->allocation->base) + offset;
+  auto* hold = new std::shared_ptr<void>(entry->region.memory);
+  auto* data = reinterpret_cast<uint8_t*>(entry->region.address) + offset;
   return Napi::Buffer<uint8_t>::New(
       env, data, static_cast<size_t>(length),
-      [](Napi::Env, uint8_t*, std::shared_ptr<HostAllocation>* h) { delete h; }, hold);
+      [](Napi::Env, uint8_t*, std::shared_ptr<void>* h) { delete h; }, hold);
 }
 
 void NativeAgent::RebuildRegionIndex() {
@@ -637,17 +622,20 @@ void NativeAgent::HandleEvent(Napi::Env env, Event& e, Napi::Array others, Napi:
     case Event::kClosed:
       push(op_result(e.token, e.status));
       break;
-    case Event::kRegistered:
+    case Event::kRegistered: {
+      Napi::Object o = op_result(e.token, e.status);
       if (pending.region != nullptr) {
         if (e.status.ok()) {
           pending.region->state = RegionEntry::kRegistered;
+          o.Set("value", Napi::BigInt::New(env, static_cast<uint64_t>(pending.region->region.address)));
           RebuildRegionIndex();
         } else {
           regions_.erase(pending.region->id);
         }
       }
-      push(op_result(e.token, e.status));
+      push(o);
       break;
+    }
     case Event::kDeregistered:
       if (pending.region != nullptr) regions_.erase(pending.region->id);
       push(op_result(e.token, e.status));

@@ -22,24 +22,12 @@ class NativeAgent;
 
 void AgentCallJs(Napi::Env env, Napi::Function callback, NativeAgent* self, void* data);
 
-// Native memory from allocate(): freed when the region and every Buffer view
-// of it are gone, whichever is last.
-struct HostAllocation {
-  HostAllocation(void* b, size_t length) : base(b), mapped_length(length) {}
-  HostAllocation(const HostAllocation&) = delete;
-  HostAllocation& operator=(const HostAllocation&) = delete;
-  ~HostAllocation();
-  void* const base;
-  const size_t mapped_length;
-};
-
 struct RegionEntry {
   enum State : uint8_t { kRegistering, kRegistered, kDeregistering };
   uint32_t id = 0;
   State state = kRegistering;
   LocalRegion region;
-  Napi::Reference<Napi::Value> keepalive;      // the JS memory the region covers
-  std::shared_ptr<HostAllocation> allocation;  // or the native memory it owns
+  Napi::Reference<Napi::Value> keepalive;  // the JS memory the region covers
   uint32_t users = 0;                          // unreleased transfers using it
   uint32_t prepare_mark = 0;
 };
@@ -103,7 +91,7 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
   void CheckOpen(Napi::Env env) const;
   uint32_t Submit(Command command, PendingOp pending = PendingOp());
   RegionEntry* NewRegion(Napi::Env env);
-  Napi::Value SubmitRegister(RegionEntry* entry);
+  Napi::Value SubmitRegister(RegionEntry* entry, Command::Type type);
   PeerEntry* FindPeer(Napi::Env env, const Napi::Value& name);
   XferEntry* FindXfer(Napi::Env env, const Napi::Value& id);
   void DropPeer(PeerEntry* entry);

@@ -42,7 +42,8 @@ Status DescListView::Parse(const uint8_t* data, size_t length, DescListView* out
       return Status::Error(Code::kInvalidArg,
                            "descriptor " + std::to_string(i) + " has length 0");
     }
-    if (d.address + d.length < d.address) {
+    // The end may be exactly 2^64; anything beyond wraps.
+    if (d.length - 1 > UINT64_MAX - d.address) {
       return Status::Error(Code::kInvalidArg,
                            "descriptor " + std::to_string(i) + " wraps around the address space");
     }

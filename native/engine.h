@@ -32,6 +32,11 @@ struct LocalRegion {
   // What a peer needs to reach this region (a packed UCX rkey). Written by
   // Register, read on the JS thread only after Register has completed.
   std::vector<uint8_t> remote_key;
+  // Set by Allocate: owns the memory. Buffer views share it, so the memory
+  // stays mapped while a view of it is reachable, even after the region is
+  // deregistered or the agent closed; the last holder frees it, on whatever
+  // thread that happens.
+  std::shared_ptr<void> memory;
 };
 
 // A region of a peer, as its metadata described it.
@@ -90,6 +95,10 @@ class Engine {
   virtual Status Start(const std::string& agent_name, const EngineOptions& options) = 0;
 
   virtual Status Register(LocalRegion* region) = 0;
+  // Allocates `region->length` bytes of host memory where peers reach it
+  // fastest (UCX: a shared-memory segment a same-host peer maps and copies
+  // into directly), registers it, and sets address and memory.
+  virtual Status Allocate(LocalRegion* region) = 0;
   virtual void Deregister(LocalRegion* region) = 0;
 
   // Any thread, after Start: reads only what Start and completed Register

@@ -98,6 +98,12 @@ void OwnerThread::Execute(Command& c) {
       Push(std::move(e));
       break;
     }
+    case Command::kAllocate: {
+      Event e{Event::kRegistered, c.token, engine_->Allocate(c.region)};
+      e.region = c.region;
+      Push(std::move(e));
+      break;
+    }
     case Command::kDeregister: {
       engine_->Deregister(c.region);
       Event e{Event::kDeregistered, c.token};

@@ -22,6 +22,7 @@ struct Command {
   enum Type : uint8_t {
     kStart,
     kRegister,
+    kAllocate,
     kDeregister,
     kLoadPeer,
     kDestroyPeer,

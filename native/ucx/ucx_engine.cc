@@ -5,6 +5,7 @@
 #include <cstring>
 #include <mutex>
 #include <chrono>
+#include <memory>
 #include <unordered_set>
 #include <vector>
 
@@ -41,6 +42,25 @@ bool IsPeerFailure(ucs_status_t s) {
 }
 
 class UcxEngine;
+
+// The UCP context outlives the engine while memory it allocated is still
+// referenced by a Buffer view.
+struct UcxContext {
+  explicit UcxContext(ucp_context_h h) : handle(h) {}
+  UcxContext(const UcxContext&) = delete;
+  UcxContext& operator=(const UcxContext&) = delete;
+  ~UcxContext() { ucp_cleanup(handle); }
+  const ucp_context_h handle;
+};
+
+struct UcxAllocation {
+  UcxAllocation(std::shared_ptr<UcxContext> c, ucp_mem_h m) : context(std::move(c)), memh(m) {}
+  UcxAllocation(const UcxAllocation&) = delete;
+  UcxAllocation& operator=(const UcxAllocation&) = delete;
+  ~UcxAllocation() { ucp_mem_unmap(context->handle, memh); }
+  const std::shared_ptr<UcxContext> context;
+  const ucp_mem_h memh;
+};
 
 struct UcxConn {
   UcxEngine* engine;
@@ -80,12 +100,17 @@ class UcxEngine final : public Engine {
       }
     }
     ucp_params_t params{};
-    params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
+    params.field_mask =
+        UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
     params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
     params.name = name_.c_str();
+    // The worker is used by the owner thread alone, but the last Buffer view
+    // of allocated memory may unmap it from the JS thread (see UcxAllocation).
+    params.mt_workers_shared = 1;
     st = ucp_init(&params, config, &context_);
     ucp_config_release(config);
     if (st != UCS_OK) return UcsError(Code::kEngine, "ucp_init", st);
+    context_holder_ = std::make_shared<UcxContext>(context_);
 
     ucp_worker_params_t worker_params{};
     worker_params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
@@ -129,24 +154,50 @@ class UcxEngine final : public Engine {
       return UcsError(Code::kEngine,
                       std::string("registering ") + MemKindName(region->kind) + " memory", st);
     }
-    void* key = nullptr;
-    size_t key_length = 0;
-    st = ucp_rkey_pack(context_, memh, &key, &key_length);
-    if (st != UCS_OK) {
+    Status packed = PackKey(memh, region);
+    if (!packed.ok()) {
       ucp_mem_unmap(context_, memh);
-      return UcsError(Code::kEngine, "packing a remote key", st);
+      return packed;
     }
-    const auto* key_bytes = static_cast<const uint8_t*>(key);
-    region->remote_key.assign(key_bytes, key_bytes + key_length);
-    ucp_rkey_buffer_release(key);
     region->engine_handle = memh;
+    regions_.insert(region);
+    return Status::Ok();
+  }
+
+  Status Allocate(LocalRegion* region) override {
+    ucp_mem_map_params_t params{};
+    params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                        UCP_MEM_MAP_PARAM_FIELD_FLAGS | UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
+    params.address = nullptr;
+    params.length = region->length;
+    params.flags = UCP_MEM_MAP_ALLOCATE;
+    params.memory_type = UCS_MEMORY_TYPE_HOST;
+    ucp_mem_h memh = nullptr;
+    ucs_status_t st = ucp_mem_map(context_, &params, &memh);
+    if (st != UCS_OK) {
+      return UcsError(Code::kEngine, "allocating " + std::to_string(region->length) + " bytes", st);
+    }
+    auto allocation = std::make_shared<UcxAllocation>(context_holder_, memh);
+    ucp_mem_attr_t attr{};
+    attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
+    st = ucp_mem_query(memh, &attr);
+    if (st != UCS_OK) return UcsError(Code::kEngine, "querying allocated memory", st);
+    if (attr.length < region->length) {
+      return Status::Error(Code::kEngine, "UCX allocated less memory than asked for");
+    }
+    Status packed = PackKey(memh, region);
+    if (!packed.ok()) return packed;
+    region->address = reinterpret_cast<uint64_t>(attr.address);
+    region->engine_handle = memh;
+    region->memory = std::move(allocation);
     regions_.insert(region);
     return Status::Ok();
   }
 
   void Deregister(LocalRegion* region) override {
     if (regions_.erase(region) == 0) return;
-    ucp_mem_unmap(context_, static_cast<ucp_mem_h>(region->engine_handle));
+    // Allocated memory is unmapped by its last holder, not here.
+    if (!region->memory) ucp_mem_unmap(context_, static_cast<ucp_mem_h>(region->engine_handle));
     region->engine_handle = nullptr;
   }
 
@@ -287,15 +338,23 @@ class UcxEngine final : public Engine {
     while ((!ops_.empty() || closing_ > 0) && std::chrono::steady_clock::now() < deadline) {
       ucp_worker_progress(worker_);
     }
-    for (LocalRegion* region : regions_) {
-      ucp_mem_unmap(context_, static_cast<ucp_mem_h>(region->engine_handle));
-      region->engine_handle = nullptr;
-    }
-    regions_.clear();
+    const std::vector<LocalRegion*> registered(regions_.begin(), regions_.end());
+    for (LocalRegion* region : registered) Deregister(region);
     Teardown();
   }
 
  private:
+  Status PackKey(ucp_mem_h memh, LocalRegion* region) {
+    void* key = nullptr;
+    size_t key_length = 0;
+    ucs_status_t st = ucp_rkey_pack(context_, memh, &key, &key_length);
+    if (st != UCS_OK) return UcsError(Code::kEngine, "packing a remote key", st);
+    const auto* key_bytes = static_cast<const uint8_t*>(key);
+    region->remote_key.assign(key_bytes, key_bytes + key_length);
+    ucp_rkey_buffer_release(key);
+    return Status::Ok();
+  }
+
   Status Fail(Status status) {
     Teardown();
     return status;
@@ -303,8 +362,8 @@ class UcxEngine final : public Engine {
 
   void Teardown() {
     if (worker_ != nullptr) ucp_worker_destroy(worker_);
-    if (context_ != nullptr) ucp_cleanup(context_);
     worker_ = nullptr;
+    context_holder_.reset();  // ucp_cleanup, now or when the last allocation goes
     context_ = nullptr;
     event_fd_ = -1;
   }
@@ -445,6 +504,7 @@ class UcxEngine final : public Engine {
   EngineEvents* const events_;
   std::string name_;
   ucp_context_h context_ = nullptr;
+  std::shared_ptr<UcxContext> context_holder_;
   ucp_worker_h worker_ = nullptr;
   int event_fd_ = -1;
   std::vector<uint8_t> worker_address_;

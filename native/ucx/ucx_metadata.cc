@@ -171,7 +171,7 @@ Status ParseUcxMetadata(const uint8_t* blob, size_t length, UcxMetadata* out) {
     if (r.failed()) return Bad("truncated region " + std::to_string(i));
     if (kind > static_cast<uint8_t>(MemKind::kVram)) return Bad("region " + std::to_string(i) + " kind");
     region.kind = static_cast<MemKind>(kind);
-    if (region.length == 0 || region.address + region.length < region.address) {
+    if (region.length == 0 || region.length - 1 > UINT64_MAX - region.address) {
       return Bad("region " + std::to_string(i) + " bounds");
     }
     if (region.key_length == 0 || region.key_length > kMaxKey) {
