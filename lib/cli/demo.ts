@@ -11,6 +11,7 @@ import { Agent, DescList } from '../index';
 const BLOCKS = 64;
 const BLOCK_SIZE = 1 << 20;
 const REQUEST = 'req-0';
+const WARM_REPEATS = 10;
 
 interface DecodeHello {
   metadata: string;
@@ -70,15 +71,21 @@ async function prefillWorker(): Promise<number> {
     const received = once<string>(decode);
     decode.send(Buffer.from(agent.metadata()).toString('base64'));
 
-    const transfer = agent.prepare({ op: 'write', local, remote, peer, notify: REQUEST });
-    const result = await transfer.post({ timeoutMs: 60_000 });
-    transfer.release();
+    // The first pass pays for the decode pool's first-touch page faults; the
+    // repeats show the steady state; the last one carries the notification.
+    const warm = agent.prepare({ op: 'write', local, remote, peer });
+    const cold = await warm.post({ timeoutMs: 60_000 });
+    let warmNs = 0;
+    for (let i = 0; i < WARM_REPEATS; i++) warmNs += (await warm.post({ timeoutMs: 60_000 })).durationNs;
+    warm.release();
+    await agent.write(local, remote, peer, { notify: REQUEST, timeoutMs: 60_000 });
     const actual = await received;
-    const gbps = result.bytes / result.durationNs;
     const ok = actual === expected;
+    const mib = cold.bytes / (1 << 20);
     console.log(
-      `kvxfer demo: prefill-0 -> ${peer}: ${BLOCKS} blocks x ${BLOCK_SIZE >> 10} KiB = ${result.bytes >> 20} MiB ` +
-        `in ${(result.durationNs / 1e6).toFixed(2)} ms (${gbps.toFixed(2)} GB/s), ` +
+      `kvxfer demo: prefill-0 -> ${peer}: ${BLOCKS} blocks x ${BLOCK_SIZE >> 10} KiB = ${mib} MiB per request; ` +
+        `first ${(cold.durationNs / 1e6).toFixed(2)} ms (${(cold.bytes / cold.durationNs).toFixed(2)} GB/s), ` +
+        `then ${((cold.bytes * WARM_REPEATS) / warmNs).toFixed(2)} GB/s over ${WARM_REPEATS} more; ` +
         `sha256 ${ok ? 'matches' : 'MISMATCH'} at the decode side`,
     );
     return ok ? 0 : 1;
