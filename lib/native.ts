@@ -83,6 +83,11 @@ function explainLoadFailure(error: unknown): KvxferError {
 }
 
 function load(): Binding {
+  // UCX installs handlers for SIGSEGV, SIGBUS and others when its library
+  // loads, replacing Node's own (V8 relies on SIGSEGV for WebAssembly bounds
+  // checks). Unless the user asked for them, keep UCX's hands off signals.
+  // It must be in the environment before the addon pulls libucs in.
+  process.env.UCX_ERROR_SIGNALS ??= '';
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const nodeGypBuild = require('node-gyp-build') as (dir: string) => Binding;
