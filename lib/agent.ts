@@ -78,8 +78,14 @@ let agentCounter = 0;
 interface PendingOperation {
   bounded: Bounded<any>;
   caller: Error | undefined;
-  transfer?: Transfer;
+  transfer: Transfer | undefined;
   /** The caller gave up but the operation succeeded: undo what it made. */
+  onLateSuccess: (() => void) | undefined;
+}
+
+interface SubmitExtras {
+  caller?: Error;
+  transfer?: Transfer;
   onLateSuccess?: () => void;
 }
 
@@ -163,7 +169,7 @@ class AgentCore {
     what: string,
     call: () => number,
     options: OperationOptions | undefined,
-    extra: Partial<PendingOperation> = {},
+    extra: SubmitExtras = {},
   ): Promise<T> {
     try {
       checkBounds(options);
@@ -172,7 +178,9 @@ class AgentCore {
       const caller = extra.caller ?? new Error();
       const token = call();
       const bounded = new Bounded<T>(what, options, undefined, caller);
-      this.pending.set(token, { ...extra, bounded, caller });
+      // One object shape for every operation keeps this path monomorphic.
+      const op: PendingOperation = { bounded, caller, transfer: extra.transfer, onLateSuccess: extra.onLateSuccess };
+      this.pending.set(token, op);
       return bounded.promise;
     } catch (error) {
       if (extra.transfer !== undefined) this.countRefused(extra.transfer.peer, error);
@@ -221,7 +229,7 @@ class AgentCore {
     const transfer = op.transfer;
     if (transfer !== undefined) {
       this.stats.inFlight--;
-      const peer = this.peer(transfer.peer);
+      const peer = transfer.peerStats;
       if (error === undefined) {
         this.stats.transfers++;
         if (transfer.op === 'write') this.stats.bytesWritten += transfer.bytes;
@@ -280,7 +288,7 @@ class AgentCore {
       return this.closePromise;
     }
     const bounded = new Bounded<void>('closing the agent', undefined);
-    this.pending.set(token, { bounded, caller: undefined });
+    this.pending.set(token, { bounded, caller: undefined, transfer: undefined, onLateSuccess: undefined });
     this.closePromise = bounded.promise.finally(() => {
       this.closed = true;
       for (const op of this.pending.values()) op.bounded.reject(closedError());
@@ -391,10 +399,14 @@ export class Transfer {
   readonly #id: number;
   readonly #caller: Error;
   #released = false;
+  #what: string | undefined;
+  /** @internal The peer's counters, looked up once rather than per completion. */
+  readonly peerStats: PeerStats;
 
   /** @internal */
   constructor(core: AgentCore, id: number, spec: TransferSpec, bytes: number, descriptors: number, caller: Error) {
     this.#core = core;
+    this.peerStats = core.peer(spec.peer);
     this.#id = id;
     this.op = spec.op;
     this.peer = spec.peer;
@@ -414,8 +426,9 @@ export class Transfer {
    */
   post(options?: OperationOptions): Promise<TransferResult> {
     const core = this.#core;
+    this.#what ??= `${this.op} of ${this.bytes} bytes with '${this.peer}'`;
     return core.submit<TransferResult>(
-      `${this.op} of ${this.bytes} bytes with '${this.peer}'`,
+      this.#what,
       () => {
         if (this.#released) throw invalidArg('the transfer was released');
         const token = core.native.post(this.#id);

@@ -16,6 +16,10 @@ namespace {
 // stalled on a slow peer does not burn a core.
 constexpr auto kSpinBeforeNap = std::chrono::microseconds(200);
 constexpr int kNapMs = 1;
+// With nothing in flight it keeps polling this long before it sleeps: a
+// caller posting back to back then never pays for a wake-up (an eventfd
+// write and a context switch, several microseconds each post).
+constexpr auto kSpinBeforeSleep = std::chrono::microseconds(50);
 
 }  // namespace
 
@@ -207,6 +211,7 @@ void OwnerThread::Run() {
       if (engine_->Arm()) SleepUntilWork(kNapMs);
       continue;
     }
+    if (now - last_progress < kSpinBeforeSleep) continue;
     if (!engine_started_ || engine_->Arm()) SleepUntilWork(-1);
   }
 }
