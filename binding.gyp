@@ -5,6 +5,7 @@
       "sources": [
         "native/addon.cc",
         "native/agent.cc",
+        "native/bench.cc",
         "native/errors.cc",
         "native/descs.cc",
         "native/progress.cc",

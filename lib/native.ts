@@ -63,6 +63,8 @@ interface Binding {
   NativeAgent: new (name: string, transports: string, onEvents: NativeEventHandler) => NativeAgent;
   setErrorClass(ctor: typeof KvxferError): void;
   info(): { ucx: NativeUcxInfo };
+  /** `kvxfer bench`'s memcpy baseline: ns for `iterations` single-thread copies of `bytes` between two page-aligned buffers. */
+  memcpyBench(bytes: number, iterations: number): number;
 }
 
 function explainLoadFailure(error: unknown): KvxferError {

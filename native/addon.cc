@@ -1,6 +1,7 @@
 #include "addon.h"
 
 #include "agent.h"
+#include "bench.h"
 #include "errors.h"
 #include "ucx/ucx_engine.h"
 #include "ucx/ucx_info.h"
@@ -15,6 +16,7 @@ KvxferAddon::KvxferAddon(Napi::Env env, Napi::Object exports) {
                            InstanceMethod("setErrorClass", &KvxferAddon::SetErrorClass),
                            InstanceMethod("info", &KvxferAddon::Info),
                            InstanceValue("NativeAgent", agent),
+                           InstanceValue("memcpyBench", Napi::Function::New(env, MemcpyBench, "memcpyBench")),
                        });
 }
 
