@@ -9,6 +9,8 @@
         "native/errors.cc",
         "native/descs.cc",
         "native/progress.cc",
+        "native/nixl/nixl_api.cc",
+        "native/nixl/nixl_engine.cc",
         "native/ucx/ucx_engine.cc",
         "native/ucx/ucx_metadata.cc",
         "native/ucx/ucx_info.cc"

@@ -2,7 +2,7 @@ import * as os from 'node:os';
 import { Bounded, OperationOptions, abortedError, checkBounds } from './bounds';
 import { DescList, type Desc, type DescLike } from './descs';
 import { ErrorCode, KvxferError, invalidArg, withCallerStack } from './errors';
-import { binding, type NativeAgent, type NativeEvent } from './native';
+import { binding, type NativeAgent, type NativeAgentOptions, type NativeEvent } from './native';
 
 export type EngineName = 'ucx' | 'nixl';
 export type MemoryKind = 'dram' | 'vram';
@@ -12,8 +12,12 @@ export interface AgentOptions extends OperationOptions {
   name?: string;
   /** 'auto' (default) picks NIXL where it loads, else UCX. */
   engine?: 'auto' | EngineName;
-  /** UCX_TLS for this agent only, e.g. 'tcp' or 'sm,self'. Default: the environment's. */
+  /** UCX_TLS for this agent only, e.g. 'tcp' or 'sm,self' (UCX engine). Default: the environment's. */
   transports?: string;
+  /** NIXL engine: the backend plugin to create (default 'UCX'). */
+  backend?: string;
+  /** NIXL engine: parameters for the backend, on top of the plugin's defaults. */
+  backendParams?: Record<string, string>;
 }
 
 /** Memory that is not a JS buffer: a CUDA allocation, or host memory the caller owns. */
@@ -37,6 +41,8 @@ export interface TransferSpec {
   peer: string;
   /** Sent to the peer once the data is in place there (at most 16 KiB). */
   notify?: string | Uint8Array;
+  /** The kind of the peer's memory (NIXL engine; default: the local kind). */
+  remoteKind?: MemoryKind;
 }
 
 export interface TransferResult {
@@ -152,10 +158,10 @@ class AgentCore {
   };
   peerStats = new Map<string, PeerStats>();
 
-  constructor(name: string, transports: string) {
+  constructor(name: string, options: NativeAgentOptions) {
     this.name = name;
     const { NativeAgent } = binding();
-    this.native = new NativeAgent(name, transports, (done, others) => this.onEvents(done, others));
+    this.native = new NativeAgent(name, options, (done, others) => this.onEvents(done, others));
   }
 
   checkOpen(): void {
@@ -451,27 +457,39 @@ export class Transfer {
 /** One endpoint of KV transfers: a worker process's memory, peers and notifications. */
 export class Agent implements AsyncDisposable {
   readonly #core: AgentCore;
-  readonly engine: EngineName = 'ucx';
 
   private constructor(core: AgentCore) {
     this.#core = core;
+  }
+
+  /** The engine this agent runs on. */
+  get engine(): EngineName {
+    return this.#core.native.engine;
   }
 
   static async create(options: AgentOptions = {}): Promise<Agent> {
     checkBounds(options);
     const name = options.name ?? `${os.hostname()}-${process.pid}-${agentCounter++}`;
     if (typeof name !== 'string') throw invalidArg('name must be a string');
-    const engine = options.engine ?? 'auto';
-    if (engine === 'nixl') {
-      throw new KvxferError(
-        ErrorCode.ENGINE,
-        "the NIXL engine is not available in this build of kvxfer; use engine: 'ucx' or 'auto'",
-      );
+    const requested = options.engine ?? 'auto';
+    if (requested !== 'auto' && requested !== 'ucx' && requested !== 'nixl') {
+      throw invalidArg(`unknown engine '${String(requested)}'`);
     }
-    if (engine !== 'auto' && engine !== 'ucx') throw invalidArg(`unknown engine '${String(engine)}'`);
-    const transports = options.transports ?? '';
-    if (typeof transports !== 'string') throw invalidArg('transports must be a string such as "tcp" or "sm,self"');
-    const core = new AgentCore(name, transports);
+    // 'auto' prefers NIXL where it loads; 'nixl' asked for explicitly fails
+    // at start with the reason it did not load.
+    const engine = requested === 'auto' ? (binding().nixlStatus().available ? 'nixl' : 'ucx') : requested;
+    for (const key of ['transports', 'backend'] as const) {
+      if (options[key] !== undefined && typeof options[key] !== 'string') throw invalidArg(`${key} must be a string`);
+    }
+    if (options.backendParams !== undefined && (typeof options.backendParams !== 'object' || options.backendParams === null)) {
+      throw invalidArg('backendParams must be an object of strings');
+    }
+    const core = new AgentCore(name, {
+      engine,
+      transports: options.transports,
+      backend: options.backend,
+      backendParams: options.backendParams,
+    });
     try {
       await core.submit<void>('starting the agent', () => core.native.start(), options);
     } catch (error) {
@@ -608,8 +626,13 @@ export class Agent implements AsyncDisposable {
       notify = toBytes(spec.notify, 'notify');
       if (notify.byteLength > MAX_NOTIFICATION) throw invalidArg('a notification holds at most 16 KiB');
     }
+    let remoteKind: number | undefined;
+    if (spec.remoteKind !== undefined) {
+      if (spec.remoteKind !== 'dram' && spec.remoteKind !== 'vram') throw invalidArg("remoteKind must be 'dram' or 'vram'");
+      remoteKind = spec.remoteKind === 'vram' ? 1 : 0;
+    }
     const caller = new Error();
-    const [id, bytes] = core.native.prepare(op, local.packed, remote.packed, spec.peer, notify);
+    const [id, bytes] = core.native.prepare(op, local.packed, remote.packed, spec.peer, notify, remoteKind);
     return new Transfer(core, id, spec, bytes, local.length, caller);
   }
 

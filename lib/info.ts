@@ -5,7 +5,11 @@ export interface EngineInfo {
   /** Why the engine cannot be used, when it cannot. */
   reason?: string;
   version?: string;
+  /** UCX: every transport and device UCX can open here. */
   transports?: { name: string; device: string }[];
+  /** NIXL: the libnixl_capi.so that loaded, and its backend plugins. */
+  path?: string;
+  plugins?: string[];
 }
 
 export interface KvxferInfo {
@@ -17,18 +21,17 @@ export interface KvxferInfo {
 export function info(): KvxferInfo {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const version = (require('../package.json') as { version: string }).version;
-  let ucx: EngineInfo;
   try {
-    const native = binding().info().ucx;
-    ucx = { available: true, version: native.version, transports: native.transports };
+    const native = binding().info();
+    return {
+      version,
+      engines: {
+        ucx: { available: true, version: native.ucx.version, transports: native.ucx.transports },
+        nixl: { ...native.nixl },
+      },
+    };
   } catch (error) {
-    ucx = { available: false, reason: error instanceof Error ? error.message : String(error) };
+    const reason = error instanceof Error ? error.message : String(error);
+    return { version, engines: { ucx: { available: false, reason }, nixl: { available: false, reason } } };
   }
-  return {
-    version,
-    engines: {
-      ucx,
-      nixl: { available: false, reason: 'this build of kvxfer has no NIXL engine' },
-    },
-  };
 }

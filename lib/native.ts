@@ -43,8 +43,15 @@ export interface NativeAgent {
   metadata(): Buffer;
   loadPeer(blob: Uint8Array): number;
   forgetPeer(name: string): void;
-  /** -> [transferId, bytes] */
-  prepare(op: number, local: Uint8Array, remote: Uint8Array, peer: string, notify?: Uint8Array): [number, number];
+  /** -> [transferId, bytes]; remoteKind: 0 dram, 1 vram, undefined: the local kind */
+  prepare(
+    op: number,
+    local: Uint8Array,
+    remote: Uint8Array,
+    peer: string,
+    notify?: Uint8Array,
+    remoteKind?: number,
+  ): [number, number];
   post(transferId: number): number;
   release(transferId: number): void;
   notify(peer: string, message: Uint8Array): number;
@@ -52,6 +59,21 @@ export interface NativeAgent {
   /** Keep the event loop alive while JS waits for something native. */
   hold(): void;
   unhold(): void;
+  readonly engine: 'ucx' | 'nixl';
+}
+
+export interface NativeAgentOptions {
+  engine: 'ucx' | 'nixl';
+  transports?: string;
+  backend?: string;
+  backendParams?: Record<string, string>;
+}
+
+export interface NativeNixlStatus {
+  available: boolean;
+  reason?: string;
+  path?: string;
+  plugins?: string[];
 }
 
 export interface NativeUcxInfo {
@@ -60,9 +82,10 @@ export interface NativeUcxInfo {
 }
 
 interface Binding {
-  NativeAgent: new (name: string, transports: string, onEvents: NativeEventHandler) => NativeAgent;
+  NativeAgent: new (name: string, options: NativeAgentOptions, onEvents: NativeEventHandler) => NativeAgent;
   setErrorClass(ctor: typeof KvxferError): void;
-  info(): { ucx: NativeUcxInfo };
+  info(): { ucx: NativeUcxInfo; nixl: NativeNixlStatus };
+  nixlStatus(): NativeNixlStatus;
   /** `kvxfer bench`'s memcpy baseline: ns for `iterations` single-thread copies of `bytes` between two page-aligned buffers. */
   memcpyBench(bytes: number, iterations: number): number;
 }

@@ -1,6 +1,7 @@
 #include "addon.h"
 
 #include "agent.h"
+#include "engine.h"
 #include "bench.h"
 #include "errors.h"
 #include "ucx/ucx_engine.h"
@@ -15,6 +16,7 @@ KvxferAddon::KvxferAddon(Napi::Env env, Napi::Object exports) {
   DefineAddon(exports, {
                            InstanceMethod("setErrorClass", &KvxferAddon::SetErrorClass),
                            InstanceMethod("info", &KvxferAddon::Info),
+                           InstanceMethod("nixlStatus", &KvxferAddon::NixlStatus),
                            InstanceValue("NativeAgent", agent),
                            InstanceValue("memcpyBench", Napi::Function::New(env, MemcpyBench, "memcpyBench")),
                        });
@@ -24,6 +26,16 @@ Napi::Value KvxferAddon::SetErrorClass(const Napi::CallbackInfo& info) {
   if (!info[0].IsFunction()) Throw(info.Env(), Code::kInvalidArg, "setErrorClass(constructor)");
   error_constructor = Napi::Persistent(info[0].As<Napi::Function>());
   return info.Env().Undefined();
+}
+
+// Whether NIXL loads, without starting an agent (info() lists plugins too).
+Napi::Value KvxferAddon::NixlStatus(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const NixlInfo nixl_info = QueryNixl(false);
+  Napi::Object nixl = Napi::Object::New(env);
+  nixl.Set("available", nixl_info.available);
+  nixl.Set(nixl_info.available ? "path" : "reason", nixl_info.available ? nixl_info.path : nixl_info.reason);
+  return nixl;
 }
 
 Napi::Value KvxferAddon::Info(const Napi::CallbackInfo& info) {
@@ -38,8 +50,20 @@ Napi::Value KvxferAddon::Info(const Napi::CallbackInfo& info) {
     transports.Set(transports.Length(), o);
   }
   ucx.Set("transports", transports);
+  const NixlInfo nixl_info = QueryNixl(true);
+  Napi::Object nixl = Napi::Object::New(env);
+  nixl.Set("available", nixl_info.available);
+  if (nixl_info.available) {
+    nixl.Set("path", nixl_info.path);
+    Napi::Array plugins = Napi::Array::New(env);
+    for (const std::string& p : nixl_info.plugins) plugins.Set(plugins.Length(), p);
+    nixl.Set("plugins", plugins);
+  } else {
+    nixl.Set("reason", nixl_info.reason);
+  }
   Napi::Object result = Napi::Object::New(env);
   result.Set("ucx", ucx);
+  result.Set("nixl", nixl);
   return result;
 }
 

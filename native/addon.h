@@ -16,6 +16,7 @@ class KvxferAddon : public Napi::Addon<KvxferAddon> {
  private:
   Napi::Value SetErrorClass(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info);
+  Napi::Value NixlStatus(const Napi::CallbackInfo& info);
 };
 
 }  // namespace kvxfer

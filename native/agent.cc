@@ -72,6 +72,38 @@ const T* FindContaining(const std::vector<T>& sorted, const Desc& d, Get get, bo
   return nullptr;
 }
 
+std::string OptionalString(Napi::Env env, Napi::Object o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return std::string();
+  if (!v.IsString()) Throw(env, Code::kInvalidArg, std::string(key) + " must be a string");
+  return v.As<Napi::String>().Utf8Value();
+}
+
+// { engine: 'ucx' | 'nixl', transports?, backend?, backendParams?: { key: value } }
+EngineOptions ParseOptions(Napi::Env env, Napi::Object o) {
+  EngineOptions options;
+  options.engine = OptionalString(env, o, "engine");
+  if (options.engine.empty()) options.engine = "ucx";
+  if (options.engine != "ucx" && options.engine != "nixl") {
+    Throw(env, Code::kInvalidArg, "engine must be 'ucx' or 'nixl'");
+  }
+  options.transports = OptionalString(env, o, "transports");
+  options.backend = OptionalString(env, o, "backend");
+  Napi::Value params = o.Get("backendParams");
+  if (!params.IsUndefined()) {
+    if (!params.IsObject()) Throw(env, Code::kInvalidArg, "backendParams must be an object of strings");
+    Napi::Object p = params.As<Napi::Object>();
+    Napi::Array keys = p.GetPropertyNames();
+    for (uint32_t i = 0; i < keys.Length(); ++i) {
+      std::string key = keys.Get(i).As<Napi::String>().Utf8Value();
+      Napi::Value value = p.Get(key);
+      if (!value.IsString()) Throw(env, Code::kInvalidArg, "backendParams." + key + " must be a string");
+      options.backend_params.emplace_back(key, value.As<Napi::String>().Utf8Value());
+    }
+  }
+  return options;
+}
+
 }  // namespace
 
 Napi::Function NativeAgent::Init(Napi::Env env) {
@@ -93,21 +125,22 @@ Napi::Function NativeAgent::Init(Napi::Env env) {
                          InstanceMethod<&NativeAgent::Close>("close"),
                          InstanceMethod<&NativeAgent::Hold>("hold"),
                          InstanceMethod<&NativeAgent::Unhold>("unhold"),
+                         InstanceAccessor<&NativeAgent::Engine>("engine"),
                      });
 }
 
 NativeAgent::NativeAgent(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeAgent>(info) {
   Napi::Env env = info.Env();
   addon_ = env.GetInstanceData<KvxferAddon>();
-  if (info.Length() < 3 || !info[0].IsString() || !info[1].IsString() || !info[2].IsFunction()) {
-    Throw(env, Code::kInvalidArg, "NativeAgent(name, transports, onEvents)");
+  if (info.Length() < 3 || !info[0].IsString() || !info[1].IsObject() || !info[2].IsFunction()) {
+    Throw(env, Code::kInvalidArg, "NativeAgent(name, options, onEvents)");
   }
   name_ = info[0].As<Napi::String>().Utf8Value();
   if (name_.empty() || name_.size() > kMaxAgentNameBytes || name_.find('\0') != std::string::npos) {
     Throw(env, Code::kInvalidArg, "an agent name must be 1 to 255 bytes of UTF-8 without NUL");
   }
-  EngineOptions options;
-  options.transports = info[1].As<Napi::String>().Utf8Value();
+  EngineOptions options = ParseOptions(env, info[1].As<Napi::Object>());
+  engine_name_ = options.engine;
 
   tsfn_ = Tsfn::New(env, info[2].As<Napi::Function>(), "kvxfer agent", 0, 1, this);
   tsfn_live_ = true;
@@ -320,20 +353,16 @@ void NativeAgent::RebuildRegionIndex() {
             [](const RegionEntry* a, const RegionEntry* b) {
               return a->region.address < b->region.address;
             });
-  metadata_dirty_ = true;
 }
 
 Napi::Value NativeAgent::Metadata(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   CheckOpen(env);
-  if (metadata_dirty_) {
-    std::vector<const LocalRegion*> regions;
-    regions.reserve(region_index_.size());
-    for (const RegionEntry* entry : region_index_) regions.push_back(&entry->region);
-    metadata_cache_ = owner_->engine()->PackMetadata(regions);
-    metadata_dirty_ = false;
-  }
-  return Napi::Buffer<uint8_t>::Copy(env, metadata_cache_.data(), metadata_cache_.size());
+  return Napi::Buffer<uint8_t>::Copy(env, metadata_.data(), metadata_.size());
+}
+
+Napi::Value NativeAgent::Engine(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), engine_name_);
 }
 
 Napi::Value NativeAgent::LoadPeer(const Napi::CallbackInfo& info) {
@@ -400,8 +429,9 @@ const RemoteRegion* NativeAgent::FindRemote(const PeerEntry& peer, const Desc& d
   return nullptr;
 }
 
-// prepare(op, local, remote, peer, notify?) -> [id, bytes]. Every check
-// happens here, once; post() then does no per-descriptor work on this thread.
+// prepare(op, local, remote, peer, notify?, remoteKind?) -> [id, bytes]. Every
+// check happens here, once; post() then does no per-descriptor work on this
+// thread.
 Napi::Value NativeAgent::Prepare(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   CheckOpen(env);
@@ -433,10 +463,17 @@ Napi::Value NativeAgent::Prepare(const Napi::CallbackInfo& info) {
   if (local.count() == 0) Throw(env, Code::kInvalidArg, "a transfer needs at least one descriptor");
 
   auto xfer = std::make_unique<XferEntry>();
-  xfer->plan.op = static_cast<XferOp>(op);
-  xfer->plan.peer = peer->peer.get();
-  xfer->plan.notify = std::move(notify);
-  xfer->plan.segments.reserve(local.count());
+  Plan& plan = *xfer->plan;
+  plan.op = static_cast<XferOp>(op);
+  plan.peer = peer->peer.get();
+  int remote_kind = -1;  // default: the local side's kind
+  if (info.Length() > 5 && !info[5].IsUndefined()) {
+    remote_kind = static_cast<int>(ToU32(env, info[5], "remoteKind"));
+    if (remote_kind > static_cast<int>(MemKind::kVram)) Throw(env, Code::kInvalidArg, "unknown remote memory kind");
+  }
+  plan.notify = std::move(notify);
+  plan.segments.reserve(local.count());
+  const bool check_remote = peer->peer->regions_known;
   if (++prepare_epoch_ == 0) {
     for (auto& [id, entry] : regions_) entry->prepare_mark = 0;
     prepare_epoch_ = 1;
@@ -452,17 +489,21 @@ Napi::Value NativeAgent::Prepare(const Napi::CallbackInfo& info) {
     }
     const RegionEntry* lr = FindLocal(l, i, &s);
     if (lr == nullptr) Throw(env, s);
-    const RemoteRegion* rr = FindRemote(*peer, r, i, &s);
-    if (rr == nullptr) Throw(env, s);
+    const RemoteRegion* rr = nullptr;
+    if (check_remote) {
+      rr = FindRemote(*peer, r, i, &s);
+      if (rr == nullptr) Throw(env, s);
+    }
     auto* entry = const_cast<RegionEntry*>(lr);
     if (entry->prepare_mark != prepare_epoch_) {
       entry->prepare_mark = prepare_epoch_;
       xfer->regions.push_back(entry);
     }
-    xfer->plan.segments.push_back(Segment{l.address, r.address, l.length, &lr->region, rr});
+    plan.segments.push_back(Segment{l.address, r.address, l.length, r.device, &lr->region, rr});
     bytes += l.length;
   }
-  xfer->plan.bytes = bytes;
+  plan.bytes = bytes;
+  plan.remote_kind = remote_kind >= 0 ? static_cast<MemKind>(remote_kind) : plan.segments.front().local_region->kind;
   xfer->peer = peer;
   for (RegionEntry* entry : xfer->regions) ++entry->users;
   ++peer->users;
@@ -498,7 +539,7 @@ Napi::Value NativeAgent::Post(const Napi::CallbackInfo& info) {
   if (xfer->peer->failed) Throw(env, xfer->peer->failure);
   xfer->in_flight = true;
   Command command{Command::kPost};
-  command.plan = &xfer->plan;
+  command.plan = xfer->plan.get();
   PendingOp pending;
   pending.xfer = xfer;
   return Napi::Number::New(env, Submit(std::move(command), std::move(pending)));
@@ -516,6 +557,13 @@ Napi::Value NativeAgent::Release(const Napi::CallbackInfo& info) {
 
 void NativeAgent::DestroyXfer(XferEntry* xfer) {
   for (RegionEntry* entry : xfer->regions) --entry->users;
+  // State the engine made for the plan (read here only after a completion
+  // event, so after the owner thread wrote it) is freed where it was made.
+  if (xfer->plan->engine_state != nullptr && !closing_ && !closed_) {
+    Command command{Command::kReleasePlan};
+    command.plan = xfer->plan.release();
+    owner_->Submit(std::move(command));
+  }
   DropPeer(xfer->peer);
   xfers_.erase(xfer->id);
 }
@@ -619,6 +667,9 @@ void NativeAgent::HandleEvent(Napi::Env env, Event& e, Napi::Array others, Napi:
   }
   switch (e.type) {
     case Event::kStarted:
+      if (e.status.ok()) metadata_ = std::move(e.data);
+      push(op_result(e.token, e.status));
+      break;
     case Event::kClosed:
       push(op_result(e.token, e.status));
       break;
@@ -626,6 +677,7 @@ void NativeAgent::HandleEvent(Napi::Env env, Event& e, Napi::Array others, Napi:
       Napi::Object o = op_result(e.token, e.status);
       if (pending.region != nullptr) {
         if (e.status.ok()) {
+          metadata_ = std::move(e.data);
           pending.region->state = RegionEntry::kRegistered;
           o.Set("value", Napi::BigInt::New(env, static_cast<uint64_t>(pending.region->region.address)));
           RebuildRegionIndex();
@@ -637,6 +689,7 @@ void NativeAgent::HandleEvent(Napi::Env env, Event& e, Napi::Array others, Napi:
       break;
     }
     case Event::kDeregistered:
+      metadata_ = std::move(e.data);
       if (pending.region != nullptr) regions_.erase(pending.region->id);
       push(op_result(e.token, e.status));
       break;

@@ -44,7 +44,7 @@ struct PeerEntry {
 
 struct XferEntry {
   uint32_t id = 0;
-  Plan plan;
+  std::unique_ptr<Plan> plan = std::make_unique<Plan>();
   PeerEntry* peer = nullptr;
   std::vector<RegionEntry*> regions;
   bool in_flight = false;
@@ -87,6 +87,7 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value Hold(const Napi::CallbackInfo& info);
   Napi::Value Unhold(const Napi::CallbackInfo& info);
+  Napi::Value Engine(const Napi::CallbackInfo& info);
 
   void CheckOpen(Napi::Env env) const;
   uint32_t Submit(Command command, PendingOp pending = PendingOp());
@@ -109,6 +110,7 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
   void Teardown();
 
   std::string name_;
+  std::string engine_name_;
   KvxferAddon* addon_ = nullptr;
   Tsfn tsfn_;
   bool tsfn_live_ = false;
@@ -131,8 +133,7 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
   std::unordered_map<uint32_t, std::unique_ptr<XferEntry>> xfers_;
   std::unordered_map<uint32_t, PendingOp> pending_;
 
-  std::vector<uint8_t> metadata_cache_;
-  bool metadata_dirty_ = true;
+  std::vector<uint8_t> metadata_;  // the latest the owner thread reported
 
   uint32_t holds_ = 0;
   bool loop_ref_ = false;

@@ -50,7 +50,10 @@ struct RemoteRegion {
 
 struct Peer {
   std::string name;
-  std::vector<RemoteRegion> regions;  // sorted by address
+  // Sorted by address. Empty and not known when the metadata is an opaque
+  // blob (NIXL's): then the engine checks remote descriptors itself.
+  std::vector<RemoteRegion> regions;
+  bool regions_known = true;
   void* engine_conn = nullptr;
 };
 
@@ -58,8 +61,9 @@ struct Segment {
   uint64_t local;
   uint64_t remote;
   uint64_t length;
+  uint32_t remote_device;
   const LocalRegion* local_region;
-  const RemoteRegion* remote_region;
+  const RemoteRegion* remote_region;  // null when the peer's regions are not known
 };
 
 // A validated transfer. Immutable while posted, so a prepared transfer can be
@@ -67,13 +71,22 @@ struct Segment {
 struct Plan {
   XferOp op = XferOp::kWrite;
   Peer* peer = nullptr;
+  MemKind remote_kind = MemKind::kDram;  // NIXL's lists are typed; UCX ignores it
   std::vector<Segment> segments;
   std::vector<uint8_t> notify;  // empty: no notification
   uint64_t bytes = 0;
+  // What the engine keeps between posts (NIXL: the prepared request).
+  // Written on the owner thread at the first post; when set, the plan is
+  // handed back to the owner thread for ReleasePlan instead of being freed
+  // on the JS thread.
+  void* engine_state = nullptr;
 };
 
 struct EngineOptions {
-  std::string transports;  // UCX_TLS for this agent only; empty: environment
+  std::string engine = "ucx";  // "ucx" or "nixl"
+  std::string transports;      // UCX_TLS for this agent only; empty: environment
+  std::string backend;         // NIXL: the backend plugin (default UCX)
+  std::vector<std::pair<std::string, std::string>> backend_params;
 };
 
 class EngineEvents {
@@ -94,6 +107,10 @@ class Engine {
 
   virtual Status Start(const std::string& agent_name, const EngineOptions& options) = 0;
 
+  // Local metadata as peers load it, after Start and after every change of
+  // the registered regions.
+  virtual std::vector<uint8_t> Metadata() = 0;
+
   virtual Status Register(LocalRegion* region) = 0;
   // Allocates `region->length` bytes of host memory where peers reach it
   // fastest (UCX: a shared-memory segment a same-host peer maps and copies
@@ -101,18 +118,15 @@ class Engine {
   virtual Status Allocate(LocalRegion* region) = 0;
   virtual void Deregister(LocalRegion* region) = 0;
 
-  // Any thread, after Start: reads only what Start and completed Register
-  // calls wrote.
-  virtual std::vector<uint8_t> PackMetadata(
-      const std::vector<const LocalRegion*>& regions) const = 0;
-
   // Parses an untrusted blob, connects, and unpacks the peer's keys.
   virtual Status LoadPeer(const uint8_t* blob, size_t length, std::unique_ptr<Peer>* peer) = 0;
   // Starts closing the connection; PeerDestroyed reports the end. Called only
   // once no plan and no notification uses the peer.
   virtual void DestroyPeer(Peer* peer) = 0;
 
-  virtual void Post(const Plan& plan, uint32_t token) = 0;
+  virtual void Post(Plan& plan, uint32_t token) = 0;
+  // Frees plan.engine_state; the plan is not in flight.
+  virtual void ReleasePlan(Plan& plan) {}
   // `message` must stay valid until OperationDone(token).
   virtual void Notify(Peer* peer, const std::vector<uint8_t>& message, uint32_t token) = 0;
 
@@ -120,8 +134,10 @@ class Engine {
   virtual bool Progress() = 0;
   // A file descriptor that becomes readable when Progress has work, valid
   // after Start, and Arm() to enable it: false when work is already pending.
+  // An engine without one (-1) is polled every idle_poll_ms while idle.
   virtual int event_fd() const = 0;
   virtual bool Arm() = 0;
+  virtual int idle_poll_ms() const { return -1; }
 
   // Fails everything in flight (their OperationDone fire), releases every
   // peer and region, and tears the engine down. Blocks for a bounded time.
@@ -129,5 +145,15 @@ class Engine {
 };
 
 std::unique_ptr<Engine> CreateUcxEngine(EngineEvents* events);
+// Null with `error` set when NIXL cannot be loaded.
+std::unique_ptr<Engine> CreateNixlEngine(EngineEvents* events, Status* error);
+
+struct NixlInfo {
+  bool available = false;
+  std::string reason;  // why not, when not
+  std::string path;    // the libnixl_capi.so that was loaded
+  std::vector<std::string> plugins;
+};
+NixlInfo QueryNixl(bool with_plugins);
 
 }  // namespace kvxfer

@@ -27,8 +27,12 @@ OwnerThread::OwnerThread(std::string agent_name, EngineOptions options,
                          std::function<void()> wake_js)
     : agent_name_(std::move(agent_name)),
       options_(std::move(options)),
-      wake_js_(std::move(wake_js)),
-      engine_(CreateUcxEngine(this)) {
+      wake_js_(std::move(wake_js)) {
+  if (options_.engine == "nixl") {
+    engine_ = CreateNixlEngine(this, &engine_error_);
+  } else {
+    engine_ = CreateUcxEngine(this);
+  }
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   thread_ = std::thread([this] { Run(); });
 }
@@ -91,20 +95,20 @@ void OwnerThread::Execute(Command& c) {
   // it has seen kStarted succeed.
   switch (c.type) {
     case Command::kStart: {
-      Status s = engine_->Start(agent_name_, options_);
+      Status s = engine_ ? engine_->Start(agent_name_, options_) : engine_error_;
       engine_started_ = s.ok();
-      Push(Event{Event::kStarted, c.token, std::move(s)});
-      break;
-    }
-    case Command::kRegister: {
-      Event e{Event::kRegistered, c.token, engine_->Register(c.region)};
-      e.region = c.region;
+      Event e{Event::kStarted, c.token, std::move(s)};
+      if (engine_started_) e.data = engine_->Metadata();
       Push(std::move(e));
       break;
     }
+    case Command::kRegister:
     case Command::kAllocate: {
-      Event e{Event::kRegistered, c.token, engine_->Allocate(c.region)};
+      Status s = c.type == Command::kRegister ? engine_->Register(c.region)
+                                              : engine_->Allocate(c.region);
+      Event e{Event::kRegistered, c.token, std::move(s)};
       e.region = c.region;
+      if (e.status.ok()) e.data = engine_->Metadata();
       Push(std::move(e));
       break;
     }
@@ -112,6 +116,7 @@ void OwnerThread::Execute(Command& c) {
       engine_->Deregister(c.region);
       Event e{Event::kDeregistered, c.token};
       e.region = c.region;
+      e.data = engine_->Metadata();
       Push(std::move(e));
       break;
     }
@@ -131,6 +136,10 @@ void OwnerThread::Execute(Command& c) {
       ++in_flight_;
       engine_->Post(*c.plan, c.token);
       break;
+    case Command::kReleasePlan:
+      if (engine_started_) engine_->ReleasePlan(*c.plan);
+      delete c.plan;
+      break;
     case Command::kNotify:
       ++in_flight_;
       engine_->Notify(c.peer, *c.message, c.token);
@@ -138,6 +147,7 @@ void OwnerThread::Execute(Command& c) {
     case Command::kClose:
       if (engine_started_) engine_->Shutdown();
       engine_.reset();
+      engine_started_ = false;
       stopping_ = true;
       Push(Event{Event::kClosed, c.token});
       break;
@@ -183,7 +193,7 @@ void OwnerThread::SleepUntilWork(int timeout_ms) {
   pollfd fds[2];
   nfds_t count = 1;
   fds[0] = {wake_fd_, POLLIN, 0};
-  if (engine_started_ && engine_ && engine_->event_fd() >= 0) {
+  if (engine_started_ && engine_->event_fd() >= 0) {
     fds[1] = {engine_->event_fd(), POLLIN, 0};
     count = 2;
   }
@@ -212,7 +222,11 @@ void OwnerThread::Run() {
       continue;
     }
     if (now - last_progress < kSpinBeforeSleep) continue;
-    if (!engine_started_ || engine_->Arm()) SleepUntilWork(-1);
+    if (!engine_started_) {
+      SleepUntilWork(-1);
+    } else if (engine_->Arm()) {
+      SleepUntilWork(engine_->idle_poll_ms());
+    }
   }
 }
 

@@ -27,6 +27,7 @@ struct Command {
     kLoadPeer,
     kDestroyPeer,
     kPost,
+    kReleasePlan,
     kNotify,
     kClose,
   };
@@ -35,16 +36,16 @@ struct Command {
   uint32_t token = 0;
   LocalRegion* region = nullptr;
   Peer* peer = nullptr;
-  const Plan* plan = nullptr;
+  Plan* plan = nullptr;  // kPost: owned by the agent; kReleasePlan: owned by the command
   const std::vector<uint8_t>* message = nullptr;  // kNotify: owned by the agent
   std::vector<uint8_t> bytes;                     // kLoadPeer: the blob
 };
 
 struct Event {
   enum Type : uint8_t {
-    kStarted,         // token
-    kRegistered,      // token, region
-    kDeregistered,    // token, region
+    kStarted,         // token, data (metadata)
+    kRegistered,      // token, region, data (metadata)
+    kDeregistered,    // token, region, data (metadata)
     kPeerLoaded,      // token, peer (owned by the event until adopted)
     kPeerDestroyed,   // peer
     kOperationDone,   // token, duration_ns
@@ -73,10 +74,6 @@ class OwnerThread : private EngineEvents {
   OwnerThread(const OwnerThread&) = delete;
   OwnerThread& operator=(const OwnerThread&) = delete;
 
-  // The engine, for the few calls that are safe off the owner thread
-  // (PackMetadata). Null before construction finishes.
-  const Engine* engine() const { return engine_.get(); }
-
   void Submit(Command command);  // JS thread
   void TakeEvents(std::vector<Event>* out);  // JS thread
   // Waits for the thread to end; it ends after a kClose command.
@@ -99,6 +96,7 @@ class OwnerThread : private EngineEvents {
   const EngineOptions options_;
   const std::function<void()> wake_js_;
   std::unique_ptr<Engine> engine_;
+  Status engine_error_;  // why engine_ could not be created
   bool engine_started_ = false;
 
   std::mutex commands_mutex_;

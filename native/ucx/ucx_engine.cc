@@ -201,7 +201,8 @@ class UcxEngine final : public Engine {
     region->engine_handle = nullptr;
   }
 
-  std::vector<uint8_t> PackMetadata(const std::vector<const LocalRegion*>& regions) const override {
+  std::vector<uint8_t> Metadata() override {
+    std::vector<const LocalRegion*> regions(regions_.begin(), regions_.end());
     return PackUcxMetadata(name_, worker_address_, regions);
   }
 
@@ -274,7 +275,7 @@ class UcxEngine final : public Engine {
     if (!UCS_PTR_IS_PTR(request)) EndpointClosed(conn);
   }
 
-  void Post(const Plan& plan, uint32_t token) override {
+  void Post(Plan& plan, uint32_t token) override {
     auto* conn = static_cast<UcxConn*>(plan.peer->engine_conn);
     UcxOp* op = NewOp(conn, token, plan.notify.empty() ? nullptr : &plan.notify);
     if (conn->failure != UCS_OK) {

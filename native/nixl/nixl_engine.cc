@@ -1,0 +1,404 @@
+// The engine over NIXL's C API. NIXL owns connections, remote keys and
+// backends; kvxfer keeps its own threading (every NIXL call on the owner
+// thread, NIXL's progress thread off) and its own promise and validation
+// layer above.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <unordered_set>
+#include <vector>
+
+#include "engine.h"
+#include "nixl/nixl_api.h"
+
+namespace kvxfer {
+
+namespace {
+
+constexpr const char* kLocalAgent = "";  // NIXL_INIT_AGENT: "this agent's own descriptors"
+constexpr int kIdlePollMs = 1;
+
+uint64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+nixl::MemType ToNixl(MemKind kind) { return kind == MemKind::kVram ? nixl::kVram : nixl::kDram; }
+
+Status NixlError(Code code, const std::string& what, nixl::Status status) {
+  return Status::Engine(code, what + " failed (" + nixl::StatusName(status) + ")",
+                        nixl::StatusName(status), static_cast<int>(status));
+}
+
+// Host memory from allocate(): NIXL registers memory but does not allocate it.
+struct MappedMemory {
+  MappedMemory(void* b, size_t l) : base(b), length(l) {}
+  MappedMemory(const MappedMemory&) = delete;
+  MappedMemory& operator=(const MappedMemory&) = delete;
+  ~MappedMemory() { munmap(base, length); }
+  void* const base;
+  const size_t length;
+};
+
+// What a prepared transfer keeps between posts: both sides prepared once
+// (prepXferDlist) and the request made once (makeXferReq), reposted as is.
+struct PlanState {
+  nixl::XferDlist local_list = nullptr;
+  nixl::XferDlist remote_list = nullptr;
+  nixl::XferDlistHandle local = nullptr;
+  nixl::XferDlistHandle remote = nullptr;
+  nixl::XferReq request = nullptr;
+};
+
+struct InFlight {
+  PlanState* state;
+  uint32_t token;
+  uint64_t start_ns;
+  std::string peer;
+};
+
+class NixlEngine final : public Engine {
+ public:
+  NixlEngine(EngineEvents* events, const nixl::Api* api) : events_(events), api_(*api) {}
+  ~NixlEngine() override = default;
+
+  const char* name() const override { return "nixl"; }
+
+  Status Start(const std::string& agent_name, const EngineOptions& options) override {
+    name_ = agent_name;
+    // Progress happens in our owner thread's calls (status checks, notification
+    // polls); NIXL's own progress and listener threads stay off.
+    nixl::AgentConfig config{false, false, 0, nixl::kSyncNone, 1, 0, 0, true};
+    nixl::Status st = api_.create_configured_agent(agent_name.c_str(), &config, &agent_);
+    if (st != nixl::kSuccess) return NixlError(Code::kEngine, "creating the NIXL agent", st);
+    const std::string backend = options.backend.empty() ? "UCX" : options.backend;
+    nixl::MemList mems = nullptr;
+    nixl::Params params = nullptr;
+    st = api_.get_plugin_params(agent_, backend.c_str(), &mems, &params);
+    if (st != nixl::kSuccess) {
+      return Fail(NixlError(Code::kEngine,
+                            "finding NIXL's '" + backend + "' backend plugin (is NIXL_PLUGIN_DIR right?)",
+                            st));
+    }
+    for (const auto& [key, value] : options.backend_params) api_.params_add(params, key.c_str(), value.c_str());
+    st = api_.create_backend(agent_, backend.c_str(), params, &backend_);
+    api_.destroy_mem_list(mems);
+    api_.destroy_params(params);
+    if (st != nixl::kSuccess) {
+      return Fail(NixlError(Code::kEngine, "creating NIXL's '" + backend + "' backend", st));
+    }
+    st = api_.create_notif_map(&notifications_);
+    if (st != nixl::kSuccess) return Fail(NixlError(Code::kEngine, "creating a notification map", st));
+    return Status::Ok();
+  }
+
+  std::vector<uint8_t> Metadata() override {
+    void* data = nullptr;
+    size_t length = 0;
+    if (api_.get_local_md(agent_, &data, &length) != nixl::kSuccess) return {};
+    std::vector<uint8_t> blob(static_cast<uint8_t*>(data), static_cast<uint8_t*>(data) + length);
+    std::free(data);
+    return blob;
+  }
+
+  Status Register(LocalRegion* region) override {
+    nixl::Status st = WithRegList(region, api_.register_mem);
+    if (st != nixl::kSuccess) {
+      return NixlError(Code::kEngine, std::string("registering ") + MemKindName(region->kind) + " memory", st);
+    }
+    region->engine_handle = region;
+    regions_.insert(region);
+    return Status::Ok();
+  }
+
+  Status Allocate(LocalRegion* region) override {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    const size_t mapped = (region->length + page - 1) / page * page;
+    void* base = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) {
+      return Status::Error(Code::kEngine, "allocating " + std::to_string(region->length) +
+                                              " bytes failed: " + std::strerror(errno));
+    }
+    auto memory = std::make_shared<MappedMemory>(base, mapped);
+    region->address = reinterpret_cast<uint64_t>(base);
+    Status s = Register(region);
+    if (s.ok()) region->memory = std::move(memory);
+    return s;
+  }
+
+  void Deregister(LocalRegion* region) override {
+    if (regions_.erase(region) == 0) return;
+    WithRegList(region, api_.deregister_mem);
+    region->engine_handle = nullptr;
+  }
+
+  Status LoadPeer(const uint8_t* blob, size_t length, std::unique_ptr<Peer>* out) override {
+    char* name = nullptr;
+    nixl::Status st = api_.load_remote_md(agent_, blob, length, &name);
+    if (st != nixl::kSuccess || name == nullptr) {
+      return NixlError(Code::kBadMetadata, "loading peer metadata (not NIXL metadata, or corrupted)", st);
+    }
+    auto peer = std::make_unique<Peer>();
+    peer->name = name;
+    std::free(name);
+    peer->regions_known = false;  // NIXL's blob is opaque: NIXL checks remote descriptors
+    ++peer_refs_[peer->name];
+    *out = std::move(peer);
+    return Status::Ok();
+  }
+
+  void DestroyPeer(Peer* peer) override {
+    // Newer metadata under the same name replaces the old Peer object, and
+    // NIXL keeps one entry per name: forget it only with its last object.
+    if (--peer_refs_[peer->name] == 0) {
+      peer_refs_.erase(peer->name);
+      api_.invalidate_remote_md(agent_, peer->name.c_str());
+    }
+    events_->PeerDestroyed(peer);
+  }
+
+  void Post(Plan& plan, uint32_t token) override {
+    const uint64_t start = NowNs();
+    auto* state = static_cast<PlanState*>(plan.engine_state);
+    if (state == nullptr) {
+      Status s = PreparePlan(plan, &state);
+      if (!s.ok()) {
+        events_->OperationDone(token, std::move(s), 0);
+        return;
+      }
+    }
+    nixl::Status st = api_.post_xfer_req(agent_, state->request, nullptr);
+    if (st == nixl::kSuccess) {
+      events_->OperationDone(token, Status::Ok(), NowNs() - start);
+    } else if (st == nixl::kInProgress) {
+      in_flight_.push_back(InFlight{state, token, start, plan.peer->name});
+    } else {
+      events_->OperationDone(token, TransferFailure(plan.peer->name, st), NowNs() - start);
+    }
+  }
+
+  void ReleasePlan(Plan& plan) override {
+    auto* state = static_cast<PlanState*>(plan.engine_state);
+    if (state == nullptr) return;
+    states_.erase(state);
+    FreeState(state);
+    plan.engine_state = nullptr;
+  }
+
+  void Notify(Peer* peer, const std::vector<uint8_t>& message, uint32_t token) override {
+    nixl::Status st = api_.gen_notif(agent_, peer->name.c_str(), message.data(), message.size(), nullptr);
+    events_->OperationDone(token,
+                           st == nixl::kSuccess ? Status::Ok() : TransferFailure(peer->name, st), 0);
+  }
+
+  bool Progress() override {
+    bool progressed = false;
+    for (size_t i = 0; i < in_flight_.size();) {
+      InFlight& f = in_flight_[i];
+      nixl::Status st = api_.get_xfer_status(agent_, f.state->request);
+      if (st == nixl::kInProgress) {
+        ++i;
+        continue;
+      }
+      const Status result = st == nixl::kSuccess ? Status::Ok() : TransferFailure(f.peer, st);
+      const uint32_t token = f.token;
+      const uint64_t duration = NowNs() - f.start_ns;
+      in_flight_[i] = std::move(in_flight_.back());
+      in_flight_.pop_back();
+      events_->OperationDone(token, result, duration);
+      progressed = true;
+    }
+    if (api_.get_notifs(agent_, notifications_, nullptr) == nixl::kSuccess) {
+      progressed = DeliverNotifications() || progressed;
+    }
+    return progressed;
+  }
+
+  int event_fd() const override { return -1; }
+  bool Arm() override { return true; }
+  int idle_poll_ms() const override { return kIdlePollMs; }
+
+  void Shutdown() override {
+    shutting_down_ = true;
+    // Releasing an in-flight request aborts it in NIXL.
+    for (InFlight& f : in_flight_) {
+      events_->OperationDone(f.token,
+                             Status::Error(Code::kClosed, "the agent was closed before the transfer finished"),
+                             NowNs() - f.start_ns);
+    }
+    in_flight_.clear();
+    for (PlanState* state : states_) FreeState(state);
+    states_.clear();
+    for (LocalRegion* region : std::vector<LocalRegion*>(regions_.begin(), regions_.end())) Deregister(region);
+    if (notifications_ != nullptr) api_.destroy_notif_map(notifications_);
+    notifications_ = nullptr;
+    Teardown();
+  }
+
+ private:
+  Status Fail(Status status) {
+    Teardown();
+    return status;
+  }
+
+  void Teardown() {
+    if (backend_ != nullptr) api_.destroy_backend(backend_);
+    backend_ = nullptr;
+    if (agent_ != nullptr) api_.destroy_agent(agent_);
+    agent_ = nullptr;
+  }
+
+  nixl::Status WithRegList(const LocalRegion* region, nixl::Status (*call)(nixl::Agent, nixl::RegDlist, nixl::OptArgs)) {
+    nixl::RegDlist list = nullptr;
+    nixl::Status st = api_.create_reg_dlist(ToNixl(region->kind), &list);
+    if (st != nixl::kSuccess) return st;
+    st = api_.reg_dlist_add_desc(list, region->address, region->length, region->device, nullptr, 0);
+    if (st == nixl::kSuccess) st = call(agent_, list, nullptr);
+    api_.destroy_reg_dlist(list);
+    return st;
+  }
+
+  Status PreparePlan(Plan& plan, PlanState** out) {
+    const MemKind kind = plan.segments.front().local_region->kind;
+    for (const Segment& s : plan.segments) {
+      if (s.local_region->kind != kind) {
+        return Status::Error(Code::kInvalidArg,
+                             "with the NIXL engine all local descriptors of a transfer must be of one memory kind");
+      }
+    }
+    auto state = std::make_unique<PlanState>();
+    PlanState* raw = state.get();
+    states_.insert(raw);
+    plan.engine_state = raw;  // from here ReleasePlan frees whatever was made
+    state.release();
+    nixl::Status st = api_.create_xfer_dlist(ToNixl(kind), &raw->local_list);
+    if (st == nixl::kSuccess) st = api_.create_xfer_dlist(ToNixl(plan.remote_kind), &raw->remote_list);
+    if (st != nixl::kSuccess) return NixlError(Code::kEngine, "creating descriptor lists", st);
+    for (const Segment& s : plan.segments) {
+      api_.xfer_dlist_add_desc(raw->local_list, s.local, s.length, s.local_region->device);
+      api_.xfer_dlist_add_desc(raw->remote_list, s.remote, s.length, s.remote_device);
+    }
+    st = api_.prep_xfer_dlist(agent_, kLocalAgent, raw->local_list, &raw->local, nullptr);
+    if (st != nixl::kSuccess) return NixlError(Code::kNotRegistered, "preparing the local descriptors", st);
+    st = api_.prep_xfer_dlist(agent_, plan.peer->name.c_str(), raw->remote_list, &raw->remote, nullptr);
+    if (st != nixl::kSuccess) {
+      return NixlError(Code::kNotRegistered,
+                       "preparing the remote descriptors against the metadata of peer '" + plan.peer->name +
+                           "' (each must lie inside one of its registered regions)",
+                       st);
+    }
+    std::vector<int> indices(plan.segments.size());
+    for (size_t i = 0; i < indices.size(); ++i) indices[i] = static_cast<int>(i);
+    nixl::OptArgs args = nullptr;
+    api_.create_opt_args(&args);
+    api_.opt_args_add_backend(args, backend_);
+    if (!plan.notify.empty()) {
+      api_.opt_args_set_has_notif(args, true);
+      api_.opt_args_set_notif_msg(args, plan.notify.data(), plan.notify.size());
+    }
+    st = api_.make_xfer_req(agent_, plan.op == XferOp::kWrite ? nixl::kWrite : nixl::kRead, raw->local,
+                            indices.data(), indices.size(), raw->remote, indices.data(), indices.size(),
+                            &raw->request, args);
+    api_.destroy_opt_args(args);
+    if (st != nixl::kSuccess) return NixlError(Code::kEngine, "making the transfer request", st);
+    *out = raw;
+    return Status::Ok();
+  }
+
+  void FreeState(PlanState* state) {
+    if (state->request != nullptr) {
+      api_.release_xfer_req(agent_, state->request);
+      api_.destroy_xfer_req(state->request);
+    }
+    if (state->local != nullptr) api_.release_xfer_dlist_handle(agent_, state->local);
+    if (state->remote != nullptr) api_.release_xfer_dlist_handle(agent_, state->remote);
+    if (state->local_list != nullptr) api_.destroy_xfer_dlist(state->local_list);
+    if (state->remote_list != nullptr) api_.destroy_xfer_dlist(state->remote_list);
+    delete state;
+  }
+
+  Status TransferFailure(const std::string& peer, nixl::Status st) const {
+    if (shutting_down_) return Status::Error(Code::kClosed, "the agent was closed");
+    // NIXL's C API folds every backend failure into one status; a transfer
+    // that fails after it was accepted has almost always lost its peer.
+    return NixlError(Code::kPeerUnreachable, "transfer with peer '" + peer + "'", st);
+  }
+
+  bool DeliverNotifications() {
+    size_t agents = 0;
+    api_.notif_map_size(notifications_, &agents);
+    for (size_t i = 0; i < agents; ++i) {
+      const char* agent = nullptr;
+      size_t count = 0;
+      if (api_.notif_map_get_agent_at(notifications_, i, &agent) != nixl::kSuccess) continue;
+      api_.notif_map_get_notifs_size(notifications_, agent, &count);
+      for (size_t n = 0; n < count; ++n) {
+        const void* data = nullptr;
+        size_t length = 0;
+        if (api_.notif_map_get_notif(notifications_, agent, n, &data, &length) != nixl::kSuccess) continue;
+        const auto* bytes = static_cast<const uint8_t*>(data);
+        events_->NotificationReceived(agent, std::vector<uint8_t>(bytes, bytes + length));
+      }
+    }
+    if (agents > 0) api_.notif_map_clear(notifications_);
+    return agents > 0;
+  }
+
+  EngineEvents* const events_;
+  const nixl::Api& api_;
+  std::string name_;
+  nixl::Agent agent_ = nullptr;
+  nixl::Backend backend_ = nullptr;
+  nixl::NotifMap notifications_ = nullptr;
+  std::unordered_set<LocalRegion*> regions_;
+  std::unordered_set<PlanState*> states_;
+  std::map<std::string, int> peer_refs_;
+  std::vector<InFlight> in_flight_;
+  bool shutting_down_ = false;
+};
+
+}  // namespace
+
+NixlInfo QueryNixl(bool with_plugins) {
+  NixlInfo info;
+  const nixl::Api* api = nixl::Load(&info.reason);
+  if (api == nullptr) return info;
+  info.available = true;
+  info.path = api->path;
+  if (!with_plugins) return info;
+  // Plugins are listed per agent; a short-lived one answers.
+  nixl::AgentConfig config{false, false, 0, nixl::kSyncNone, 1, 0, 0, false};
+  nixl::Agent agent = nullptr;
+  if (api->create_configured_agent("kvxfer-info", &config, &agent) != nixl::kSuccess) return info;
+  nixl::StringList plugins = nullptr;
+  if (api->get_available_plugins(agent, &plugins) == nixl::kSuccess) {
+    size_t count = 0;
+    api->string_list_size(plugins, &count);
+    for (size_t i = 0; i < count; ++i) {
+      const char* plugin = nullptr;
+      if (api->string_list_get(plugins, i, &plugin) == nixl::kSuccess) info.plugins.emplace_back(plugin);
+    }
+    api->destroy_string_list(plugins);
+  }
+  api->destroy_agent(agent);
+  return info;
+}
+
+std::unique_ptr<Engine> CreateNixlEngine(EngineEvents* events, Status* error) {
+  std::string why;
+  const nixl::Api* api = nixl::Load(&why);
+  if (api == nullptr) {
+    *error = Status::Error(Code::kEngine, "the NIXL engine is unavailable: " + why);
+    return nullptr;
+  }
+  return std::make_unique<NixlEngine>(events, api);
+}
+
+}  // namespace kvxfer
