@@ -2,10 +2,13 @@ import * as os from 'node:os';
 import { Bounded, OperationOptions, abortedError, checkBounds } from './bounds';
 import { DescList, type Desc, type DescLike } from './descs';
 import { ErrorCode, KvxferError, invalidArg, withCallerStack } from './errors';
-import { binding, type NativeAgent, type NativeAgentOptions, type NativeEvent } from './native';
+import { binding, type NativeAgent, type NativeAgentOptions, type NativeEvent, type NativeTelemetry } from './native';
 
 export type EngineName = 'ucx' | 'nixl';
-export type MemoryKind = 'dram' | 'vram';
+/** 'file': a file through NIXL's POSIX backend (KV offload to storage). */
+export type MemoryKind = 'dram' | 'vram' | 'file';
+
+const KIND_CODES: Record<MemoryKind, number> = { dram: 0, vram: 1, file: 2 };
 
 export interface AgentOptions extends OperationOptions {
   /** Unique among the agents that talk to each other. Default: host-pid-counter. */
@@ -22,13 +25,25 @@ export interface AgentOptions extends OperationOptions {
 
 /** Memory that is not a JS buffer: a CUDA allocation, or host memory the caller owns. */
 export interface ExternalMemory {
-  kind: MemoryKind;
+  kind: 'dram' | 'vram';
   address: bigint;
   length: number | bigint;
   device?: number;
 }
 
-export type Memory = ArrayBufferView | ArrayBuffer | SharedArrayBuffer | ExternalMemory;
+/**
+ * Part of an open file (NIXL engine, POSIX backend). The region's address is
+ * the offset and its device the descriptor: a transfer names this agent as
+ * its peer and the file's descriptors as the remote side.
+ */
+export interface FileMemory {
+  kind: 'file';
+  fd: number;
+  offset?: number | bigint;
+  length: number | bigint;
+}
+
+export type Memory = ArrayBufferView | ArrayBuffer | SharedArrayBuffer | ExternalMemory | FileMemory;
 
 /** Where a transfer's bytes are: a list, a region, a slice, or an array of those. */
 export type Descriptors = DescList | DescLike | DescLike[];
@@ -45,10 +60,27 @@ export interface TransferSpec {
   remoteKind?: MemoryKind;
 }
 
+export interface TransferTelemetry {
+  /** Time NIXL spent posting, in microseconds. */
+  postUs: number;
+  /** Time from post to completion as NIXL measured it, in microseconds. */
+  transferUs: number;
+  bytes: number;
+  descriptors: number;
+}
+
 export interface TransferResult {
   bytes: number;
   /** From post to completion, measured on the owner thread. */
   durationNs: number;
+  /** NIXL's own measurement of this transfer (NIXL engine only). */
+  telemetry?: TransferTelemetry;
+}
+
+export interface CostEstimate {
+  durationUs: number;
+  errorMarginUs: number;
+  method: string;
 }
 
 export interface Notification {
@@ -75,6 +107,8 @@ export interface AgentStats {
   notificationsReceived: number;
   regions: number;
   peers: Record<string, PeerStats>;
+  /** Sums of NIXL's per-transfer telemetry (NIXL engine only). */
+  telemetry?: { transfers: number; postUs: number; transferUs: number; bytes: number };
 }
 
 const MAX_NOTIFICATION = 16 * 1024;
@@ -157,6 +191,7 @@ class AgentCore {
     notificationsReceived: 0,
   };
   peerStats = new Map<string, PeerStats>();
+  telemetry: { transfers: number; postUs: number; transferUs: number; bytes: number } | undefined;
 
   constructor(name: string, options: NativeAgentOptions) {
     this.name = name;
@@ -183,7 +218,16 @@ class AgentCore {
       if (options?.signal?.aborted) return Promise.reject(abortedError(what, options.signal));
       const caller = extra.caller ?? new Error();
       const token = call();
-      const bounded = new Bounded<T>(what, options, undefined, caller);
+      // A transfer the caller gives up on is aborted where the engine can
+      // (NIXL releases the request); its memory stays pinned until then.
+      const bounded = new Bounded<T>(
+        what,
+        options,
+        extra.transfer !== undefined && (options?.timeoutMs !== undefined || options?.signal !== undefined)
+          ? () => this.native.cancel(token)
+          : undefined,
+        caller,
+      );
       // One object shape for every operation keeps this path monomorphic.
       const op: PendingOperation = { bounded, caller, transfer: extra.transfer, onLateSuccess: extra.onLateSuccess };
       this.pending.set(token, op);
@@ -216,7 +260,7 @@ class AgentCore {
     for (const event of others) {
       switch (event.kind) {
         case 0:
-          this.complete(event.token, event.error, event.value);
+          this.complete(event.token, event.error, event.value, event.telemetry);
           break;
         case 1:
           this.deliver({ peer: event.peer, message: event.data.toString('utf8'), data: event.data });
@@ -228,7 +272,7 @@ class AgentCore {
     }
   }
 
-  complete(token: number, error: KvxferError | undefined, value: unknown): void {
+  complete(token: number, error: KvxferError | undefined, value: unknown, telemetry?: NativeTelemetry): void {
     const op = this.pending.get(token);
     if (op === undefined) return;
     this.pending.delete(token);
@@ -242,7 +286,16 @@ class AgentCore {
         else this.stats.bytesRead += transfer.bytes;
         peer.transfers++;
         peer.bytes += transfer.bytes;
-        value = { bytes: transfer.bytes, durationNs: value as number } satisfies TransferResult;
+        const result: TransferResult = { bytes: transfer.bytes, durationNs: value as number };
+        if (telemetry !== undefined) {
+          result.telemetry = telemetry;
+          this.telemetry ??= { transfers: 0, postUs: 0, transferUs: 0, bytes: 0 };
+          this.telemetry.transfers++;
+          this.telemetry.postUs += telemetry.postUs;
+          this.telemetry.transferUs += telemetry.transferUs;
+          this.telemetry.bytes += telemetry.bytes;
+        }
+        value = result;
       } else {
         this.stats.failures++;
         peer.failures++;
@@ -402,7 +455,8 @@ export class Transfer {
   /** Number of descriptors. */
   readonly descriptors: number;
   readonly #core: AgentCore;
-  readonly #id: number;
+  /** @internal */
+  readonly id: number;
   readonly #caller: Error;
   #released = false;
   #what: string | undefined;
@@ -413,7 +467,7 @@ export class Transfer {
   constructor(core: AgentCore, id: number, spec: TransferSpec, bytes: number, descriptors: number, caller: Error) {
     this.#core = core;
     this.peerStats = core.peer(spec.peer);
-    this.#id = id;
+    this.id = id;
     this.op = spec.op;
     this.peer = spec.peer;
     this.bytes = bytes;
@@ -437,7 +491,7 @@ export class Transfer {
       this.#what,
       () => {
         if (this.#released) throw invalidArg('the transfer was released');
-        const token = core.native.post(this.#id);
+        const token = core.native.post(this.id);
         core.stats.inFlight++;
         return token;
       },
@@ -450,7 +504,7 @@ export class Transfer {
   release(): void {
     if (this.#released) return;
     this.#released = true;
-    if (!this.#core.closed) this.#core.native.release(this.#id);
+    if (!this.#core.closed) this.#core.native.release(this.id);
   }
 }
 
@@ -525,14 +579,16 @@ export class Agent implements AsyncDisposable {
         () => core.native.registerMemory(view),
       );
     }
-    if (memory === null || typeof memory !== 'object' || typeof (memory as ExternalMemory).address !== 'bigint') {
+    const isFile = memory !== null && typeof memory === 'object' && (memory as FileMemory).kind === 'file';
+    if (!isFile && (memory === null || typeof memory !== 'object' || typeof (memory as ExternalMemory).address !== 'bigint')) {
       return Promise.reject(
         invalidArg('register() takes a Buffer, TypedArray, DataView, ArrayBuffer, SharedArrayBuffer or { kind, address, length, device }'),
       );
     }
+    if ((memory as FileMemory).kind === 'file') return this.#registerFile(memory as FileMemory, options);
     const external = memory as ExternalMemory;
     const kind = external.kind;
-    if (kind !== 'dram' && kind !== 'vram') return Promise.reject(invalidArg("kind must be 'dram' or 'vram'"));
+    if (kind !== 'dram' && kind !== 'vram') return Promise.reject(invalidArg("kind must be 'dram', 'vram' or 'file'"));
     const device = external.device ?? 0;
     let length = 0;
     return this.#registerWith(
@@ -542,6 +598,23 @@ export class Agent implements AsyncDisposable {
       () => {
         length = toInteger(external.length, 'length');
         return core.native.registerAddress(kind === 'vram' ? 1 : 0, external.address, length, device);
+      },
+    );
+  }
+
+  #registerFile(file: FileMemory, options: OperationOptions | undefined): Promise<Region> {
+    const core = this.#core;
+    let offset = 0n;
+    let length = 0;
+    return this.#registerWith(
+      'registering a file',
+      options,
+      (id) => new Region(core, id, offset, length, 'file', file.fd, undefined, false),
+      () => {
+        if (!Number.isInteger(file.fd) || file.fd < 0) throw invalidArg('fd must be an open file descriptor');
+        offset = BigInt(toInteger(file.offset ?? 0, 'offset'));
+        length = toInteger(file.length, 'length');
+        return core.native.registerAddress(KIND_CODES.file, offset, length, file.fd);
       },
     );
   }
@@ -628,12 +701,18 @@ export class Agent implements AsyncDisposable {
     }
     let remoteKind: number | undefined;
     if (spec.remoteKind !== undefined) {
-      if (spec.remoteKind !== 'dram' && spec.remoteKind !== 'vram') throw invalidArg("remoteKind must be 'dram' or 'vram'");
-      remoteKind = spec.remoteKind === 'vram' ? 1 : 0;
+      remoteKind = KIND_CODES[spec.remoteKind];
+      if (remoteKind === undefined) throw invalidArg("remoteKind must be 'dram', 'vram' or 'file'");
     }
     const caller = new Error();
     const [id, bytes] = core.native.prepare(op, local.packed, remote.packed, spec.peer, notify, remoteKind);
     return new Transfer(core, id, spec, bytes, local.length, caller);
+  }
+
+  /** The engine's prediction of how long one post of `transfer` takes (NIXL engine). */
+  estimate(transfer: Transfer, options?: OperationOptions): Promise<CostEstimate> {
+    const core = this.#core;
+    return core.submit<CostEstimate>('estimating a transfer', () => core.native.estimate(transfer.id), options);
   }
 
   /** prepare + post + release. */
@@ -655,7 +734,7 @@ export class Agent implements AsyncDisposable {
     checkBounds(options);
     let transfer: Transfer;
     try {
-      transfer = this.prepare({ op, local, remote, peer, notify: options?.notify });
+      transfer = this.prepare({ op, local, remote, peer, notify: options?.notify, remoteKind: options?.remoteKind });
     } catch (error) {
       this.#core.countRefused(peer, error);
       throw error;
@@ -768,7 +847,9 @@ export class Agent implements AsyncDisposable {
     const core = this.#core;
     const peers: Record<string, PeerStats> = {};
     for (const [name, stats] of core.peerStats) peers[name] = { ...stats };
-    return { ...core.stats, regions: core.regions.size, peers };
+    const stats: AgentStats = { ...core.stats, regions: core.regions.size, peers };
+    if (core.telemetry !== undefined) stats.telemetry = { ...core.telemetry };
+    return stats;
   }
 
   /**
@@ -786,4 +867,6 @@ export class Agent implements AsyncDisposable {
 
 export interface TransferOptions extends OperationOptions {
   notify?: string | Uint8Array;
+  /** The kind of the peer's memory (NIXL engine; default: the local kind). */
+  remoteKind?: MemoryKind;
 }

@@ -6,12 +6,20 @@ import * as path from 'node:path';
 import { ErrorCode, KvxferError } from './errors';
 
 /** Events delivered in batches from the owner thread. */
+export interface NativeTelemetry {
+  postUs: number;
+  transferUs: number;
+  bytes: number;
+  descriptors: number;
+}
 export interface NativeOperationEvent {
   kind: 0;
   token: number;
   error?: KvxferError;
-  /** A loaded peer's name, or a registered region's address. */
-  value?: string | bigint;
+  /** A loaded peer's name, a registered region's address, a transfer's duration, an estimate. */
+  value?: unknown;
+  /** What the engine measured of a transfer (NIXL). */
+  telemetry?: NativeTelemetry;
 }
 export interface NativeNotificationEvent {
   kind: 1;
@@ -43,7 +51,7 @@ export interface NativeAgent {
   metadata(): Buffer;
   loadPeer(blob: Uint8Array): number;
   forgetPeer(name: string): void;
-  /** -> [transferId, bytes]; remoteKind: 0 dram, 1 vram, undefined: the local kind */
+  /** -> [transferId, bytes]; remoteKind: 0 dram, 1 vram, 2 file, undefined: the local kind */
   prepare(
     op: number,
     local: Uint8Array,
@@ -53,6 +61,10 @@ export interface NativeAgent {
     remoteKind?: number,
   ): [number, number];
   post(transferId: number): number;
+  /** The caller stopped waiting for a post: abort it where the engine can. */
+  cancel(token: number): void;
+  /** -> token; the completion's value is { durationUs, errorMarginUs, method }. */
+  estimate(transferId: number): number;
   release(transferId: number): void;
   notify(peer: string, message: Uint8Array): number;
   close(): number;

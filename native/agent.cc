@@ -126,6 +126,8 @@ Napi::Function NativeAgent::Init(Napi::Env env) {
                          InstanceMethod<&NativeAgent::Hold>("hold"),
                          InstanceMethod<&NativeAgent::Unhold>("unhold"),
                          InstanceAccessor<&NativeAgent::Engine>("engine"),
+                         InstanceMethod<&NativeAgent::Cancel>("cancel"),
+                         InstanceMethod<&NativeAgent::Estimate>("estimate"),
                      });
 }
 
@@ -258,16 +260,19 @@ Napi::Value NativeAgent::RegisterMemory(const Napi::CallbackInfo& info) {
 }
 
 // registerAddress(kind, address, length, device): memory the caller owns,
-// such as a CUDA allocation.
+// such as a CUDA allocation; or, for kind FILE, a file: address is the
+// offset and device the file descriptor.
 Napi::Value NativeAgent::RegisterAddress(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   CheckOpen(env);
   const uint32_t kind = ToU32(env, info[0], "kind");
-  if (kind > static_cast<uint32_t>(MemKind::kVram)) Throw(env, Code::kInvalidArg, "unknown memory kind");
+  if (kind > static_cast<uint32_t>(MemKind::kFile)) Throw(env, Code::kInvalidArg, "unknown memory kind");
   const uint64_t address = ToU64(env, info[1], "address");
   const uint64_t length = ToU64(env, info[2], "length");
   const uint32_t device = ToU32(env, info[3], "device");
-  if (address == 0) Throw(env, Code::kInvalidArg, "address must not be 0");
+  if (address == 0 && kind != static_cast<uint32_t>(MemKind::kFile)) {
+    Throw(env, Code::kInvalidArg, "address must not be 0");
+  }
   if (length == 0) Throw(env, Code::kInvalidArg, "length must be greater than 0");
   if (length - 1 > UINT64_MAX - address) Throw(env, Code::kInvalidArg, "address + length wraps around");
   RegionEntry* entry = NewRegion(env);
@@ -346,8 +351,12 @@ Napi::Value NativeAgent::View(const Napi::CallbackInfo& info) {
 
 void NativeAgent::RebuildRegionIndex() {
   region_index_.clear();
+  // Files are reached as the far side of a transfer (NIXL names this agent
+  // as the peer), never by local descriptors: their offsets are not addresses.
   for (auto& [id, entry] : regions_) {
-    if (entry->state == RegionEntry::kRegistered) region_index_.push_back(entry.get());
+    if (entry->state == RegionEntry::kRegistered && entry->region.kind != MemKind::kFile) {
+      region_index_.push_back(entry.get());
+    }
   }
   std::sort(region_index_.begin(), region_index_.end(),
             [](const RegionEntry* a, const RegionEntry* b) {
@@ -469,7 +478,7 @@ Napi::Value NativeAgent::Prepare(const Napi::CallbackInfo& info) {
   int remote_kind = -1;  // default: the local side's kind
   if (info.Length() > 5 && !info[5].IsUndefined()) {
     remote_kind = static_cast<int>(ToU32(env, info[5], "remoteKind"));
-    if (remote_kind > static_cast<int>(MemKind::kVram)) Throw(env, Code::kInvalidArg, "unknown remote memory kind");
+    if (remote_kind > static_cast<int>(MemKind::kFile)) Throw(env, Code::kInvalidArg, "unknown remote memory kind");
   }
   plan.notify = std::move(notify);
   plan.segments.reserve(local.count());
@@ -539,6 +548,34 @@ Napi::Value NativeAgent::Post(const Napi::CallbackInfo& info) {
   if (xfer->peer->failed) Throw(env, xfer->peer->failure);
   xfer->in_flight = true;
   Command command{Command::kPost};
+  command.plan = xfer->plan.get();
+  PendingOp pending;
+  pending.xfer = xfer;
+  return Napi::Number::New(env, Submit(std::move(command), std::move(pending)));
+}
+
+// cancel(token): the caller gave up on a post; the engine aborts it if it
+// can. Its completion still arrives and unpins the memory.
+Napi::Value NativeAgent::Cancel(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint32_t token = ToU32(env, info[0], "token");
+  auto it = pending_.find(token);
+  if (closing_ || closed_ || it == pending_.end() || it->second.xfer == nullptr) return env.Undefined();
+  Command command{Command::kCancel};
+  command.target = token;
+  owner_->Submit(std::move(command));
+  return env.Undefined();
+}
+
+// estimate(id) -> token; the completion carries the engine's prediction. The
+// transfer counts as busy meanwhile: the owner thread may be preparing it.
+Napi::Value NativeAgent::Estimate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CheckOpen(env);
+  XferEntry* xfer = FindXfer(env, info[0]);
+  if (xfer->in_flight) Throw(env, Code::kBusy, "the transfer is in flight");
+  xfer->in_flight = true;
+  Command command{Command::kEstimate};
   command.plan = xfer->plan.get();
   PendingOp pending;
   pending.xfer = xfer;
@@ -624,7 +661,7 @@ void NativeAgent::DrainEvents(Napi::Env env, Napi::Function callback) {
   Napi::HandleScope scope(env);
   size_t fast = 0;
   for (const Event& e : events) {
-    if (e.type == Event::kOperationDone && e.status.ok()) ++fast;
+    if (e.type == Event::kOperationDone && e.status.ok() && !e.has_telemetry) ++fast;
   }
   Napi::Float64Array done = Napi::Float64Array::New(env, fast * 2);
   Napi::Array others = Napi::Array::New(env);
@@ -724,14 +761,40 @@ void NativeAgent::HandleEvent(Napi::Env env, Event& e, Napi::Array others, Napi:
         if (pending.xfer->released) DestroyXfer(pending.xfer);
       }
       if (pending.notify_peer != nullptr) DropPeer(pending.notify_peer);
-      if (e.status.ok()) {
+      if (e.status.ok() && !e.has_telemetry) {
         done[(*done_count) * 2] = e.token;
         done[(*done_count) * 2 + 1] = static_cast<double>(e.duration_ns);
         ++*done_count;
       } else {
-        push(op_result(e.token, e.status));
+        Napi::Object o = op_result(e.token, e.status);
+        o.Set("value", Napi::Number::New(env, static_cast<double>(e.duration_ns)));
+        if (e.has_telemetry) {
+          Napi::Object t = Napi::Object::New(env);
+          t.Set("postUs", Napi::Number::New(env, static_cast<double>(e.telemetry.post_us)));
+          t.Set("transferUs", Napi::Number::New(env, static_cast<double>(e.telemetry.transfer_us)));
+          t.Set("bytes", Napi::Number::New(env, static_cast<double>(e.telemetry.bytes)));
+          t.Set("descriptors", Napi::Number::New(env, static_cast<double>(e.telemetry.descriptors)));
+          o.Set("telemetry", t);
+        }
+        push(o);
       }
       break;
+    case Event::kEstimated: {
+      if (pending.xfer != nullptr) {
+        pending.xfer->in_flight = false;
+        if (pending.xfer->released) DestroyXfer(pending.xfer);
+      }
+      Napi::Object o = op_result(e.token, e.status);
+      if (e.status.ok()) {
+        Napi::Object v = Napi::Object::New(env);
+        v.Set("durationUs", Napi::Number::New(env, static_cast<double>(e.estimate.duration_us)));
+        v.Set("errorMarginUs", Napi::Number::New(env, static_cast<double>(e.estimate.error_margin_us)));
+        v.Set("method", Napi::String::New(env, e.estimate.method == 0 ? "analytical" : "unknown"));
+        o.Set("value", v);
+      }
+      push(o);
+      break;
+    }
     case Event::kNotification: {
       Napi::Object o = Napi::Object::New(env);
       o.Set("kind", Napi::Number::New(env, kEventNotification));

@@ -88,6 +88,8 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
   Napi::Value Hold(const Napi::CallbackInfo& info);
   Napi::Value Unhold(const Napi::CallbackInfo& info);
   Napi::Value Engine(const Napi::CallbackInfo& info);
+  Napi::Value Cancel(const Napi::CallbackInfo& info);
+  Napi::Value Estimate(const Napi::CallbackInfo& info);
 
   void CheckOpen(Napi::Env env) const;
   uint32_t Submit(Command command, PendingOp pending = PendingOp());

@@ -16,7 +16,9 @@
 
 namespace kvxfer {
 
-enum class MemKind : uint8_t { kDram = 0, kVram = 1 };
+// kFile: a file through NIXL's POSIX backend; address is the file offset
+// and device the file descriptor, as in NIXL.
+enum class MemKind : uint8_t { kDram = 0, kVram = 1, kFile = 2 };
 enum class XferOp : uint8_t { kWrite = 0, kRead = 1 };
 
 const char* MemKindName(MemKind kind);
@@ -89,11 +91,26 @@ struct EngineOptions {
   std::vector<std::pair<std::string, std::string>> backend_params;
 };
 
+// What NIXL measured of one transfer.
+struct Telemetry {
+  uint64_t post_us = 0;
+  uint64_t transfer_us = 0;
+  uint64_t bytes = 0;
+  uint64_t descriptors = 0;
+};
+
+struct CostEstimate {
+  int64_t duration_us = 0;
+  int64_t error_margin_us = 0;
+  int method = 0;
+};
+
 class EngineEvents {
  public:
   virtual ~EngineEvents() = default;
   // A posted plan or a standalone notification finished.
-  virtual void OperationDone(uint32_t token, Status status, uint64_t duration_ns) = 0;
+  virtual void OperationDone(uint32_t token, Status status, uint64_t duration_ns,
+                             const Telemetry* telemetry = nullptr) = 0;
   virtual void NotificationReceived(std::string peer, std::vector<uint8_t> message) = 0;
   virtual void PeerFailed(Peer* peer, Status status) = 0;
   // DestroyPeer finished tearing the connection down.
@@ -125,6 +142,13 @@ class Engine {
   virtual void DestroyPeer(Peer* peer) = 0;
 
   virtual void Post(Plan& plan, uint32_t token) = 0;
+  // The caller stopped waiting for `token`: abort it if the engine can (its
+  // OperationDone still follows). UCX cannot take back a posted put.
+  virtual void Cancel(uint32_t token) {}
+  // The engine's own prediction of the plan's duration.
+  virtual Status Estimate(Plan& plan, CostEstimate* out) {
+    return Status::Error(Code::kEngine, std::string("the ") + name() + " engine cannot estimate transfer costs");
+  }
   // Frees plan.engine_state; the plan is not in flight.
   virtual void ReleasePlan(Plan& plan) {}
   // `message` must stay valid until OperationDone(token).

@@ -136,6 +136,15 @@ void OwnerThread::Execute(Command& c) {
       ++in_flight_;
       engine_->Post(*c.plan, c.token);
       break;
+    case Command::kCancel:
+      if (engine_started_) engine_->Cancel(c.target);
+      break;
+    case Command::kEstimate: {
+      Event e{Event::kEstimated, c.token};
+      e.status = engine_->Estimate(*c.plan, &e.estimate);
+      Push(std::move(e));
+      break;
+    }
     case Command::kReleasePlan:
       if (engine_started_) engine_->ReleasePlan(*c.plan);
       delete c.plan;
@@ -154,10 +163,15 @@ void OwnerThread::Execute(Command& c) {
   }
 }
 
-void OwnerThread::OperationDone(uint32_t token, Status status, uint64_t duration_ns) {
+void OwnerThread::OperationDone(uint32_t token, Status status, uint64_t duration_ns,
+                                const Telemetry* telemetry) {
   --in_flight_;
   Event e{Event::kOperationDone, token, std::move(status)};
   e.duration_ns = duration_ns;
+  if (telemetry != nullptr) {
+    e.has_telemetry = true;
+    e.telemetry = *telemetry;
+  }
   Push(std::move(e));
 }
 

@@ -27,6 +27,8 @@ struct Command {
     kLoadPeer,
     kDestroyPeer,
     kPost,
+    kCancel,
+    kEstimate,
     kReleasePlan,
     kNotify,
     kClose,
@@ -36,7 +38,8 @@ struct Command {
   uint32_t token = 0;
   LocalRegion* region = nullptr;
   Peer* peer = nullptr;
-  Plan* plan = nullptr;  // kPost: owned by the agent; kReleasePlan: owned by the command
+  Plan* plan = nullptr;  // kPost, kEstimate: owned by the agent; kReleasePlan: owned by the command
+  uint32_t target = 0;   // kCancel: the token to abort
   const std::vector<uint8_t>* message = nullptr;  // kNotify: owned by the agent
   std::vector<uint8_t> bytes;                     // kLoadPeer: the blob
 };
@@ -48,7 +51,8 @@ struct Event {
     kDeregistered,    // token, region, data (metadata)
     kPeerLoaded,      // token, peer (owned by the event until adopted)
     kPeerDestroyed,   // peer
-    kOperationDone,   // token, duration_ns
+    kOperationDone,   // token, duration_ns, telemetry when the engine measured it
+    kEstimated,       // token, estimate
     kNotification,    // peer_name, data
     kPeerFailed,      // peer
     kClosed,          // token
@@ -58,6 +62,9 @@ struct Event {
   uint32_t token = 0;
   Status status;
   uint64_t duration_ns = 0;
+  bool has_telemetry = false;
+  Telemetry telemetry;
+  CostEstimate estimate;
   LocalRegion* region = nullptr;
   Peer* peer = nullptr;
   std::string peer_name;
@@ -87,7 +94,8 @@ class OwnerThread : private EngineEvents {
   void SleepUntilWork(int timeout_ms);
 
   // EngineEvents
-  void OperationDone(uint32_t token, Status status, uint64_t duration_ns) override;
+  void OperationDone(uint32_t token, Status status, uint64_t duration_ns,
+                     const Telemetry* telemetry) override;
   void NotificationReceived(std::string peer, std::vector<uint8_t> message) override;
   void PeerFailed(Peer* peer, Status status) override;
   void PeerDestroyed(Peer* peer) override;

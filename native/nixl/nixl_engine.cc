@@ -30,7 +30,13 @@ uint64_t NowNs() {
       .count();
 }
 
-nixl::MemType ToNixl(MemKind kind) { return kind == MemKind::kVram ? nixl::kVram : nixl::kDram; }
+nixl::MemType ToNixl(MemKind kind) {
+  switch (kind) {
+    case MemKind::kVram: return nixl::kVram;
+    case MemKind::kFile: return nixl::kFile;
+    default: return nixl::kDram;
+  }
+}
 
 Status NixlError(Code code, const std::string& what, nixl::Status status) {
   return Status::Engine(code, what + " failed (" + nixl::StatusName(status) + ")",
@@ -94,6 +100,9 @@ class NixlEngine final : public Engine {
     if (st != nixl::kSuccess) {
       return Fail(NixlError(Code::kEngine, "creating NIXL's '" + backend + "' backend", st));
     }
+    // FILE regions (KV offload to a storage tier) go through the POSIX
+    // backend; without the plugin they are simply refused at registration.
+    if (backend != "POSIX") CreateOptionalBackend("POSIX");
     st = api_.create_notif_map(&notifications_);
     if (st != nixl::kSuccess) return Fail(NixlError(Code::kEngine, "creating a notification map", st));
     return Status::Ok();
@@ -140,6 +149,17 @@ class NixlEngine final : public Engine {
   }
 
   Status LoadPeer(const uint8_t* blob, size_t length, std::unique_ptr<Peer>* out) override {
+    // Our own metadata names this agent as the peer of its local backends
+    // (FILE through POSIX, a loopback copy): NIXL needs no remote entry.
+    const std::vector<uint8_t> own = Metadata();
+    if (length == own.size() && std::memcmp(blob, own.data(), length) == 0) {
+      auto self = std::make_unique<Peer>();
+      self->name = name_;
+      self->regions_known = false;
+      self->engine_conn = this;
+      *out = std::move(self);
+      return Status::Ok();
+    }
     char* name = nullptr;
     nixl::Status st = api_.load_remote_md(agent_, blob, length, &name);
     if (st != nixl::kSuccess || name == nullptr) {
@@ -155,6 +175,10 @@ class NixlEngine final : public Engine {
   }
 
   void DestroyPeer(Peer* peer) override {
+    if (peer->engine_conn == this) {  // ourselves: nothing loaded in NIXL
+      events_->PeerDestroyed(peer);
+      return;
+    }
     // Newer metadata under the same name replaces the old Peer object, and
     // NIXL keeps one entry per name: forget it only with its last object.
     if (--peer_refs_[peer->name] == 0) {
@@ -166,17 +190,15 @@ class NixlEngine final : public Engine {
 
   void Post(Plan& plan, uint32_t token) override {
     const uint64_t start = NowNs();
-    auto* state = static_cast<PlanState*>(plan.engine_state);
-    if (state == nullptr) {
-      Status s = PreparePlan(plan, &state);
-      if (!s.ok()) {
-        events_->OperationDone(token, std::move(s), 0);
-        return;
-      }
+    PlanState* state = nullptr;
+    Status s = ReadyRequest(plan, &state);
+    if (!s.ok()) {
+      events_->OperationDone(token, std::move(s), 0);
+      return;
     }
     nixl::Status st = api_.post_xfer_req(agent_, state->request, nullptr);
     if (st == nixl::kSuccess) {
-      events_->OperationDone(token, Status::Ok(), NowNs() - start);
+      Complete(token, state, Status::Ok(), NowNs() - start);
     } else if (st == nixl::kInProgress) {
       in_flight_.push_back(InFlight{state, token, start, plan.peer->name});
     } else {
@@ -207,18 +229,46 @@ class NixlEngine final : public Engine {
         ++i;
         continue;
       }
-      const Status result = st == nixl::kSuccess ? Status::Ok() : TransferFailure(f.peer, st);
+      Status result = st == nixl::kSuccess ? Status::Ok() : TransferFailure(f.peer, st);
       const uint32_t token = f.token;
+      PlanState* state = f.state;
       const uint64_t duration = NowNs() - f.start_ns;
       in_flight_[i] = std::move(in_flight_.back());
       in_flight_.pop_back();
-      events_->OperationDone(token, result, duration);
+      Complete(token, state, std::move(result), duration);
       progressed = true;
     }
     if (api_.get_notifs(agent_, notifications_, nullptr) == nixl::kSuccess) {
       progressed = DeliverNotifications() || progressed;
     }
     return progressed;
+  }
+
+  // Releasing an in-flight request is how NIXL aborts it; the plan makes a
+  // new request at its next post.
+  void Cancel(uint32_t token) override {
+    for (size_t i = 0; i < in_flight_.size(); ++i) {
+      if (in_flight_[i].token != token) continue;
+      PlanState* state = in_flight_[i].state;
+      const uint64_t duration = NowNs() - in_flight_[i].start_ns;
+      in_flight_[i] = std::move(in_flight_.back());
+      in_flight_.pop_back();
+      api_.release_xfer_req(agent_, state->request);
+      api_.destroy_xfer_req(state->request);
+      state->request = nullptr;
+      events_->OperationDone(token, Status::Error(Code::kAborted, "the transfer was aborted"), duration);
+      return;
+    }
+  }
+
+  Status Estimate(Plan& plan, CostEstimate* out) override {
+    PlanState* state = nullptr;
+    Status s = ReadyRequest(plan, &state);
+    if (!s.ok()) return s;
+    nixl::Status st = api_.estimate_xfer_cost(agent_, state->request, nullptr, &out->duration_us,
+                                              &out->error_margin_us, &out->method);
+    if (st != nixl::kSuccess) return NixlError(Code::kEngine, "estimating the transfer's cost", st);
+    return Status::Ok();
   }
 
   int event_fd() const override { return -1; }
@@ -249,6 +299,8 @@ class NixlEngine final : public Engine {
   }
 
   void Teardown() {
+    for (nixl::Backend extra : extra_backends_) api_.destroy_backend(extra);
+    extra_backends_.clear();
     if (backend_ != nullptr) api_.destroy_backend(backend_);
     backend_ = nullptr;
     if (agent_ != nullptr) api_.destroy_agent(agent_);
@@ -263,6 +315,38 @@ class NixlEngine final : public Engine {
     if (st == nixl::kSuccess) st = call(agent_, list, nullptr);
     api_.destroy_reg_dlist(list);
     return st;
+  }
+
+  void CreateOptionalBackend(const char* plugin) {
+    nixl::MemList mems = nullptr;
+    nixl::Params params = nullptr;
+    if (api_.get_plugin_params(agent_, plugin, &mems, &params) != nixl::kSuccess) return;
+    nixl::Backend extra = nullptr;
+    if (api_.create_backend(agent_, plugin, params, &extra) == nixl::kSuccess) extra_backends_.push_back(extra);
+    api_.destroy_mem_list(mems);
+    api_.destroy_params(params);
+  }
+
+  void Complete(uint32_t token, PlanState* state, Status status, uint64_t duration) {
+    nixl::Telemetry t{};
+    if (status.ok() && api_.get_xfer_telemetry(agent_, state->request, &t) == nixl::kSuccess) {
+      Telemetry telemetry{t.post_duration_us, t.xfer_duration_us, t.total_bytes, t.desc_count};
+      events_->OperationDone(token, std::move(status), duration, &telemetry);
+      return;
+    }
+    events_->OperationDone(token, std::move(status), duration);
+  }
+
+  // The plan's prepared lists and a request ready to post.
+  Status ReadyRequest(Plan& plan, PlanState** out) {
+    auto* state = static_cast<PlanState*>(plan.engine_state);
+    if (state == nullptr) return PreparePlan(plan, out);
+    if (state->request == nullptr) {
+      Status s = MakeRequest(plan, state);
+      if (!s.ok()) return s;
+    }
+    *out = state;
+    return Status::Ok();
   }
 
   Status PreparePlan(Plan& plan, PlanState** out) {
@@ -294,21 +378,31 @@ class NixlEngine final : public Engine {
                            "' (each must lie inside one of its registered regions)",
                        st);
     }
+    Status made = MakeRequest(plan, raw);
+    if (!made.ok()) return made;
+    *out = raw;
+    return Status::Ok();
+  }
+
+  Status MakeRequest(Plan& plan, PlanState* raw) {
     std::vector<int> indices(plan.segments.size());
     for (size_t i = 0; i < indices.size(); ++i) indices[i] = static_cast<int>(i);
+    // No backend named: NIXL picks the one both sides share (UCX between
+    // agents, POSIX for a file).
     nixl::OptArgs args = nullptr;
     api_.create_opt_args(&args);
-    api_.opt_args_add_backend(args, backend_);
     if (!plan.notify.empty()) {
       api_.opt_args_set_has_notif(args, true);
       api_.opt_args_set_notif_msg(args, plan.notify.data(), plan.notify.size());
     }
-    st = api_.make_xfer_req(agent_, plan.op == XferOp::kWrite ? nixl::kWrite : nixl::kRead, raw->local,
-                            indices.data(), indices.size(), raw->remote, indices.data(), indices.size(),
-                            &raw->request, args);
+    const nixl::Status st = api_.make_xfer_req(agent_, plan.op == XferOp::kWrite ? nixl::kWrite : nixl::kRead, raw->local,
+                                          indices.data(), indices.size(), raw->remote, indices.data(), indices.size(),
+                                          &raw->request, args);
     api_.destroy_opt_args(args);
-    if (st != nixl::kSuccess) return NixlError(Code::kEngine, "making the transfer request", st);
-    *out = raw;
+    if (st != nixl::kSuccess) {
+      raw->request = nullptr;
+      return NixlError(Code::kEngine, "making the transfer request", st);
+    }
     return Status::Ok();
   }
 
@@ -356,6 +450,7 @@ class NixlEngine final : public Engine {
   std::string name_;
   nixl::Agent agent_ = nullptr;
   nixl::Backend backend_ = nullptr;
+  std::vector<nixl::Backend> extra_backends_;
   nixl::NotifMap notifications_ = nullptr;
   std::unordered_set<LocalRegion*> regions_;
   std::unordered_set<PlanState*> states_;

@@ -141,6 +141,9 @@ class UcxEngine final : public Engine {
   }
 
   Status Register(LocalRegion* region) override {
+    if (region->kind == MemKind::kFile) {
+      return Status::Error(Code::kInvalidArg, "FILE regions need the NIXL engine (its POSIX backend)");
+    }
     ucp_mem_map_params_t params{};
     params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
                         UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
@@ -563,7 +566,13 @@ Status UcsError(Code code, const std::string& what, ucs_status_t status) {
                         static_cast<int>(status));
 }
 
-const char* MemKindName(MemKind kind) { return kind == MemKind::kVram ? "vram" : "dram"; }
+const char* MemKindName(MemKind kind) {
+  switch (kind) {
+    case MemKind::kVram: return "vram";
+    case MemKind::kFile: return "file";
+    default: return "dram";
+  }
+}
 
 void PrepareUcxEnvironment() {
   // Peer error handling is on for every endpoint, and UCX then drops its
