@@ -1,23 +1,67 @@
 #!/usr/bin/env node
 import { KvxferError } from '../errors';
 import { info } from '../info';
+import { bench } from './bench';
+import { findNixl } from './bench/nixl';
+import { findPerftest } from './bench/baselines/perftest';
 import { demo } from './demo';
 
 const USAGE = `usage: kvxfer <command>
 
 commands:
+  bench   transfer microbenchmark against ucx_perftest, Node TCP and memcpy (kvxfer bench --help)
   demo    a two-process prefill -> decode KV handoff, bytes checked at the far end
-  info    engines, UCX version and transports, as JSON
+  info    engines, UCX version and transports, NIXL and its plugins (--json for JSON)
 `;
+
+function infoCommand(args: string[]): number {
+  const unknown = args.find((a) => a !== '--json');
+  if (unknown !== undefined) {
+    process.stderr.write(`kvxfer info: unknown option '${unknown}' (only --json)\n`);
+    return 2;
+  }
+  const base = info();
+  const nixl = findNixl();
+  const perftest = findPerftest() ?? null;
+  if (args.includes('--json')) {
+    console.log(JSON.stringify({ ...base, nixlInstall: nixl, ucxPerftest: perftest }, null, 2));
+    return 0;
+  }
+  const lines = [`kvxfer ${base.version} (node ${process.version}, ${process.platform} ${process.arch})`, '', 'engines'];
+  for (const [name, e] of Object.entries(base.engines)) {
+    lines.push(`  ${name.padEnd(5)} ${e.available ? `available${e.version ? `, version ${e.version}` : ''}` : `not available: ${e.reason ?? 'unknown'}`}`);
+  }
+  const ucx = base.engines.ucx;
+  lines.push('', `UCX ${ucx.version ?? '(not loaded)'}${process.env.UCX_TLS ? `, UCX_TLS=${process.env.UCX_TLS}` : ''}`);
+  if (ucx.transports !== undefined) {
+    const byName = new Map<string, string[]>();
+    for (const t of ucx.transports) byName.set(t.name, [...(byName.get(t.name) ?? []), t.device]);
+    for (const [name, devices] of byName) lines.push(`  ${name.padEnd(10)} ${devices.join(', ')}`);
+  }
+  lines.push('', 'NIXL');
+  if (nixl.found) {
+    lines.push(`  C API      ${nixl.capi}${nixl.version ? ` (version ${nixl.version})` : ''}`);
+    if (nixl.library) lines.push(`  library    ${nixl.library}`);
+    lines.push(`  plugins    ${nixl.plugins.length > 0 ? nixl.plugins.join(', ') : 'none'} (${nixl.pluginDir})`);
+    if (!base.engines.nixl.available) lines.push(`  (installed, but ${base.engines.nixl.reason ?? 'the engine is unavailable'})`);
+  } else {
+    lines.push('  not found (looked for libnixl_capi.so in KVXFER_NIXL_LIB, $NIXL_PREFIX/lib, /opt/nvidia/nvda_nixl/lib and the loader path)');
+    if (nixl.hint) lines.push(`  hint: ${nixl.hint}`);
+  }
+  lines.push('', `ucx_perftest  ${perftest ?? 'not installed (apt-get install ucx-utils): kvxfer bench runs without that baseline'}`);
+  console.log(lines.join('\n'));
+  return 0;
+}
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
+    case 'bench':
+      return bench(rest);
     case 'demo':
       return demo(rest);
     case 'info':
-      console.log(JSON.stringify(info(), null, 2));
-      return 0;
+      return infoCommand(rest);
     case undefined:
     case '-h':
     case '--help':

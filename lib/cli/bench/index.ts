@@ -1,0 +1,72 @@
+/**
+ * `kvxfer bench`: entry point. Parses the command line, runs the mode, and
+ * writes the table, --json, --csv and --chart.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { USAGE, UsageError, parseBenchArgs, type BenchOptions } from './args';
+import { renderChart } from './chart';
+import { runInitiator, type RunContext } from './initiator';
+import { runLocal } from './local';
+import { vramUnavailable } from './memory';
+import { formatCsv, formatTable, type Report } from './report';
+import { runTarget } from './target';
+
+function quote(arg: string): string {
+  return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;
+}
+
+function writeFile(file: string, text: string): void {
+  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+  fs.writeFileSync(file, text);
+}
+
+export function writeOutputs(report: Report, options: BenchOptions): void {
+  if (options.json !== undefined) writeFile(options.json, `${JSON.stringify(report, null, 2)}\n`);
+  if (options.csv !== undefined) writeFile(options.csv, formatCsv(report));
+  if (options.chart !== undefined) writeFile(options.chart, renderChart(report));
+}
+
+/** Runs `kvxfer bench ...` (argv after 'bench'); resolves with the exit status. */
+export async function bench(argv: string[]): Promise<number> {
+  // Baseline tools get the environment the user gave, not what loading UCX adds to it.
+  const userEnv = { ...process.env };
+  let options: BenchOptions;
+  try {
+    const parsed = parseBenchArgs(argv);
+    if (parsed.help) {
+      process.stdout.write(USAGE);
+      return 0;
+    }
+    options = parsed.options;
+  } catch (error) {
+    if (error instanceof UsageError) {
+      process.stderr.write(`kvxfer bench: ${error.message}\nRun 'kvxfer bench --help' for the options.\n`);
+      return 2;
+    }
+    throw error;
+  }
+  if (options.mem === 'vram') {
+    process.stderr.write(`kvxfer bench: ${vramUnavailable(options.device)}\n`);
+    return 1;
+  }
+  if (options.mode === 'target') return runTarget(options, userEnv);
+
+  const ctx: RunContext = {
+    options,
+    command: ['kvxfer', 'bench', ...argv].map(quote).join(' '),
+    userEnv,
+    log: (line) => process.stderr.write(`${line}\n`),
+  };
+  const report = options.mode === 'initiator' ? await runInitiator(ctx, options.connect!.host, options.connect!.port) : await runLocal(ctx);
+  process.stdout.write(`\n${formatTable(report)}`);
+  writeOutputs(report, options);
+  const written = [options.json, options.csv, options.chart].filter((f) => f !== undefined);
+  if (written.length > 0) process.stderr.write(`wrote ${written.join(', ')}\n`);
+  const failed = (report as Report & { failed?: number }).failed ?? 0;
+  if (failed > 0) {
+    process.stderr.write(`kvxfer bench: ${failed} point(s) failed their --check or --notify verification\n`);
+    return 1;
+  }
+  return 0;
+}
