@@ -29,7 +29,8 @@ function infoCommand(args: string[]): number {
   }
   const lines = [`kvxfer ${base.version} (node ${process.version}, ${process.platform} ${process.arch})`, '', 'engines'];
   for (const [name, e] of Object.entries(base.engines)) {
-    lines.push(`  ${name.padEnd(5)} ${e.available ? `available${e.version ? `, version ${e.version}` : ''}` : `not available: ${e.reason ?? 'unknown'}`}`);
+    const why = (e.reason ?? 'unknown').split('\n')[0].replace(/;? tried:$/, '');
+    lines.push(`  ${name.padEnd(5)} ${e.available ? `available${e.version ? `, version ${e.version}` : ''}` : `not available: ${why}`}`);
   }
   const ucx = base.engines.ucx;
   lines.push('', `UCX ${ucx.version ?? '(not loaded)'}${process.env.UCX_TLS ? `, UCX_TLS=${process.env.UCX_TLS}` : ''}`);
@@ -39,13 +40,17 @@ function infoCommand(args: string[]): number {
     for (const [name, devices] of byName) lines.push(`  ${name.padEnd(10)} ${devices.join(', ')}`);
   }
   lines.push('', 'NIXL');
-  if (nixl.found) {
+  const engine = base.engines.nixl;
+  if (engine.available) {
+    lines.push(`  C API      ${engine.path ?? nixl.capi ?? '?'}${engine.version ? ` (version ${engine.version})` : ''}`);
+    lines.push(`  plugins    ${(engine.plugins ?? nixl.plugins).join(', ') || 'none'}${nixl.pluginDir ? ` (${nixl.pluginDir})` : ''}`);
+  } else if (nixl.found) {
     lines.push(`  C API      ${nixl.capi}${nixl.version ? ` (version ${nixl.version})` : ''}`);
     if (nixl.library) lines.push(`  library    ${nixl.library}`);
     lines.push(`  plugins    ${nixl.plugins.length > 0 ? nixl.plugins.join(', ') : 'none'} (${nixl.pluginDir})`);
-    if (!base.engines.nixl.available) lines.push(`  (installed, but ${base.engines.nixl.reason ?? 'the engine is unavailable'})`);
+    lines.push(`  the NIXL engine did not load it: ${engine.reason ?? 'unknown reason'}`);
   } else {
-    lines.push('  not found (looked for libnixl_capi.so in KVXFER_NIXL_LIB, $NIXL_PREFIX/lib, /opt/nvidia/nvda_nixl/lib and the loader path)');
+    lines.push(`  not available: ${(engine.reason ?? 'not found').replace(/\n/g, '\n    ')}`);
     if (nixl.hint) lines.push(`  hint: ${nixl.hint}`);
   }
   lines.push('', `ucx_perftest  ${perftest ?? 'not installed (apt-get install ucx-utils): kvxfer bench runs without that baseline'}`);

@@ -117,14 +117,10 @@ export async function runInitiator(ctx: RunContext, host: string, port: number):
 
     // Series: kvxfer per batch size (or one per --kv model), then the baselines.
     const kvxferSeries = new Map<string, Series>();
+    // 'kvxfer', 'kvxfer x16' (per batch size), 'kvxfer llama-3.1-8b'; the engine is named when it is not UCX.
+    const kvxferLabel = pairs[0].agent.engine === 'ucx' ? 'kvxfer' : `kvxfer ${pairs[0].agent.engine}`;
     const seriesName = (p: PlannedPoint) =>
-      options.kv !== undefined
-        ? `kvxfer ${options.kv.model}`
-        : options.batchSizes.length > 1
-          ? `kvxfer x${p.batch}`
-          : p.batch > 1
-            ? `kvxfer x${p.batch}`
-            : 'kvxfer';
+      options.kv !== undefined ? `${kvxferLabel} ${options.kv.model}` : p.batch > 1 || options.batchSizes.length > 1 ? `${kvxferLabel} x${p.batch}` : kvxferLabel;
     for (const p of points) {
       const name = seriesName(p);
       if (!kvxferSeries.has(name)) {

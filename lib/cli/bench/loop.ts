@@ -185,6 +185,7 @@ async function runPhase(
   transfers: (Transfer | undefined)[],
   progress: Progress,
   posts: number[],
+  share: [number, number],
 ): Promise<void> {
   let failed: () => void = () => {};
   const failure = new Promise<void>((resolve) => {
@@ -194,7 +195,7 @@ async function runPhase(
   let quietSince = performance.now();
   // The watchdog: progress bar, and a point that stops completing fails (a lane stuck in an await cannot notice).
   const watchdog = setInterval(() => {
-    progress.fraction = phase.fraction();
+    progress.fraction = share[0] + share[1] * phase.fraction();
     const now = performance.now();
     if (phase.completed !== seen) {
       seen = phase.completed;
@@ -243,7 +244,7 @@ export async function runLoop(lanes: Lane[], spec: LoopSpec, progress: Progress 
       spec.warmup !== undefined
         ? new Phase(spec.warmup, Infinity)
         : new Phase(AUTO_WARMUP_ITERS * lanes.length, Infinity, AUTO_WARMUP_MS);
-    if (warmup.limit > 0) await runPhase(lanes, spec, warmup, undefined, transfers, progress, posts);
+    if (warmup.limit > 0) await runPhase(lanes, spec, warmup, undefined, transfers, progress, posts, [0, 0.15]);
 
     const rec: Recorders = {
       latency: new Samples(),
@@ -257,7 +258,7 @@ export async function runLoop(lanes: Lane[], spec: LoopSpec, progress: Progress 
     const cpu0 = process.cpuUsage();
     eld.enable();
     const t0 = performance.now();
-    await runPhase(lanes, spec, timed, rec, transfers, progress, posts);
+    await runPhase(lanes, spec, timed, rec, transfers, progress, posts, [0.15, 0.85]);
     const ms = performance.now() - t0;
     eld.disable();
     const cpu = process.cpuUsage(cpu0);
