@@ -1,8 +1,8 @@
 // Shared test helpers: sizes, names, error assertions, bounded waits and in-process agent pairs.
 // Everything that talks to another process lives in ./peer.ts.
 import { inspect } from 'node:util'
-import { expect } from 'vitest'
-import { Agent, KvxferError } from '../../dist/index.js'
+import { describe, expect, it } from 'vitest'
+import { Agent, KvxferError, info, type AgentOptions } from '../../dist/index.js'
 
 export { asBuffer, fillBytes, randomBytesFor, sha256, sha256Slices } from '../fixtures/bytes.mjs'
 
@@ -109,14 +109,90 @@ export async function exchangeMetadata(a: Agent, b: Agent): Promise<void> {
   expect(await b.loadPeer(a.metadata())).toBe(a.name)
 }
 
-/** Two agents in this process (loopback). Close them with closeAll(). */
-export async function createAgents(count: number, prefix = 'agent', transports?: string): Promise<Agent[]> {
-  const agents: Agent[] = []
-  for (let i = 0; i < count; i++) {
-    agents.push(await Agent.create(transports === undefined
-      ? { name: uniqueName(prefix) }
-      : { name: uniqueName(prefix), transports }))
+// ---------------------------------------------------------------------------------------------
+// Engines
+
+export type EngineName = 'ucx' | 'nixl'
+
+const nixlInfo = info().engines.nixl
+/** Why the NIXL variants cannot run here (the first line of info().engines.nixl.reason), or null when NIXL loads. */
+export const NIXL_ABSENT: string | null = nixlInfo.available
+  ? null
+  : `NIXL engine unavailable: ${(nixlInfo.reason ?? 'no reason given').split('\n')[0]!.replace(/[;:,]?\s*tried:?\s*$/, '').trim()}`
+/** The engines engine-parameterized suites run on: UCX always, NIXL where it loads (NIXL_PREFIX=/opt/nixl …). */
+export const ENGINES: readonly EngineName[] = NIXL_ABSENT === null ? ['ucx', 'nixl'] : ['ucx']
+
+/**
+ * Where NIXL is missing, registers one skipped test whose title carries the reason, so a run
+ * without NIXL reports that (and why) the NIXL variants of `what` did not run.
+ */
+export function reportNixlSkipped(what: string): void {
+  if (NIXL_ABSENT === null) return
+  describe.skip(`nixl engine: ${what}`, () => {
+    it(`[skipped: ${NIXL_ABSENT}]`, () => {})
+  })
+}
+
+/**
+ * `it`, or `it.fails` where `buggy` holds: a test that documents a known implementation bug on one
+ * engine. It keeps running there and turns red once the bug is fixed (then drop the marker).
+ */
+export function itUnlessKnownBug(buggy: boolean): typeof it | typeof it.fails {
+  return buggy ? it.fails : it
+}
+
+/** Run `fn` with these environment variables set (undefined: unset), restored afterwards. */
+export async function withEnv<T>(vars: Record<string, string | undefined>, fn: () => Promise<T>): Promise<T> {
+  const saved: Record<string, string | undefined> = {}
+  for (const [key, value] of Object.entries(vars)) {
+    saved[key] = process.env[key]
+    if (value === undefined) delete process.env[key]
+    else process.env[key] = value
   }
+  try {
+    return await fn()
+  } finally {
+    for (const [key, value] of Object.entries(saved)) {
+      if (value === undefined) delete process.env[key]
+      else process.env[key] = value
+    }
+  }
+}
+
+export interface AgentSpec {
+  /** Default: the library's 'auto' (NIXL where it loads, else UCX). */
+  engine?: EngineName
+  /** UCX transports (UCX_TLS), e.g. 'tcp'. */
+  transports?: string
+}
+
+/**
+ * Agent.create on one engine. The UCX engine takes `transports` as an option. NIXL's UCX backend
+ * ignores that option and reads UCX_TLS from the environment when the agent creates it, so for
+ * NIXL `transports` is set as UCX_TLS for the duration of Agent.create (the process's own
+ * UCX_TLS is restored afterwards).
+ */
+export async function createAgent(prefix: string, spec: AgentSpec = {}): Promise<Agent> {
+  const options: AgentOptions = { name: uniqueName(prefix) }
+  if (spec.engine !== undefined) options.engine = spec.engine
+  if (spec.engine === 'nixl') {
+    const agent = spec.transports === undefined
+      ? await Agent.create(options)
+      : await withEnv({ UCX_TLS: spec.transports }, () => Agent.create(options))
+    expect(agent.engine, 'the agent runs on the engine asked for').toBe('nixl')
+    return agent
+  }
+  if (spec.transports !== undefined) options.transports = spec.transports
+  const agent = await Agent.create(options)
+  if (spec.engine !== undefined) expect(agent.engine, 'the agent runs on the engine asked for').toBe(spec.engine)
+  return agent
+}
+
+/** Agents in this process (loopback). Close them with closeAll(). `spec` may be a transports string. */
+export async function createAgents(count: number, prefix = 'agent', spec: string | AgentSpec = {}): Promise<Agent[]> {
+  const resolved = typeof spec === 'string' ? { transports: spec } : spec
+  const agents: Agent[] = []
+  for (let i = 0; i < count; i++) agents.push(await createAgent(prefix, resolved))
   return agents
 }
 

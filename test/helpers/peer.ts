@@ -65,8 +65,12 @@ function collectOutput(child: ChildProcess): () => string {
 export interface SpawnPeerOptions {
   /** Agent name; default a unique 'peer-…' name. */
   name?: string
-  /** UCX transports for the peer's agent; also exported as UCX_TLS in the child. */
+  /**
+   * UCX transports for the peer's agent: exported as UCX_TLS in the child (which is what NIXL's
+   * UCX backend follows) and, for the UCX engine, also passed as Agent.create's `transports`.
+   */
   transports?: string
+  /** The peer agent's engine; default the library's 'auto'. spawnPeer checks the agent really runs on it. */
   engine?: 'auto' | 'ucx' | 'nixl'
   env?: NodeJS.ProcessEnv
   /** Create the agent right away (default true). */
@@ -97,6 +101,8 @@ export interface PeerNotification {
 export interface TransferResult {
   bytes: number
   durationNs: number
+  /** NIXL engine only. */
+  telemetry?: { postUs: number; transferUs: number; bytes: number; descriptors: number }
 }
 
 let peerCounter = 0
@@ -261,14 +267,19 @@ export async function spawnPeer(opts: SpawnPeerOptions = {}): Promise<Peer> {
   livePeers.add(peer)
   if (opts.create !== false) {
     try {
+      // `transports` is a UCX-engine option; a NIXL peer gets its transports from UCX_TLS alone.
       await peer.create({
         name: opts.name ?? `peer-${process.pid}-${peerCounter}`,
-        ...(opts.transports !== undefined ? { transports: opts.transports } : {}),
+        ...(opts.transports !== undefined && opts.engine !== 'nixl' ? { transports: opts.transports } : {}),
         ...(opts.engine !== undefined ? { engine: opts.engine } : {}),
       })
     } catch (err) {
       await peer.dispose()
       throw new Error(`spawnPeer: create failed: ${(err as Error).message}\n${peer.outputTail}`)
+    }
+    if (opts.engine !== undefined && opts.engine !== 'auto' && peer.engine !== opts.engine) {
+      await peer.dispose()
+      throw new Error(`spawnPeer: asked for engine ${opts.engine}, the peer's agent runs on ${peer.engine}`)
     }
   }
   return peer
