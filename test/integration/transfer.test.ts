@@ -5,11 +5,13 @@
 // transfers, in order, with the data already in place when a notification is seen.
 // Every check hashes (sha256) the real bytes at the other end, and every destination is
 // first "poisoned" with different bytes, so a transfer that moved nothing cannot pass.
+// Everything runs on each engine: UCX always, NIXL too where it loads (both processes on the
+// same engine; for NIXL the tcp variant sets UCX_TLS=tcp in both, which its UCX backend follows).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { Agent, DescList, type Region } from '../../dist/index.js'
+import { DescList, type Agent, type Region } from '../../dist/index.js'
 import {
-  KiB, MiB, asBuffer, closeAll, fillBytes, invertBytes, randomBytesFor, range, rdesc, rejectsWith, settle, sha256,
-  sha256Slices, uniqueName, within,
+  ENGINES, KiB, MiB, asBuffer, closeAll, createAgent, fillBytes, invertBytes, randomBytesFor, range, rdesc, rejectsWith,
+  reportNixlSkipped, settle, sha256, sha256Slices, within,
 } from '../helpers/common.js'
 import { connect, connectPeers, disposeAllPeers, spawnPeer, type Peer, type PeerRegion, type Slice } from '../helpers/peer.js'
 
@@ -25,18 +27,22 @@ const TRANSPORTS = [
   { label: 'default transports (shared memory)', transports: undefined as string | undefined },
   { label: 'tcp', transports: 'tcp' as string | undefined },
 ]
+/** Every engine here with every transport choice. */
+const VARIANTS = ENGINES.flatMap((engine, e) => TRANSPORTS.map((t, i) => ({ ...t, engine, seedBase: (e * TRANSPORTS.length + i) * 100_000 + 1 })))
+
+reportNixlSkipped('two-process transfers (default transports and tcp)')
 
 /** i -> (i * 7919 + 13) mod n: a fixed permutation of [0, n) (7919 is prime, so coprime with n = 1000). */
 const perm = (i: number, n: number) => (i * 7919 + 13) % n
 
-describe.each(TRANSPORTS)('two processes, $label', { timeout: 120_000 }, ({ transports }) => {
+describe.each(VARIANTS)('$engine engine: two processes, $label', { timeout: 120_000 }, ({ engine, transports, seedBase }) => {
   let agent: Agent
   let peer: Peer
   let peerName: string
   let local: Region // allocate()d, REGION bytes
   let remote: PeerRegion // allocate()d in the peer, REGION bytes
   let remoteBuf: PeerRegion // a registered Buffer in the peer
-  let seed = transports === 'tcp' ? 100_000 : 1
+  let seed = seedBase
   const nextSeed = () => ++seed
 
   /** Host memory of every kind register() takes; each must move correct bytes. */
@@ -52,8 +58,8 @@ describe.each(TRANSPORTS)('two processes, $label', { timeout: 120_000 }, ({ tran
   const kindRegions = new Map<string, { region: Region; bytes: Buffer; memory: unknown }>()
 
   beforeAll(async () => {
-    agent = await Agent.create(transports === undefined ? { name: uniqueName('xfer') } : { name: uniqueName('xfer'), transports })
-    peer = await spawnPeer({ transports })
+    agent = await createAgent('xfer', { engine, transports })
+    peer = await spawnPeer({ engine, transports })
     local = await agent.allocate(REGION)
     for (const [kind, make] of Object.entries(kinds)) {
       const memory = make()
@@ -70,6 +76,11 @@ describe.each(TRANSPORTS)('two processes, $label', { timeout: 120_000 }, ({ tran
     await closeAll(agent)
     await disposeAllPeers()
   }, 60_000)
+
+  it('both agents run on the engine under test', () => {
+    expect(agent.engine).toBe(engine)
+    expect(peer.engine).toBe(engine)
+  })
 
   it('the regions have the sizes and kinds asked for', () => {
     expect(local.length).toBe(REGION)
@@ -99,6 +110,9 @@ describe.each(TRANSPORTS)('two processes, $label', { timeout: 120_000 }, ({ tran
 
       expect(res.bytes).toBe(size)
       expect(typeof res.durationNs).toBe('number')
+      // NIXL reports its own measurement of each transfer; UCX has none.
+      if (engine === 'nixl') expect(res.telemetry).toMatchObject({ bytes: size, descriptors: 1 })
+      else expect(res.telemetry).toBeUndefined()
       expect(await peer.hash(remote, REMOTE_OFF, size)).toBe(want)
       expect(await peer.hashSlices(remote, [[REMOTE_OFF - GUARD, GUARD], [REMOTE_OFF + size, GUARD]]),
         'bytes next to the destination changed').toBe(guardsBefore)
@@ -474,11 +488,11 @@ describe.each(TRANSPORTS)('two processes, $label', { timeout: 120_000 }, ({ tran
 
 // ---- two forked peers, no agent in the test process ---------------------------------------------
 
-describe.each(TRANSPORTS)('two forked peers, $label', { timeout: 120_000 }, ({ transports }) => {
+describe.each(VARIANTS)('$engine engine: two forked peers, $label', { timeout: 120_000 }, ({ engine, transports }) => {
   afterAll(() => disposeAllPeers(), 30_000)
 
   it('peer A WRITEs to peer B with notify and READs back from B; B and A hash the bytes', async () => {
-    const [a, b] = await Promise.all([spawnPeer({ transports }), spawnPeer({ transports })])
+    const [a, b] = await Promise.all([spawnPeer({ engine, transports }), spawnPeer({ engine, transports })])
     const SIZE = 8 * MiB + 1
     const ra = await a.allocate(SIZE + 4 * KiB)
     const rb = await b.register(SIZE + 4 * KiB, 'Buffer')
