@@ -5,9 +5,15 @@
 // lengths are refused with ERR_INVALID_ARG, and mutated encodings either are refused or
 // decode to well-formed descriptors - never a crash. Seeded (mulberry32), so a failure
 // reproduces: the failing iteration and its mutation are in the assertion message.
+// loadPeer is fuzzed on every engine (UCX, and NIXL where it loads). NIXL's metadata is NIXL's
+// own blob, handed to NIXL as is: there the fuzz proves no crash, no hang, ERR_BAD_METADATA for
+// every refusal and a loader that keeps working. That every corrupted blob is refused, and that
+// the genuine one loads afterwards, does not hold on NIXL today (a known NIXL-engine bug, shown
+// deterministically in test/unit/errors.test.ts, ERR_BAD_METADATA): with random mutations it
+// would only show now and then, so it is asserted on UCX only here.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { Agent, DescList, KvxferError, type Region } from '../../dist/index.js'
-import { KiB, closeAll, range, settle, uniqueName } from '../helpers/common.js'
+import { DescList, KvxferError, type Agent, type Region } from '../../dist/index.js'
+import { ENGINES, KiB, closeAll, createAgent, range, reportNixlSkipped, settle, within } from '../helpers/common.js'
 
 const ITERATIONS = 2_000
 const SEED = Number(process.env.KVXFER_FUZZ_SEED ?? 0x6b76_7866)
@@ -92,14 +98,20 @@ function mutate(rng: Rng, src: Uint8Array): { bytes: Uint8Array; how: string } {
 
 const sameBytes = (x: Uint8Array, y: Uint8Array) => x.length === y.length && Buffer.from(x).equals(Buffer.from(y))
 
-describe('metadata fuzz: loadPeer', { timeout: 180_000 }, () => {
+reportNixlSkipped('metadata fuzz: loadPeer')
+
+describe.each(ENGINES)('%s engine: metadata fuzz: loadPeer', { timeout: 180_000 }, (engine) => {
+  const nixl = engine === 'nixl'
   let source: Agent
   let loader: Agent
   let blob: Uint8Array
 
+  /** Every loadPeer settles, bounded: a hang fails the test instead of stalling the run. */
+  const load = (bytes: Uint8Array) => within(settle(loader.loadPeer(bytes, { timeoutMs: 10_000 })), 20_000, 'loadPeer')
+
   beforeAll(async () => {
-    source = await Agent.create({ name: uniqueName('fuzz-src') })
-    loader = await Agent.create({ name: uniqueName('fuzz-load') })
+    source = await createAgent('fuzz-src', { engine })
+    loader = await createAgent('fuzz-load', { engine })
     // a blob with some regions in it, like a real one
     const regions: Region[] = []
     for (const size of [4 * KiB, 64 * KiB, 1024 * KiB]) regions.push(await source.allocate(size))
@@ -109,40 +121,67 @@ describe('metadata fuzz: loadPeer', { timeout: 180_000 }, () => {
 
   afterAll(() => closeAll(source, loader), 30_000)
 
-  it(`${ITERATIONS} seeded mutations of a real blob are all refused with ERR_BAD_METADATA`, async () => {
+  const refusedAll = nixl ? 'never crash or hang the loader; every refusal is ERR_BAD_METADATA' : 'are all refused with ERR_BAD_METADATA'
+
+  it(`${ITERATIONS} seeded mutations of a real blob ${refusedAll}`, async () => {
     const rng = mulberry32(SEED)
     let tried = 0
+    let accepted = 0
     for (let i = 0; i < ITERATIONS; i++) {
       const { bytes, how } = mutate(rng, blob)
       if (sameBytes(bytes, blob)) continue // a mutation that changed nothing (e.g. two flips of one bit)
       tried++
-      const outcome = await settle(loader.loadPeer(bytes))
+      const outcome = await load(bytes)
       const context = `iteration ${i} (seed ${SEED}): ${how}`
-      expect(outcome.ok, `${context}: loadPeer accepted a corrupted blob`).toBe(false)
+      if (!nixl) expect(outcome.ok, `${context}: loadPeer accepted a corrupted blob`).toBe(false)
       if (!outcome.ok) {
         expect(outcome.error, `${context}: ${String(outcome.error)}`).toBeInstanceOf(KvxferError)
         expect((outcome.error as KvxferError).code, context).toBe('ERR_BAD_METADATA')
+      } else {
+        accepted++
       }
     }
     expect(tried).toBeGreaterThan(ITERATIONS * 0.95)
+    if (nixl) console.info(`nixl engine: ${accepted} of ${tried} corrupted blobs loaded (known bug)`)
   })
 
-  it('200 corrupted blobs loaded concurrently are all refused', async () => {
+  it(`200 corrupted blobs loaded concurrently ${refusedAll}`, async () => {
     const rng = mulberry32(SEED ^ 0x5555)
     const blobs = range(200).map(() => mutate(rng, blob)).filter((m) => !sameBytes(m.bytes, blob))
-    const outcomes = await Promise.all(blobs.map((m) => settle(loader.loadPeer(m.bytes))))
+    const outcomes = await within(Promise.all(blobs.map((m) => settle(loader.loadPeer(m.bytes, { timeoutMs: 10_000 })))),
+      30_000, '200 concurrent loadPeer calls')
     outcomes.forEach((o, i) => {
-      expect(o.ok, blobs[i]!.how).toBe(false)
+      if (!nixl) expect(o.ok, blobs[i]!.how).toBe(false)
       if (!o.ok) expect((o.error as KvxferError).code, blobs[i]!.how).toBe('ERR_BAD_METADATA')
     })
   })
 
-  it('afterwards the real blob loads, and the peer it describes is usable', async () => {
-    expect(await loader.loadPeer(blob)).toBe(source.name)
-    await loader.notify(source.name, 'still alive')
-    const n = await source.waitForNotification(loader.name, 'still alive', { timeoutMs: 10_000 })
-    expect(n.peer).toBe(loader.name)
-  })
+  if (!nixl) {
+    it('afterwards the real blob loads, and the peer it describes is usable', async () => {
+      expect(await loader.loadPeer(blob)).toBe(source.name)
+      await loader.notify(source.name, 'still alive')
+      const n = await source.waitForNotification(loader.name, 'still alive', { timeoutMs: 10_000 })
+      expect(n.peer).toBe(loader.name)
+    })
+  } else {
+    it('afterwards the loader still connects to and notifies another agent, and a fresh agent loads the real blob', async () => {
+      const other = await createAgent('fuzz-other', { engine })
+      const fresh = await createAgent('fuzz-fresh', { engine })
+      try {
+        expect(await loader.loadPeer(other.metadata())).toBe(other.name)
+        const waiting = settle(other.waitForNotification(loader.name, 'still alive', { timeoutMs: 10_000 }))
+        await loader.notify(other.name, 'still alive', { timeoutMs: 10_000 })
+        expect(await waiting).toMatchObject({ ok: true, value: { peer: loader.name } })
+        expect(await fresh.loadPeer(blob)).toBe(source.name)
+        await fresh.notify(source.name, 'source still alive', { timeoutMs: 10_000 })
+        // source has not loaded fresh's metadata: it cannot name fresh as a peer, but it receives
+        expect((await within(source.notifications().next(), 10_000, 'notification at the source')).value?.message)
+          .toBe('source still alive')
+      } finally {
+        await closeAll(other, fresh)
+      }
+    })
+  }
 })
 
 describe('descriptor fuzz: DescList.decode', { timeout: 120_000 }, () => {
