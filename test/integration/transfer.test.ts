@@ -309,6 +309,13 @@ describe.each(VARIANTS)('$engine engine: two processes, $label', { timeout: 120_
       expect(Number(after.inFlight)).toBe(0)
       expect(after.peers[peerName], 'per-peer stats').toBeDefined()
       expect(Number(after.peers[peerName]!.bytes) - Number(before.peers[peerName]?.bytes ?? 0)).toBe(3 * 4 * KiB)
+      // NIXL's per-transfer telemetry is summed in stats(); UCX has none.
+      if (engine === 'nixl') {
+        expect(after.telemetry!.transfers - (before.telemetry?.transfers ?? 0)).toBe(3)
+        expect(after.telemetry!.bytes - (before.telemetry?.bytes ?? 0)).toBe(3 * 4 * KiB)
+      } else {
+        expect(after.telemetry).toBeUndefined()
+      }
     })
   })
 

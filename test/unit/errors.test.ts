@@ -652,7 +652,6 @@ describe.each(ENGINES)('%s engine', (engine) => {
       expect(e).toBeInstanceOf(Error)
       expect(e.stack).toContain('errors.test')
     })
-
   })
 })
 
