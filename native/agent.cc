@@ -647,7 +647,19 @@ Napi::Value NativeAgent::Unhold(const Napi::CallbackInfo& info) {
 void AgentCallJs(Napi::Env env, Napi::Function callback, NativeAgent* self, void*) {
   // env is null when the environment is going away with calls still queued.
   if (env == nullptr || self == nullptr) return;
-  self->DrainEvents(env, callback);
+  // No C++ exception may leave this function: node calls it from C, and an
+  // escaping one aborts the process. A worker being terminated makes every
+  // call into JS fail; an exception thrown by the JS callback itself is
+  // handed back to JS as an uncaught exception.
+  try {
+    self->DrainEvents(env, callback);
+  } catch (const Napi::Error& error) {
+    try {
+      error.ThrowAsJavaScriptException();
+    } catch (...) {
+    }
+  } catch (...) {
+  }
 }
 
 // Delivers one batch to JS: successful completions as [token, durationNs]
@@ -673,15 +685,13 @@ void NativeAgent::DrainEvents(Napi::Env env, Napi::Function callback) {
   }
   if (closed) FinishClose();
   UpdateRef(env);
-  try {
-    callback.Call({done, others});
-  } catch (const Napi::Error& error) {
-    error.ThrowAsJavaScriptException();
-  }
+  // Release before calling out: if the callback throws, the thread-safe
+  // function of a closed agent must still go.
   if (closed && tsfn_live_) {
     tsfn_live_ = false;
     tsfn_.Release();
   }
+  callback.Call({done, others});
 }
 
 void NativeAgent::HandleEvent(Napi::Env env, Event& e, Napi::Array others, Napi::Float64Array done,

@@ -88,6 +88,13 @@ class NixlEngine final : public Engine {
     nixl::MemList mems = nullptr;
     nixl::Params params = nullptr;
     st = api_.get_plugin_params(agent_, backend.c_str(), &mems, &params);
+    // `transports` is UCX_TLS for this agent: NIXL's UCX backend takes UCX
+    // settings as its engine_config parameter.
+    bool has_engine_config = false;
+    for (const auto& [key, value] : options.backend_params) has_engine_config |= key == "engine_config";
+    if (st == nixl::kSuccess && backend == "UCX" && !options.transports.empty() && !has_engine_config) {
+      api_.params_add(params, "engine_config", ("TLS=" + options.transports).c_str());
+    }
     if (st != nixl::kSuccess) {
       return Fail(NixlError(Code::kEngine,
                             "finding NIXL's '" + backend + "' backend plugin (is NIXL_PLUGIN_DIR right?)",
@@ -337,10 +344,15 @@ class NixlEngine final : public Engine {
     events_->OperationDone(token, std::move(status), duration);
   }
 
-  // The plan's prepared lists and a request ready to post.
+  // The plan's prepared lists and a request ready to post. A plan NIXL
+  // refused keeps no half-made state: posting it again fails the same way.
   Status ReadyRequest(Plan& plan, PlanState** out) {
     auto* state = static_cast<PlanState*>(plan.engine_state);
-    if (state == nullptr) return PreparePlan(plan, out);
+    if (state == nullptr) {
+      Status s = PreparePlan(plan, out);
+      if (!s.ok()) ReleasePlan(plan);
+      return s;
+    }
     if (state->request == nullptr) {
       Status s = MakeRequest(plan, state);
       if (!s.ok()) return s;

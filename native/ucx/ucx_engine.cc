@@ -103,7 +103,12 @@ class UcxEngine final : public Engine {
     // emulate a put into memory it did not allocate (the peer's CPU copies);
     // a second lane lets newer UCX add cma, a zero-copy put by the kernel
     // (0.4 -> 7 GB/s at 4 MiB with UCX 1.22). NIXL does the same.
-    if (std::getenv("UCX_MAX_RMA_RAILS") == nullptr) ucp_config_modify(config, "MAX_RMA_RAILS", "2");
+    unsigned major = 0, minor = 0, release = 0;
+    ucp_get_version(&major, &minor, &release);
+    const bool has_rma_rails = major > 1 || (major == 1 && minor >= 14);  // 1.13 has no such key
+    if (has_rma_rails && std::getenv("UCX_MAX_RMA_RAILS") == nullptr) {
+      ucp_config_modify(config, "MAX_RMA_RAILS", "2");
+    }
     ucp_params_t params{};
     params.field_mask =
         UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME | UCP_PARAM_FIELD_MT_WORKERS_SHARED;

@@ -237,9 +237,8 @@ describe.each(ENGINES)('%s engine', (engine) => {
       await expectRemoteRefused(write4k({ remote: rbLate.slice(0, 4096) }), 'ERR_NOT_REGISTERED')
     })
 
-    // NIXL bug: the first post of such a handle rejects ERR_NOT_REGISTERED, every later post
-    // ERR_ENGINE ("making the transfer request failed"): the engine keeps the half-prepared plan.
-    itUnlessKnownBug(nixl)('posting a refused transfer again is refused the same way' + (nixl ? ' [known NIXL-engine bug]' : ''), async () => {
+    // On NIXL the refusal happens at post time; a refused plan must not keep half-made state.
+    it('posting a refused transfer again is refused the same way', async () => {
       const spec = write4k({ remote: { address: 0x1000n, length: 4096, device: 0 } })
       if (!nixl) {
         for (let i = 0; i < 3; i++) throwsWith(() => a.prepare(spec), 'ERR_NOT_REGISTERED')
