@@ -125,6 +125,12 @@ function load(): Binding {
   // checks). Unless the user asked for them, keep UCX's hands off signals.
   // It must be in the environment before the addon pulls libucs in.
   process.env.UCX_ERROR_SIGNALS ??= '';
+  // UCX's malloc hooks rewrite the process's malloc relocations from
+  // whichever thread first initialises UCX (here an agent's owner thread)
+  // while V8 allocates on its own threads. They only serve to see free()
+  // of memory UCX registered implicitly; kvxfer registers explicitly. A
+  // rare crash in V8's GC during an agent's start points at this race.
+  process.env.UCX_MEM_MALLOC_HOOKS ??= 'no';
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const nodeGypBuild = require('node-gyp-build') as (dir: string) => Binding;
