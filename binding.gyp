@@ -6,6 +6,7 @@
         "native/addon.cc",
         "native/agent.cc",
         "native/bench.cc",
+        "native/crc32.cc",
         "native/errors.cc",
         "native/descs.cc",
         "native/progress.cc",

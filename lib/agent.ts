@@ -112,6 +112,8 @@ export interface AgentStats {
 }
 
 const MAX_NOTIFICATION = 16 * 1024;
+/** Bytes of kvxfer's envelope before a NIXL blob (native/nixl/nixl_engine.cc). */
+const NIXL_ENVELOPE_HEADER = 16;
 const encoder = new TextEncoder();
 let agentCounter = 0;
 
@@ -666,10 +668,22 @@ export class Agent implements AsyncDisposable {
     return region;
   }
 
-  /** This agent's metadata: what a peer's loadPeer needs. Changes as regions come and go. */
-  metadata(): Uint8Array {
-    this.#core.checkOpen();
-    return this.#core.native.metadata();
+  /**
+   * This agent's metadata: what a peer's loadPeer needs. Changes as regions
+   * come and go. On the NIXL engine it is NIXL's own blob in a small kvxfer
+   * envelope that a kvxfer peer checks (NIXL's blobs carry no checksum);
+   * `{ format: 'nixl' }` gives the bare NIXL blob for a NIXL agent written
+   * in another language (Python, C++). loadPeer accepts both.
+   */
+  metadata(options: { format?: 'kvxfer' | 'nixl' } = {}): Uint8Array {
+    const core = this.#core;
+    core.checkOpen();
+    const format = options.format ?? 'kvxfer';
+    if (format !== 'kvxfer' && format !== 'nixl') throw invalidArg("format must be 'kvxfer' or 'nixl'");
+    const blob = core.native.metadata();
+    if (format === 'kvxfer') return blob;
+    if (this.engine !== 'nixl') throw invalidArg("format 'nixl' needs the NIXL engine");
+    return blob.subarray(NIXL_ENVELOPE_HEADER);
   }
 
   /** Connects to a peer from its metadata; resolves with the peer's name. Newer metadata replaces older. */

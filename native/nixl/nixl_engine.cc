@@ -14,6 +14,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "crc32.h"
 #include "engine.h"
 #include "nixl/nixl_api.h"
 
@@ -23,6 +24,52 @@ namespace {
 
 constexpr const char* kLocalAgent = "";  // NIXL_INIT_AGENT: "this agent's own descriptors"
 constexpr int kIdlePollMs = 1;
+
+// kvxfer's envelope around NIXL's own metadata: NIXL's blobs carry no
+// integrity check, and NIXL 1.4 accepts some corrupted ones and keeps a
+// half-loaded peer after refusing others. Between kvxfer agents the blob is
+// checked before NIXL sees it; a raw blob from another NIXL agent (Python,
+// C++) is still accepted as is.
+//   "KVXN", u16 version (1), u16 reserved, u32 length, u32 CRC-32, NIXL blob
+constexpr uint8_t kEnvelopeMagic[4] = {'K', 'V', 'X', 'N'};
+constexpr size_t kEnvelopeHeader = 16;
+
+std::vector<uint8_t> Envelope(const std::vector<uint8_t>& raw) {
+  std::vector<uint8_t> blob(kEnvelopeHeader + raw.size());
+  const uint16_t version = 1;
+  const uint32_t length = static_cast<uint32_t>(raw.size());
+  const uint32_t crc = Crc32(raw.data(), raw.size());
+  std::memcpy(blob.data(), kEnvelopeMagic, 4);
+  std::memcpy(blob.data() + 4, &version, 2);
+  std::memcpy(blob.data() + 8, &length, 4);
+  std::memcpy(blob.data() + 12, &crc, 4);
+  if (!raw.empty()) std::memcpy(blob.data() + kEnvelopeHeader, raw.data(), raw.size());
+  return blob;
+}
+
+// Points *raw at the NIXL blob inside `blob`: enveloped (checked) or raw.
+Status Unwrap(const uint8_t* blob, size_t length, const uint8_t** raw, size_t* raw_length) {
+  if (length < 4 || std::memcmp(blob, kEnvelopeMagic, 4) != 0) {
+    *raw = blob;
+    *raw_length = length;
+    return Status::Ok();
+  }
+  auto bad = [](const std::string& why) {
+    return Status::Error(Code::kBadMetadata, "malformed peer metadata: " + why);
+  };
+  if (length < kEnvelopeHeader) return bad("shorter than its header");
+  uint16_t version;
+  uint32_t body, crc;
+  std::memcpy(&version, blob + 4, 2);
+  std::memcpy(&body, blob + 8, 4);
+  std::memcpy(&crc, blob + 12, 4);
+  if (version != 1) return bad("envelope version " + std::to_string(version) + " is not supported");
+  if (body != length - kEnvelopeHeader) return bad("length field does not match the blob");
+  if (Crc32(blob + kEnvelopeHeader, body) != crc) return bad("checksum mismatch (corrupted)");
+  *raw = blob + kEnvelopeHeader;
+  *raw_length = body;
+  return Status::Ok();
+}
 
 uint64_t NowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -115,14 +162,7 @@ class NixlEngine final : public Engine {
     return Status::Ok();
   }
 
-  std::vector<uint8_t> Metadata() override {
-    void* data = nullptr;
-    size_t length = 0;
-    if (api_.get_local_md(agent_, &data, &length) != nixl::kSuccess) return {};
-    std::vector<uint8_t> blob(static_cast<uint8_t*>(data), static_cast<uint8_t*>(data) + length);
-    std::free(data);
-    return blob;
-  }
+  std::vector<uint8_t> Metadata() override { return Envelope(RawMetadata()); }
 
   Status Register(LocalRegion* region) override {
     nixl::Status st = WithRegList(region, api_.register_mem);
@@ -158,8 +198,12 @@ class NixlEngine final : public Engine {
   Status LoadPeer(const uint8_t* blob, size_t length, std::unique_ptr<Peer>* out) override {
     // Our own metadata names this agent as the peer of its local backends
     // (FILE through POSIX, a loopback copy): NIXL needs no remote entry.
-    const std::vector<uint8_t> own = Metadata();
-    if (length == own.size() && std::memcmp(blob, own.data(), length) == 0) {
+    const uint8_t* raw = nullptr;
+    size_t raw_length = 0;
+    Status unwrapped = Unwrap(blob, length, &raw, &raw_length);
+    if (!unwrapped.ok()) return unwrapped;
+    const std::vector<uint8_t> own = RawMetadata();
+    if (raw_length == own.size() && std::memcmp(raw, own.data(), raw_length) == 0) {
       auto self = std::make_unique<Peer>();
       self->name = name_;
       self->regions_known = false;
@@ -168,7 +212,7 @@ class NixlEngine final : public Engine {
       return Status::Ok();
     }
     char* name = nullptr;
-    nixl::Status st = api_.load_remote_md(agent_, blob, length, &name);
+    nixl::Status st = api_.load_remote_md(agent_, raw, raw_length, &name);
     if (st != nixl::kSuccess || name == nullptr) {
       return NixlError(Code::kBadMetadata, "loading peer metadata (not NIXL metadata, or corrupted)", st);
     }
@@ -303,6 +347,15 @@ class NixlEngine final : public Engine {
   Status Fail(Status status) {
     Teardown();
     return status;
+  }
+
+  std::vector<uint8_t> RawMetadata() {
+    void* data = nullptr;
+    size_t length = 0;
+    if (api_.get_local_md(agent_, &data, &length) != nixl::kSuccess) return {};
+    std::vector<uint8_t> blob(static_cast<uint8_t*>(data), static_cast<uint8_t*>(data) + length);
+    std::free(data);
+    return blob;
   }
 
   void Teardown() {

@@ -1,7 +1,8 @@
 #include "ucx/ucx_metadata.h"
 
-#include <array>
 #include <cstring>
+
+#include "crc32.h"
 
 namespace kvxfer {
 
@@ -14,16 +15,6 @@ constexpr uint32_t kMaxWorkerAddress = 64 * 1024;
 constexpr uint32_t kMaxKey = 64 * 1024;
 constexpr uint32_t kMaxRegions = 1u << 20;
 constexpr size_t kRegionFixedSize = 8 + 8 + 1 + 3 + 4 + 4;
-
-std::array<uint32_t, 256> MakeCrcTable() {
-  std::array<uint32_t, 256> table{};
-  for (uint32_t i = 0; i < 256; ++i) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-    table[i] = c;
-  }
-  return table;
-}
 
 class Writer {
  public:
@@ -83,13 +74,6 @@ Status Bad(const std::string& why) {
 }
 
 }  // namespace
-
-uint32_t Crc32(const uint8_t* data, size_t length) {
-  static const std::array<uint32_t, 256> table = MakeCrcTable();
-  uint32_t c = 0xFFFFFFFFu;
-  for (size_t i = 0; i < length; ++i) c = table[(c ^ data[i]) & 0xFF] ^ (c >> 8);
-  return c ^ 0xFFFFFFFFu;
-}
 
 std::vector<uint8_t> PackUcxMetadata(const std::string& name,
                                      const std::vector<uint8_t>& worker_address,

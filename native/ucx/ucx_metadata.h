@@ -51,6 +51,4 @@ std::vector<uint8_t> PackUcxMetadata(const std::string& name,
 // Fills `out` with views into `blob`, valid while the blob is.
 Status ParseUcxMetadata(const uint8_t* blob, size_t length, UcxMetadata* out);
 
-uint32_t Crc32(const uint8_t* data, size_t length);
-
 }  // namespace kvxfer

@@ -218,7 +218,7 @@ describe.skipIf(absent !== null).each(TRANSPORTS)(`kvxfer (NIXL engine) and a NI
       buf = await agent.register(Buffer.alloc(MiB))
       // Metadata both ways; regions first (NIXL metadata lists the registered memory).
       cppName = await agent.loadPeer(cpp.metadata)
-      const [loaded] = await cpp.send(`LOAD ${b64(agent.metadata())}`)
+      const [loaded] = await cpp.send(`LOAD ${b64(agent.metadata({ format: 'nixl' }))}`)
       expect(unb64(loaded!)).toBe(agent.name)
     }, 180_000)
 
