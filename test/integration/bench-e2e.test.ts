@@ -90,13 +90,24 @@ describe('kvxfer bench, local mode', { timeout: 120_000 }, () => {
     const svg = readFileSync(chart, 'utf8')
     expect(svg).toMatch(/^<svg xmlns="http:\/\/www.w3.org\/2000\/svg"/)
     expect(svg.match(/<polyline/g)?.length).toBe(report.series.filter((s) => s.points.length > 0).length)
+
+    // --from: the same table and chart again from the saved report, nothing run.
+    const again = join(dir, 'again.svg')
+    const from = await bench(['--from', json, '--chart', again])
+    expectOk(from)
+    expect(from.stdout).toContain(report.command)
+    expect(from.stdout).toMatch(/^kvxfer\s+4K\s+1\s/m)
+    expect(readFileSync(again, 'utf8')).toBe(svg)
+    const bad = await bench(['--from', csv])
+    expect(bad.code).toBe(1)
+    expect(bad.stderr).toMatch(/cannot read|not a kvxfer-bench report/)
   })
 
   it('READ with batches, several agents, in-flight requests, re-created requests and notifications: verified at the initiator', async () => {
     const json = join(dir, 'read.json')
     const run = await bench([
       '--op', 'read', '--block-sizes', '4K', '--batch-sizes', '1,8', '--in-flight', '3', '--reuse', 'none', '--agents', '2',
-      '--recreate', '--notify', '--iters', '24', '--warmup', '3', '--check', '--baseline', 'none', '--json', json,
+      '--recreate', '--notify', '--iters', '24', '--warmup', '3', '--check', '--repeat', '2', '--baseline', 'none', '--json', json,
     ])
     expectOk(run)
     const report = readReport(json)
@@ -109,6 +120,8 @@ describe('kvxfer bench, local mode', { timeout: 120_000 }, () => {
       expect(p.notifications!.received).toBe(p.notifications!.expected)
       expect(p.notifications!.expected).toBeGreaterThanOrEqual(24 + 3)
       expect(p.figures.prepareUs).toBeGreaterThan(0)
+      expect(p.runs).toHaveLength(2)
+      expect(p.runs).toContain(p.figures.gbps)
     }
     expect(run.stdout).toMatch(/--notify: every notification arrived/)
   })

@@ -85,6 +85,7 @@ describe('parseBenchArgs', () => {
     expect(o.op).toBe('write')
     expect(o.blockSizes).toEqual(DEFAULT_BLOCK_SIZES)
     expect(o.batchSizes).toEqual([1])
+    expect(o.inFlight).toBe(4)
     expect(o.duration).toBe(1)
     expect(o.iters).toBeUndefined()
     expect(o.warmup).toBeUndefined()
@@ -97,6 +98,7 @@ describe('parseBenchArgs', () => {
     expect(o.check).toBe(false)
     expect(o.notify).toBe(false)
     expect(o.progress).toBe('auto')
+    expect(o.repeat).toBe(1)
   })
 
   it('reads every option, in both --opt value and --opt=value forms', () => {
@@ -104,13 +106,13 @@ describe('parseBenchArgs', () => {
       '--op', 'read', '--block-sizes=4K..1M', '--batch-sizes', '1,16,1K', '--iters', '500', '--warmup', '0', '--duration', '500ms',
       '--in-flight', '64', '--recreate', '--reuse', 'none', '--engine', 'ucx', '--agents', '4', '--notify', '--check',
       '--transports', 'sm,self', '--baseline', 'net', '--baseline', 'memcpy', '--json', 'out/r.json', '--csv', 'r.csv',
-      '--chart', 'r.svg', '--no-progress', '--timeout', '5', '--max-memory', '64G',
+      '--chart', 'r.svg', '--no-progress', '--timeout', '5', '--max-memory', '64G', '--repeat', '3',
     )
     expect(o).toMatchObject({
       op: 'read', batchSizes: [1, 16, 1024], iters: 500, warmup: 0, duration: 0.5, inFlight: 64, prepared: false,
       reuse: 'none', engine: 'ucx', agents: 4, notify: true, check: true, transports: 'sm,self',
       baselines: ['net', 'memcpy'], json: 'out/r.json', csv: 'r.csv', chart: 'r.svg', progress: 'never', timeoutMs: 5000,
-      maxMemory: 64 * G,
+      maxMemory: 64 * G, repeat: 3,
     })
     expect(o.blockSizes).toEqual([4 * K, 8 * K, 16 * K, 32 * K, 64 * K, 128 * K, 256 * K, 512 * K, M])
   })
@@ -146,6 +148,7 @@ describe('parseBenchArgs', () => {
     [['--engine', 'rdma'], /--engine/],
     [['--reuse', 'some'], /--reuse/],
     [['--in-flight', '0'], /--in-flight: must be at least 1/],
+    [['--repeat', '0'], /--repeat: must be at least 1/],
     [['--duration', 'soon'], /--duration/],
     [['--baseline', 'iperf'], /--baseline: 'iperf'/],
     [['--check=yes'], /--check takes no value/],

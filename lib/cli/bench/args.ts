@@ -65,6 +65,10 @@ export interface BenchOptions {
   maxMemory: number;
   /** Per post, milliseconds. */
   timeoutMs: number;
+  /** Rounds per block size (kvxfer and baselines interleaved); the median round is reported. */
+  repeat: number;
+  /** Run nothing: print and write the outputs of a saved --json report. */
+  from?: string;
   /** Which options the user gave (a target takes unset ones from the initiator). */
   given: Set<string>;
 }
@@ -75,6 +79,8 @@ export class UsageError extends Error {
 
 export const DEFAULT_BLOCK_SIZES = [4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20];
 export const DEFAULT_PORT = 7345;
+/** A small pipeline, as ucx_perftest's put_bw keeps puts outstanding; --in-flight 1 for per-request latency. */
+export const DEFAULT_IN_FLIGHT = 4;
 const DEFAULT_DURATION = 1;
 
 const UNITS: Record<string, number> = {
@@ -197,7 +203,7 @@ function parseBaselines(text: string, into: Set<BaselineName>): void {
 const VALUE_OPTIONS = new Set([
   'listen', 'connect', 'op', 'block-sizes', 'batch-sizes', 'iters', 'warmup', 'duration', 'in-flight',
   'reuse', 'engine', 'mem', 'device', 'agents', 'transports', 'baseline', 'kv', 'tokens', 'layers', 'kv-heads',
-  'head-dim', 'dtype', 'block-tokens', 'json', 'csv', 'chart', 'max-memory', 'timeout',
+  'head-dim', 'dtype', 'block-tokens', 'json', 'csv', 'chart', 'max-memory', 'timeout', 'repeat', 'from',
 ]);
 const FLAG_OPTIONS = new Set(['once', 'prepared', 'no-prepared', 'recreate', 'notify', 'check', 'no-progress', 'help']);
 const ALIASES: Record<string, string> = {
@@ -262,7 +268,7 @@ export function parseBenchArgs(argv: readonly string[]): ParsedCommand {
     iters: last('iters') !== undefined ? parseCount(last('iters')!, '--iters') : undefined,
     warmup: last('warmup') !== undefined ? parseZeroOrCount(last('warmup')!, '--warmup') : undefined,
     duration: last('duration') !== undefined ? parseSeconds(last('duration')!, '--duration') : undefined,
-    inFlight: last('in-flight') !== undefined ? parseCount(last('in-flight')!, '--in-flight') : 1,
+    inFlight: last('in-flight') !== undefined ? parseCount(last('in-flight')!, '--in-flight') : DEFAULT_IN_FLIGHT,
     prepared: !(given.has('no-prepared') || given.has('recreate')),
     reuse: oneOf(last('reuse') ?? 'requests', ['none', 'requests', 'all'] as const, '--reuse'),
     engine: oneOf(last('engine') ?? 'auto', ['auto', 'ucx', 'nixl'] as const, '--engine'),
@@ -279,12 +285,15 @@ export function parseBenchArgs(argv: readonly string[]): ParsedCommand {
     progress: given.has('no-progress') ? 'never' : 'auto',
     maxMemory: last('max-memory') !== undefined ? parseSize(last('max-memory')!, '--max-memory') : 4 * 2 ** 30,
     timeoutMs: last('timeout') !== undefined ? parseSeconds(last('timeout')!, '--timeout') * 1000 : 60_000,
+    repeat: last('repeat') !== undefined ? parseCount(last('repeat')!, '--repeat') : 1,
     given,
   };
+  if (last('from') !== undefined) options.from = last('from');
   if (last('connect') !== undefined) options.connect = parseHostPort(last('connect')!, '--connect');
   if (options.iters === undefined && options.duration === undefined) options.duration = DEFAULT_DURATION;
   if (options.inFlight > 4096) throw new UsageError('--in-flight: at most 4096');
   if (options.agents > 64) throw new UsageError('--agents: at most 64');
+  if (options.repeat > 100) throw new UsageError('--repeat: at most 100');
   if (options.transports !== undefined && !/^\^?[\w,:-]+$/.test(options.transports)) {
     throw new UsageError(`--transports: '${options.transports}' is not a UCX_TLS list such as sm,self or tcp`);
   }
@@ -393,7 +402,8 @@ what to move
   --block-sizes LIST         bytes per descriptor: 4K,64K,1M or 4K..64M (powers of two)
                              (default 4K,64K,1M,4M,16M)
   --batch-sizes LIST         descriptors per request, e.g. 1,16,1024 or 1..1024 (default 1)
-  --in-flight N              requests posted at once per agent pair (default 1)
+  --in-flight N              requests posted at once per agent pair (default 4; 1 for
+                             per-request latency)
   --prepared | --recreate    prepare each request once and repost it (default), or
                              prepare + post + release every time
   --reuse requests|none|all  which blocks requests share (default requests: the in-flight
@@ -412,6 +422,8 @@ how long
   --warmup N                 untimed requests first (default: 8 and at least 0.2 s)
   --timeout S                per request (default 60)
   --check                    after the timed loop, verify every byte at the destination
+  --repeat N                 N rounds per block size, kvxfer and baselines interleaved; each
+                             point reports its median round (for noisy machines)
 
 KV-shaped runs (descriptors from a model's KV cache layout)
   --kv MODEL                 ${Object.keys(KV_MODELS).join(', ')}, or custom
@@ -425,6 +437,8 @@ output
   --json FILE  --csv FILE    every figure of every point
   --chart FILE.svg           bandwidth against block size, one line per series
   --no-progress              no progress bar (it is shown only on a terminal anyway)
+  --from FILE.json           run nothing: print the table of a saved --json report and write
+                             its --csv/--chart
   --max-memory SIZE          refuse plans needing more per agent and side (default 4G)
 
 Sizes take K, M, G (powers of 1024). Exit status: 0 ok, 1 failed (or --check found a difference), 2 bad command line.

@@ -8,9 +8,10 @@ import { shortBytes, type Report } from './report';
 
 const W = 900;
 const H = 520;
-const M = { left: 72, right: 210, top: 56, bottom: 64 };
+const M = { left: 72, right: 210, top: 70, bottom: 64 };
 const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b', '#e377c2', '#17becf', '#7f7f7f', '#bcbd22'];
-const BASELINE_COLORS: Record<string, string> = { ucx_perftest: '#555555', net: '#e08a00', memcpy: '#8c8c8c' };
+const BASELINE_COLORS: Record<string, string> = { ucx_perftest: '#333333', net: '#e08a00', memcpy: '#9a9a9a' };
+const BASELINE_DASH: Record<string, string> = { ucx_perftest: '7 4', net: '6 4', memcpy: '2 4' };
 
 function esc(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
@@ -37,7 +38,16 @@ export function renderChart(report: Report, title?: string): string {
   );
   const heading = title ?? `kvxfer bench: ${String(report.options.op ?? 'write').toUpperCase()} bandwidth by ${kv ? 'prompt length' : 'block size'}`;
   out.push(`<text x="${M.left}" y="24" font-size="16" font-weight="bold">${esc(heading)}</text>`);
-  out.push(`<text x="${M.left}" y="42" fill="#555">${esc(`${report.command}  (${String(report.host.cpus ?? '?')} cores, ${String(report.host.cpuModel ?? '')})`.slice(0, 130))}</text>`);
+  const command = report.command.length > 110 ? `${report.command.slice(0, 109)}…` : report.command;
+  out.push(`<text x="${M.left}" y="42" fill="#555" font-family="Menlo, Consolas, monospace" font-size="11">${esc(command)}</text>`);
+  const host = [
+    `${String(report.host.cpus ?? '?')} cores ${String(report.host.cpuModel ?? '')}`.trim(),
+    report.kvxfer.ucx ? `UCX ${String(report.kvxfer.ucx)}` : '',
+    `engine ${String(report.kvxfer.engine ?? '?')}`,
+    `in-flight ${String(report.options.inFlight ?? '?')}`,
+    report.startedAt.slice(0, 10),
+  ].filter((x) => x !== '');
+  out.push(`<text x="${M.left}" y="58" fill="#777" font-size="11">${esc(host.join(' · '))}</text>`);
   if (all.length === 0) {
     out.push(`<text x="${W / 2}" y="${H / 2}" text-anchor="middle">no data</text></svg>`);
     return `${out.join('\n')}\n`;
@@ -84,7 +94,7 @@ export function renderChart(report: Report, title?: string): string {
   let colorIndex = 0;
   series.forEach((e, i) => {
     const color = e.s.kind === 'baseline' ? BASELINE_COLORS[e.s.baseline ?? ''] ?? '#999' : COLORS[colorIndex++ % COLORS.length];
-    const dash = e.s.kind === 'baseline' ? ' stroke-dasharray="6 4"' : '';
+    const dash = e.s.kind === 'baseline' ? ` stroke-dasharray="${BASELINE_DASH[e.s.baseline ?? ''] ?? '6 4'}"` : '';
     const points = e.pts.map((p) => `${sx(p.x).toFixed(1)},${sy(p.y).toFixed(1)}`).join(' ');
     out.push(`<polyline fill="none" stroke="${color}" stroke-width="${e.s.kind === 'kvxfer' ? 2.5 : 1.8}"${dash} points="${points}"/>`);
     for (const p of e.pts) {

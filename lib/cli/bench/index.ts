@@ -9,7 +9,7 @@ import { renderChart } from './chart';
 import { runInitiator, type RunContext } from './initiator';
 import { runLocal } from './local';
 import { vramUnavailable } from './memory';
-import { formatCsv, formatTable, type Report } from './report';
+import { formatCsv, formatTable, validateReport, type Report } from './report';
 import { runTarget } from './target';
 
 function quote(arg: string): string {
@@ -45,6 +45,23 @@ export async function bench(argv: string[]): Promise<number> {
       return 2;
     }
     throw error;
+  }
+  if (options.from !== undefined) {
+    let report: Report;
+    try {
+      report = JSON.parse(fs.readFileSync(options.from, 'utf8')) as Report;
+    } catch (error) {
+      process.stderr.write(`kvxfer bench: cannot read ${options.from}: ${error instanceof Error ? error.message : String(error)}\n`);
+      return 1;
+    }
+    const problems = validateReport(report);
+    if (problems.length > 0) {
+      process.stderr.write(`kvxfer bench: ${options.from} is not a kvxfer-bench report:\n  ${problems.slice(0, 10).join('\n  ')}\n`);
+      return 1;
+    }
+    process.stdout.write(`${report.command}\n\n${formatTable(report)}`);
+    writeOutputs({ ...report }, { ...options, json: undefined });
+    return 0;
   }
   if (options.mem === 'vram') {
     process.stderr.write(`kvxfer bench: ${vramUnavailable(options.device)}\n`);

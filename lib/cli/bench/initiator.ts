@@ -73,7 +73,7 @@ export async function runInitiator(ctx: RunContext, host: string, port: number):
   const t0 = performance.now();
   const points = plan(options);
   const blockSizes = [...new Set(points.map((p) => p.blockSize))];
-  const steps = points.length + blockSizes.length * options.baselines.length;
+  const steps = (points.length + blockSizes.length * options.baselines.length) * options.repeat;
   const bar = new ProgressBar(steps, options.progress === 'auto');
   const log = (line: string) => (bar.enabled ? bar.log(line) : ctx.log(line));
 
@@ -146,31 +146,45 @@ export async function runInitiator(ctx: RunContext, host: string, port: number):
 
     let pointId = 0;
     let failures = 0;
+    // --repeat N: N rounds per block size, kvxfer and baselines interleaved, so that each sees the machine in
+    // the same moods; each point keeps its median round (by GB/s) and lists every round's GB/s.
+    const medianRun = (runs: Point[]): Point => {
+      const sorted = [...runs].sort((a, b) => a.figures.gbps - b.figures.gbps);
+      const chosen = sorted[Math.floor((sorted.length - 1) / 2)];
+      if (runs.length > 1) chosen.runs = runs.map((r) => r.figures.gbps);
+      return chosen;
+    };
     for (const blockSize of blockSizes) {
-      let bestMsgRate = 0;
-      for (const p of points.filter((q) => q.blockSize === blockSize)) {
-        const id = pointId++;
-        const label = `kvxfer ${shortBytes(p.blockSize)} x${p.batch}${p.tokens !== undefined ? ` (${p.tokens} tokens)` : ''}`;
-        bar.step(label);
-        const point = await runKvxferPoint(ch, pairs, options, p, id, bar.current);
-        bestMsgRate = Math.max(bestMsgRate, point.figures.msgRate);
-        if (point.check?.verified && !point.check.ok) failures++;
-        if (point.notifications && point.notifications.received < point.notifications.expected) failures++;
-        kvxferSeries.get(seriesName(p))!.points.push(point);
-      }
-      for (const b of options.baselines) {
-        const series = baselineSeries.get(b)!;
-        bar.step(`${b} ${shortBytes(blockSize)}`);
-        if (series.unavailable !== undefined && series.points.length === 0 && b === 'ucx_perftest') continue;
-        try {
-          const point = await runBaseline(b, ch, host, target.netPort, options, ctx, blockSize, bestMsgRate, perftestBin, perftestName, bar.current);
-          series.points.push(point);
-        } catch (error) {
-          const why = error instanceof Error ? error.message : String(error);
-          log(`${b} at ${shortBytes(blockSize)} failed: ${why}`);
-          series.unavailable = `failed at ${shortBytes(blockSize)}: ${why.split('\n')[0]}`;
+      const here = points.filter((q) => q.blockSize === blockSize);
+      const kvRuns: Point[][] = here.map(() => []);
+      const baseRuns = new Map<BaselineName, Point[]>(options.baselines.map((b) => [b, []]));
+      for (let round = 0; round < options.repeat; round++) {
+        const of = options.repeat > 1 ? ` (${round + 1}/${options.repeat})` : '';
+        let bestMsgRate = 0;
+        for (const [i, p] of here.entries()) {
+          const id = pointId++;
+          bar.step(`kvxfer ${shortBytes(p.blockSize)} x${p.batch}${p.tokens !== undefined ? ` (${p.tokens} tokens)` : ''}${of}`);
+          const point = await runKvxferPoint(ch, pairs, options, p, id, bar.current);
+          bestMsgRate = Math.max(bestMsgRate, point.figures.msgRate);
+          if (point.check?.verified && !point.check.ok) failures++;
+          if (point.notifications && point.notifications.received < point.notifications.expected) failures++;
+          kvRuns[i].push(point);
+        }
+        for (const b of options.baselines) {
+          const series = baselineSeries.get(b)!;
+          bar.step(`${b} ${shortBytes(blockSize)}${of}`);
+          if (series.unavailable !== undefined && series.points.length === 0 && baseRuns.get(b)!.length === 0) continue;
+          try {
+            baseRuns.get(b)!.push(await runBaseline(b, ch, host, target.netPort, options, ctx, blockSize, bestMsgRate, perftestBin, perftestName, bar.current));
+          } catch (error) {
+            const why = error instanceof Error ? error.message : String(error);
+            log(`${b} at ${shortBytes(blockSize)} failed: ${why}`);
+            series.unavailable = `failed at ${shortBytes(blockSize)}: ${why.split('\n')[0]}`;
+          }
         }
       }
+      here.forEach((p, i) => kvxferSeries.get(seriesName(p))!.points.push(medianRun(kvRuns[i])));
+      for (const [b, runs] of baseRuns) if (runs.length > 0) baselineSeries.get(b)!.points.push(medianRun(runs));
     }
     bar.done();
 

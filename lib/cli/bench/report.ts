@@ -50,6 +50,8 @@ export interface Point {
   check?: CheckResult;
   notifications?: { expected: number; received: number };
   command?: string;
+  /** With --repeat N: GB/s of every round, in order; the figures are the median round's. */
+  runs?: number[];
 }
 
 export interface Series {
@@ -95,6 +97,7 @@ export function optionsForReport(o: BenchOptions): Record<string, unknown> {
     transports: o.transports ?? process.env.UCX_TLS ?? null,
     baselines: o.baselines,
     kv: o.kv ?? null,
+    repeat: o.repeat,
   };
 }
 
@@ -137,6 +140,9 @@ export function validateReport(report: unknown): string[] {
         if (typeof p.figures[f] !== 'number' || !Number.isFinite(p.figures[f])) problems.push(`${at}: figure ${f} is ${String(p.figures[f])}`);
       }
       for (const f of Object.keys(p.figures)) if (!s.figures.includes(f)) problems.push(`${at}: figure ${f} is not declared`);
+      if (p.runs !== undefined && (!Array.isArray(p.runs) || p.runs.some((v) => typeof v !== 'number' || !Number.isFinite(v)))) {
+        problems.push(`${at}: runs is not a list of numbers`);
+      }
       if (s.kind === 'kvxfer') {
         if (p.ratio === null || typeof p.ratio !== 'object') problems.push(`${at}: ratio is not an object`);
         else {
