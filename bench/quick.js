@@ -15,8 +15,8 @@
 //   --json             print the kvxfer-bench/1 JSON report on stdout (the
 //                      table goes to stderr)
 //
-// Equivalent to: kvxfer bench --block-sizes <size> --iters <n> --warmup <n>
-// --baseline ucx_perftest. UCX_TLS from the environment applies to both.
+// Equivalent to: kvxfer bench --block-sizes <size> --in-flight 1 --iters <n>
+// --warmup <n> --baseline ucx_perftest. UCX_TLS from the environment applies to both.
 'use strict';
 
 const { spawnSync } = require('node:child_process');
@@ -62,7 +62,8 @@ if (!fs.existsSync(MAIN)) {
   process.exit(1);
 }
 
-const args = ['bench', '--block-sizes', opts.size, '--warmup', opts.warmup, '--engine', opts.engine,
+// One request at a time, as this script always measured: one prepared transfer, each post awaited.
+const args = ['bench', '--block-sizes', opts.size, '--in-flight', '1', '--warmup', opts.warmup, '--engine', opts.engine,
   '--baseline', opts.perftest ? 'ucx_perftest' : 'none'];
 if (opts.seconds !== undefined) args.push('--duration', opts.seconds);
 else args.push('--iters', opts.iters);
