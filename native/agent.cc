@@ -546,12 +546,23 @@ Napi::Value NativeAgent::Post(const Napi::CallbackInfo& info) {
     Throw(env, Code::kUnknownPeer, "peer '" + xfer->peer->peer->name + "' was forgotten or reloaded");
   }
   if (xfer->peer->failed) Throw(env, xfer->peer->failure);
+  return Napi::Number::New(env, SubmitWithPlan(xfer, Command::kPost));
+}
+
+// The owner thread works on the plan until the token completes: the
+// transfer is busy (no second post, release deferred) until FinishWithPlan.
+uint32_t NativeAgent::SubmitWithPlan(XferEntry* xfer, Command::Type type) {
   xfer->in_flight = true;
-  Command command{Command::kPost};
+  Command command{type};
   command.plan = xfer->plan.get();
   PendingOp pending;
   pending.xfer = xfer;
-  return Napi::Number::New(env, Submit(std::move(command), std::move(pending)));
+  return Submit(std::move(command), std::move(pending));
+}
+
+void NativeAgent::FinishWithPlan(XferEntry* xfer) {
+  xfer->in_flight = false;
+  if (xfer->released) DestroyXfer(xfer);
 }
 
 // cancel(token): the caller gave up on a post; the engine aborts it if it
@@ -574,12 +585,7 @@ Napi::Value NativeAgent::Estimate(const Napi::CallbackInfo& info) {
   CheckOpen(env);
   XferEntry* xfer = FindXfer(env, info[0]);
   if (xfer->in_flight) Throw(env, Code::kBusy, "the transfer is in flight");
-  xfer->in_flight = true;
-  Command command{Command::kEstimate};
-  command.plan = xfer->plan.get();
-  PendingOp pending;
-  pending.xfer = xfer;
-  return Napi::Number::New(env, Submit(std::move(command), std::move(pending)));
+  return Napi::Number::New(env, SubmitWithPlan(xfer, Command::kEstimate));
 }
 
 Napi::Value NativeAgent::Release(const Napi::CallbackInfo& info) {
@@ -766,10 +772,7 @@ void NativeAgent::HandleEvent(Napi::Env env, Event& e, Napi::Array others, Napi:
       peers_.erase(e.peer);
       break;
     case Event::kOperationDone:
-      if (pending.xfer != nullptr) {
-        pending.xfer->in_flight = false;
-        if (pending.xfer->released) DestroyXfer(pending.xfer);
-      }
+      if (pending.xfer != nullptr) FinishWithPlan(pending.xfer);
       if (pending.notify_peer != nullptr) DropPeer(pending.notify_peer);
       if (e.status.ok() && !e.has_telemetry) {
         done[(*done_count) * 2] = e.token;
@@ -790,10 +793,7 @@ void NativeAgent::HandleEvent(Napi::Env env, Event& e, Napi::Array others, Napi:
       }
       break;
     case Event::kEstimated: {
-      if (pending.xfer != nullptr) {
-        pending.xfer->in_flight = false;
-        if (pending.xfer->released) DestroyXfer(pending.xfer);
-      }
+      if (pending.xfer != nullptr) FinishWithPlan(pending.xfer);
       Napi::Object o = op_result(e.token, e.status);
       if (e.status.ok()) {
         Napi::Object v = Napi::Object::New(env);

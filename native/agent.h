@@ -99,6 +99,8 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
   XferEntry* FindXfer(Napi::Env env, const Napi::Value& id);
   void DropPeer(PeerEntry* entry);
   void DestroyXfer(XferEntry* xfer);
+  uint32_t SubmitWithPlan(XferEntry* xfer, Command::Type type);
+  void FinishWithPlan(XferEntry* xfer);
   void RebuildRegionIndex();
   const RegionEntry* FindLocal(const Desc& d, uint32_t i, Status* error) const;
   const RemoteRegion* FindRemote(const PeerEntry& peer, const Desc& d, uint32_t i,
