@@ -106,10 +106,17 @@ const TARGETS = [
   },
 ];
 
-function run(args) {
+/** Runs kvxfer bench; a run killed by a signal (a crash) is retried once, and counted. */
+let crashes = 0;
+function run(args, retry = true) {
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'kvxfer-targets-')), 'r.json');
   const r = spawnSync(process.execPath, [MAIN, 'bench', ...args, '--no-progress', '--json', file], { encoding: 'utf8', timeout: 600_000 });
-  if (r.status !== 0) throw new Error(`kvxfer bench ${args.join(' ')} failed (${r.status}):\n${r.stderr}`);
+  if (r.status === null && retry) {
+    crashes++;
+    console.error(`kvxfer bench ${args.join(' ')} died (${r.signal}); running it again`);
+    return run(args, false);
+  }
+  if (r.status !== 0) throw new Error(`kvxfer bench ${args.join(' ')} failed (${r.status ?? r.signal}):\n${r.stderr}`);
   const report = JSON.parse(fs.readFileSync(file, 'utf8'));
   fs.rmSync(path.dirname(file), { recursive: true, force: true });
   return report;
@@ -143,4 +150,5 @@ console.log('| --- | --- | --- | --- | --- | --- |');
 for (const r of rows) console.log(`| ${r.id} | ${r.goal} | ${r.value} | ${r.range} | ${r.detail} | ${r.pass ? 'yes' : '**no**'} |`);
 console.log('');
 for (const r of rows) console.log(`- ${r.id}: \`${r.command}\``);
+if (crashes > 0) console.log(`\n${crashes} run(s) died of a signal and were run again.`);
 if (JSON_OUT) fs.writeFileSync(JSON_OUT, `${JSON.stringify(all, null, 2)}\n`);
