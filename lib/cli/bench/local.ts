@@ -46,11 +46,22 @@ export async function runLocal(ctx: RunContext): Promise<Report> {
     // The target's own output (UCX warnings, failures) goes to our stderr.
     stdio: ['ignore', 'pipe', 'inherit'],
   });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  let how: string | undefined;
+  const exited = new Promise<void>((resolve) =>
+    child.once('exit', (code, signal) => {
+      how = signal !== null ? `died of ${signal}` : `exited with status ${code}`;
+      resolve();
+    }),
+  );
   try {
     const port = await waitForListening(child, 30_000);
     child.stdout!.on('data', (chunk: Buffer) => process.stderr.write(chunk));
     return await runInitiator(ctx, '127.0.0.1', port);
+  } catch (error) {
+    // A target that crashed shows up here as a closed connection: say what happened to it.
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 1000).unref())]);
+    if (how !== undefined && error instanceof Error) error.message += ` (the bench target process ${how})`;
+    throw error;
   } finally {
     const done = await Promise.race([exited.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 15_000).unref())]);
     if (!done) {
