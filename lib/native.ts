@@ -125,12 +125,15 @@ function load(): Binding {
   // checks). Unless the user asked for them, keep UCX's hands off signals.
   // It must be in the environment before the addon pulls libucs in.
   process.env.UCX_ERROR_SIGNALS ??= '';
-  // UCX's malloc hooks rewrite the process's malloc relocations from
-  // whichever thread first initialises UCX (here an agent's owner thread)
-  // while V8 allocates on its own threads. They only serve to see free()
-  // of memory UCX registered implicitly; kvxfer registers explicitly. A
-  // rare crash in V8's GC during an agent's start points at this race.
-  process.env.UCX_MEM_MALLOC_HOOKS ??= 'no';
+  // UCX's memory-event hooks rewrite the code of libc's mmap/munmap (and
+  // malloc's relocations) from whichever thread first starts UCX, here an
+  // agent's owner thread, while V8's threads are calling those functions:
+  // 3 of 150 processes that created, used and closed one agent crashed in
+  // V8's heap, none of 150 with the hooks off. The hooks tell UCX's
+  // registration cache that memory went away; kvxfer registers explicitly
+  // and keeps every region mapped until it is deregistered, so the cache
+  // never needs them.
+  process.env.UCX_MEM_EVENTS ??= 'no';
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const nodeGypBuild = require('node-gyp-build') as (dir: string) => Binding;

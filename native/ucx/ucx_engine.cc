@@ -12,6 +12,8 @@
 #include "engine.h"
 #include "ucx/ucx_metadata.h"
 
+#include <uct/api/uct.h>
+
 namespace kvxfer {
 
 namespace {
@@ -602,6 +604,16 @@ void PrepareUcxEnvironment() {
     }
     setenv("UCX_POSIX_ERROR_HANDLING", "y", 0);
     setenv("UCX_SYSV_ERROR_HANDLING", "y", 0);
+  });
+  // UCX dlopens its transport modules on first use. Left to an agent's
+  // owner thread, that happens while V8 runs on the JS thread, and a core
+  // dump of a rare crash at agent start caught V8's GC faulting just then.
+  // Listing the components loads them all, here, once, on the JS thread.
+  static std::once_flag modules;
+  std::call_once(modules, [] {
+    uct_component_h* components = nullptr;
+    unsigned count = 0;
+    if (uct_query_components(&components, &count) == UCS_OK) uct_release_component_list(components);
   });
 }
 
