@@ -111,7 +111,6 @@ export interface AgentStats {
   telemetry?: { transfers: number; postUs: number; transferUs: number; bytes: number };
 }
 
-const MAX_NOTIFICATION = 16 * 1024;
 /** Bytes of kvxfer's envelope before a NIXL blob (native/nixl/nixl_engine.cc). */
 const NIXL_ENVELOPE_HEADER = 16;
 const encoder = new TextEncoder();
@@ -709,10 +708,7 @@ export class Agent implements AsyncDisposable {
     const local = toDescList(spec.local, 'local');
     const remote = toDescList(spec.remote, 'remote');
     let notify: Uint8Array | undefined;
-    if (spec.notify !== undefined) {
-      notify = toBytes(spec.notify, 'notify');
-      if (notify.byteLength > MAX_NOTIFICATION) throw invalidArg('a notification holds at most 16 KiB');
-    }
+    if (spec.notify !== undefined) notify = toBytes(spec.notify, 'notify');
     let remoteKind: number | undefined;
     if (spec.remoteKind !== undefined) {
       remoteKind = KIND_CODES[spec.remoteKind];
@@ -766,11 +762,7 @@ export class Agent implements AsyncDisposable {
     return core
       .submit<void>(
         `notifying '${peer}'`,
-        () => {
-          const bytes = toBytes(message, 'message');
-          if (bytes.byteLength > MAX_NOTIFICATION) throw invalidArg('a notification holds at most 16 KiB');
-          return core.native.notify(peer, bytes);
-        },
+        () => core.native.notify(peer, toBytes(message, 'message')),
         options,
       )
       .then(() => {

@@ -13,8 +13,6 @@ namespace kvxfer {
 
 namespace {
 
-constexpr size_t kMaxNotification = 16 * 1024;
-constexpr size_t kMaxAgentNameBytes = 255;
 enum EventKind { kEventOperation = 0, kEventNotification = 1, kEventPeerFailed = 2 };
 
 uint64_t ToU64(Napi::Env env, const Napi::Value& value, const char* what) {
@@ -221,8 +219,8 @@ Napi::Value NativeAgent::Start(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), Submit(Command{Command::kStart}));
 }
 
+// Callers have checked the agent is open.
 RegionEntry* NativeAgent::NewRegion(Napi::Env env) {
-  CheckOpen(env);
   auto entry = std::make_unique<RegionEntry>();
   entry->id = next_region_id_++;
   RegionEntry* raw = entry.get();
@@ -453,7 +451,7 @@ Napi::Value NativeAgent::Prepare(const Napi::CallbackInfo& info) {
   std::vector<uint8_t> notify;
   if (info.Length() > 4 && !info[4].IsUndefined() && !info[4].IsNull()) {
     Napi::Uint8Array message = ToBytes(env, info[4], "notify");
-    if (message.ByteLength() > kMaxNotification) {
+    if (message.ByteLength() > kMaxNotificationBytes) {
       Throw(env, Code::kInvalidArg, "a notification holds at most 16 KiB");
     }
     notify.assign(message.Data(), message.Data() + message.ByteLength());
@@ -616,7 +614,7 @@ Napi::Value NativeAgent::Notify(const Napi::CallbackInfo& info) {
   CheckOpen(env);
   PeerEntry* peer = FindPeer(env, info[0]);
   Napi::Uint8Array message = ToBytes(env, info[1], "message");
-  if (message.ByteLength() > kMaxNotification) {
+  if (message.ByteLength() > kMaxNotificationBytes) {
     Throw(env, Code::kInvalidArg, "a notification holds at most 16 KiB");
   }
   if (peer->failed) Throw(env, peer->failure);

@@ -21,7 +21,17 @@ namespace kvxfer {
 enum class MemKind : uint8_t { kDram = 0, kVram = 1, kFile = 2 };
 enum class XferOp : uint8_t { kWrite = 0, kRead = 1 };
 
-const char* MemKindName(MemKind kind);
+inline const char* MemKindName(MemKind kind) {
+  switch (kind) {
+    case MemKind::kVram: return "vram";
+    case MemKind::kFile: return "file";
+    default: return "dram";
+  }
+}
+
+// Limits every engine enforces, on what it sends and on what peers send it.
+constexpr size_t kMaxNotificationBytes = 16 * 1024;
+constexpr size_t kMaxAgentNameBytes = 255;
 
 // Memory this agent registered. The agent (JS thread) owns it; the engine
 // fills in its handles on the owner thread.

@@ -19,7 +19,6 @@ namespace kvxfer {
 namespace {
 
 constexpr unsigned kNotifyAmId = 7;
-constexpr size_t kMaxNotification = 16 * 1024;
 constexpr auto kShutdownDeadline = std::chrono::seconds(5);
 
 uint64_t NowNs() {
@@ -148,7 +147,7 @@ class UcxEngine final : public Engine {
     am.arg = this;
     am.flags = UCP_AM_FLAG_WHOLE_MSG;
     st = ucp_worker_set_am_recv_handler(worker_, &am);
-    if (st != UCS_OK) return Fail(UcxErrorNotify(st));
+    if (st != UCS_OK) return Fail(UcsError(Code::kEngine, "installing the notification handler", st));
     return Status::Ok();
   }
 
@@ -384,10 +383,6 @@ class UcxEngine final : public Engine {
     event_fd_ = -1;
   }
 
-  static Status UcxErrorNotify(ucs_status_t st) {
-    return UcsError(Code::kEngine, "installing the notification handler", st);
-  }
-
   UcxOp* NewOp(UcxConn* conn, uint32_t token, const std::vector<uint8_t>* message) {
     auto* op = new UcxOp{this, conn, token, NowNs(), message};
     ops_.insert(op);
@@ -507,7 +502,7 @@ class UcxEngine final : public Engine {
     // kvxfer sends notifications eagerly, so a rendezvous message or one
     // with a bad header did not come from a kvxfer peer: drop it.
     if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || header_length == 0 ||
-        header_length > kMaxAgentName || length > kMaxNotification) {
+        header_length > kMaxAgentNameBytes || length > kMaxNotificationBytes) {
       return UCS_OK;
     }
     std::string peer(static_cast<const char*>(header), header_length);
@@ -576,14 +571,6 @@ std::string UcsStatusName(ucs_status_t status) {
 Status UcsError(Code code, const std::string& what, ucs_status_t status) {
   return Status::Engine(code, what + ": " + ucs_status_string(status), UcsStatusName(status),
                         static_cast<int>(status));
-}
-
-const char* MemKindName(MemKind kind) {
-  switch (kind) {
-    case MemKind::kVram: return "vram";
-    case MemKind::kFile: return "file";
-    default: return "dram";
-  }
 }
 
 void PrepareUcxEnvironment() {

@@ -26,7 +26,6 @@
 namespace kvxfer {
 
 constexpr uint16_t kUcxMetadataVersion = 1;
-constexpr size_t kMaxAgentName = 255;
 
 struct UcxMetadataRegion {
   uint64_t address;
