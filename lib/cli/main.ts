@@ -2,7 +2,6 @@
 import { KvxferError } from '../errors';
 import { info } from '../info';
 import { bench } from './bench';
-import { findNixl } from './bench/nixl';
 import { findPerftest } from './bench/baselines/perftest';
 import { demo } from './demo';
 
@@ -21,10 +20,9 @@ function infoCommand(args: string[]): number {
     return 2;
   }
   const base = info();
-  const nixl = findNixl();
   const perftest = findPerftest() ?? null;
   if (args.includes('--json')) {
-    console.log(JSON.stringify({ ...base, nixlInstall: nixl, ucxPerftest: perftest }, null, 2));
+    console.log(JSON.stringify({ ...base, ucxPerftest: perftest }, null, 2));
     return 0;
   }
   const lines = [`kvxfer ${base.version} (node ${process.version}, ${process.platform} ${process.arch})`, '', 'engines'];
@@ -39,19 +37,15 @@ function infoCommand(args: string[]): number {
     for (const t of ucx.transports) byName.set(t.name, [...(byName.get(t.name) ?? []), t.device]);
     for (const [name, devices] of byName) lines.push(`  ${name.padEnd(10)} ${devices.join(', ')}`);
   }
+  // What the NIXL engine itself found: the library it loaded and its
+  // plugins, or every place it looked and why it could not load.
   lines.push('', 'NIXL');
   const engine = base.engines.nixl;
   if (engine.available) {
-    lines.push(`  C API      ${engine.path ?? nixl.capi ?? '?'}${engine.version ? ` (version ${engine.version})` : ''}`);
-    lines.push(`  plugins    ${(engine.plugins ?? nixl.plugins).join(', ') || 'none'}${nixl.pluginDir ? ` (${nixl.pluginDir})` : ''}`);
-  } else if (nixl.found) {
-    lines.push(`  C API      ${nixl.capi}${nixl.version ? ` (version ${nixl.version})` : ''}`);
-    if (nixl.library) lines.push(`  library    ${nixl.library}`);
-    lines.push(`  plugins    ${nixl.plugins.length > 0 ? nixl.plugins.join(', ') : 'none'} (${nixl.pluginDir})`);
-    lines.push(`  the NIXL engine did not load it: ${engine.reason ?? 'unknown reason'}`);
+    lines.push(`  C API      ${engine.path ?? '?'}`);
+    lines.push(`  plugins    ${(engine.plugins ?? []).join(', ') || 'none'}`);
   } else {
     lines.push(`  not available: ${(engine.reason ?? 'not found').replace(/\n/g, '\n    ')}`);
-    if (nixl.hint) lines.push(`  hint: ${nixl.hint}`);
   }
   lines.push('', `ucx_perftest  ${perftest ?? 'not installed (apt-get install ucx-utils): kvxfer bench runs without that baseline'}`);
   console.log(lines.join('\n'));
