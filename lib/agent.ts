@@ -174,7 +174,8 @@ function toInteger(value: number | bigint, what: string): number {
 class AgentCore {
   readonly native: NativeAgent;
   readonly name: string;
-  readonly pending = new Map<number, PendingOperation>();
+  /** By token: native tokens are small slot numbers, reused once delivered. */
+  pending: (PendingOperation | undefined)[] = [];
   readonly regions = new Set<Region>();
   readonly inbox: Notification[] = [];
   readonly iteratorWaiters: IteratorWaiter[] = [];
@@ -231,7 +232,7 @@ class AgentCore {
       );
       // One object shape for every operation keeps this path monomorphic.
       const op: PendingOperation = { bounded, caller, transfer: extra.transfer, onLateSuccess: extra.onLateSuccess };
-      this.pending.set(token, op);
+      this.pending[token] = op;
       return bounded.promise;
     } catch (error) {
       if (extra.transfer !== undefined) this.countRefused(extra.transfer.peer, error);
@@ -274,9 +275,9 @@ class AgentCore {
   }
 
   complete(token: number, error: KvxferError | undefined, value: unknown, telemetry?: NativeTelemetry): void {
-    const op = this.pending.get(token);
+    const op = this.pending[token];
     if (op === undefined) return;
-    this.pending.delete(token);
+    this.pending[token] = undefined;
     const transfer = op.transfer;
     if (transfer !== undefined) {
       this.stats.inFlight--;
@@ -348,11 +349,11 @@ class AgentCore {
       return this.closePromise;
     }
     const bounded = new Bounded<void>('closing the agent', undefined);
-    this.pending.set(token, { bounded, caller: undefined, transfer: undefined, onLateSuccess: undefined });
+    this.pending[token] = { bounded, caller: undefined, transfer: undefined, onLateSuccess: undefined };
     this.closePromise = bounded.promise.finally(() => {
       this.closed = true;
-      for (const op of this.pending.values()) op.bounded.reject(closedError());
-      this.pending.clear();
+      for (const op of this.pending) op?.bounded.reject(closedError());
+      this.pending = [];
       this.regions.clear();
     });
     for (const waiter of this.matchWaiters.splice(0)) waiter.bounded.reject(closedError());
@@ -461,6 +462,9 @@ export class Transfer {
   readonly #caller: Error;
   #released = false;
   #what: string | undefined;
+  // Made once, not per post: small transfers are posted millions of times.
+  #postCall: (() => number) | undefined;
+  #postExtras: SubmitExtras | undefined;
   /** @internal The peer's counters, looked up once rather than per completion. */
   readonly peerStats: PeerStats;
 
@@ -488,17 +492,14 @@ export class Transfer {
   post(options?: OperationOptions): Promise<TransferResult> {
     const core = this.#core;
     this.#what ??= `${this.op} of ${this.bytes} bytes with '${this.peer}'`;
-    return core.submit<TransferResult>(
-      this.#what,
-      () => {
-        if (this.#released) throw invalidArg('the transfer was released');
-        const token = core.native.post(this.id);
-        core.stats.inFlight++;
-        return token;
-      },
-      options,
-      { transfer: this, caller: this.#caller },
-    );
+    this.#postCall ??= () => {
+      if (this.#released) throw invalidArg('the transfer was released');
+      const token = core.native.post(this.id);
+      core.stats.inFlight++;
+      return token;
+    };
+    this.#postExtras ??= { transfer: this, caller: this.#caller };
+    return core.submit<TransferResult>(this.#what, this.#postCall, options, this.#postExtras);
   }
 
   /** Frees the prepared transfer; deferred until an in-flight post finishes. */

@@ -117,7 +117,6 @@ Napi::Function NativeAgent::Init(Napi::Env env) {
                          InstanceMethod<&NativeAgent::LoadPeer>("loadPeer"),
                          InstanceMethod<&NativeAgent::ForgetPeer>("forgetPeer"),
                          InstanceMethod<&NativeAgent::Prepare>("prepare"),
-                         InstanceMethod<&NativeAgent::Post>("post"),
                          InstanceMethod<&NativeAgent::Release>("release"),
                          InstanceMethod<&NativeAgent::Notify>("notify"),
                          InstanceMethod<&NativeAgent::Close>("close"),
@@ -141,18 +140,79 @@ NativeAgent::NativeAgent(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Nati
   }
   EngineOptions options = ParseOptions(env, info[1].As<Napi::Object>());
   engine_name_ = options.engine;
+  DefinePostFunction(info.This().As<Napi::Object>());
 
-  tsfn_ = Tsfn::New(env, info[2].As<Napi::Function>(), "kvxfer agent", 0, 1, this);
-  tsfn_live_ = true;
-  tsfn_.Unref(env);
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
+    Throw(env, Code::kEngine, "no event loop to deliver completions on");
+  }
+  wake_ = new uv_async_t;
+  if (uv_async_init(loop, wake_, &NativeAgent::OnWake) != 0) {
+    delete wake_;
+    wake_ = nullptr;
+    Throw(env, Code::kEngine, "could not create the completion wake-up handle");
+  }
+  wake_->data = this;
+  uv_unref(reinterpret_cast<uv_handle_t*>(wake_));
+  on_events_ = Napi::Persistent(info[2].As<Napi::Function>());
+  async_context_ = std::make_unique<Napi::AsyncContext>(env, "kvxfer agent");
   env_ = env;
   napi_add_env_cleanup_hook(env, &NativeAgent::OnEnvCleanup, this);
   cleanup_hook_added_ = true;
+  // The handle outlives the owner thread: both teardown paths join the
+  // thread before closing it.
+  uv_async_t* wake = wake_;
   owner_ = std::make_unique<OwnerThread>(name_, std::move(options),
-                                         [this] { tsfn_.NonBlockingCall(); });
+                                         [wake] { uv_async_send(wake); });
 }
 
-NativeAgent::~NativeAgent() { Teardown(); }
+NativeAgent::~NativeAgent() {
+  if (link_ != nullptr) link_->agent = nullptr;
+  Teardown();
+}
+
+void NativeAgent::DefinePostFunction(Napi::Object self) {
+  link_ = std::make_shared<AgentLink>();
+  link_->agent = this;
+  Napi::Env env = self.Env();
+  auto* holder = new std::shared_ptr<AgentLink>(link_);
+  napi_value fn = nullptr;
+  napi_status status = napi_create_function(env, "post", NAPI_AUTO_LENGTH, &NativeAgent::PostFast, holder, &fn);
+  if (status == napi_ok) {
+    status = napi_add_finalizer(
+        env, fn, holder,
+        [](napi_env, void* data, void*) { delete static_cast<std::shared_ptr<AgentLink>*>(data); },
+        nullptr, nullptr);
+  }
+  if (status != napi_ok) {
+    delete holder;
+    Throw(env, Code::kEngine, "could not create the agent's post function");
+  }
+  self.DefineProperty(Napi::PropertyDescriptor::Value("post", Napi::Value(env, fn), napi_default));
+}
+
+napi_value NativeAgent::PostFast(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value arg = nullptr;
+  void* data = nullptr;
+  try {
+    if (napi_get_cb_info(env, info, &argc, &arg, nullptr, &data) != napi_ok) {
+      Throw(env, Code::kInvalidArg, "post(transferId)");
+    }
+    NativeAgent* self = static_cast<std::shared_ptr<AgentLink>*>(data)->get()->agent;
+    if (self == nullptr) Throw(env, Code::kClosed, "the agent is gone");
+    uint32_t id = 0;
+    if (argc < 1 || napi_get_value_uint32(env, arg, &id) != napi_ok) {
+      Throw(env, Code::kInvalidArg, "transfer id must be a number");
+    }
+    napi_value token = nullptr;
+    napi_create_uint32(env, self->PostById(Napi::Env(env), id), &token);
+    return token;
+  } catch (const Napi::Error& error) {
+    error.ThrowAsJavaScriptException();
+    return nullptr;
+  }
+}
 
 void NativeAgent::OnEnvCleanup(void* arg) {
   auto* self = static_cast<NativeAgent*>(arg);
@@ -171,10 +231,8 @@ void NativeAgent::Teardown() {
     owner_->Join();
     owner_.reset();
   }
-  if (tsfn_live_) {
-    tsfn_.Abort();
-    tsfn_live_ = false;
-  }
+  CloseWake();
+  async_context_.reset();
   pending_.clear();
   xfers_.clear();
   peers_by_name_.clear();
@@ -187,28 +245,74 @@ void NativeAgent::Teardown() {
   }
 }
 
+// Only once the owner thread is gone: it signals the handle.
+void NativeAgent::CloseWake() {
+  if (wake_ == nullptr) return;
+  wake_->data = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(wake_),
+           [](uv_handle_t* handle) { delete reinterpret_cast<uv_async_t*>(handle); });
+  wake_ = nullptr;
+  loop_ref_ = false;
+  on_events_.Reset();
+}
+
 void NativeAgent::CheckOpen(Napi::Env env) const {
   if (closing_ || closed_) Throw(env, Code::kClosed, "agent '" + name_ + "' is closed");
 }
 
+uint32_t PendingTable::Add(PendingOp op) {
+  uint32_t token;
+  if (!free_.empty()) {
+    token = free_.back();
+    free_.pop_back();
+  } else {
+    token = static_cast<uint32_t>(slots_.size());
+    slots_.emplace_back();
+  }
+  slots_[token].live = true;
+  slots_[token].op = std::move(op);
+  ++count_;
+  return token;
+}
+
+bool PendingTable::Take(uint32_t token, PendingOp* out) {
+  if (token >= slots_.size() || !slots_[token].live) return false;
+  Slot& slot = slots_[token];
+  *out = std::move(slot.op);
+  slot.op = PendingOp();
+  slot.live = false;
+  free_.push_back(token);
+  --count_;
+  return true;
+}
+
+const PendingOp* PendingTable::Find(uint32_t token) const {
+  if (token >= slots_.size() || !slots_[token].live) return nullptr;
+  return &slots_[token].op;
+}
+
+void PendingTable::clear() {
+  slots_.resize(1);
+  free_.clear();
+  count_ = 0;
+}
+
 uint32_t NativeAgent::Submit(Command command, PendingOp pending) {
-  uint32_t token = next_token_++;
-  if (token == 0) token = next_token_++;
+  const uint32_t token = pending_.Add(std::move(pending));
   command.token = token;
-  pending_.emplace(token, std::move(pending));
   owner_->Submit(std::move(command));
   UpdateRef(Env());
   return token;
 }
 
 void NativeAgent::UpdateRef(Napi::Env env) {
-  const bool want = !closed_ && tsfn_live_ && (!pending_.empty() || holds_ > 0);
+  const bool want = !closed_ && wake_ != nullptr && (!pending_.empty() || holds_ > 0);
   if (want == loop_ref_) return;
   loop_ref_ = want;
   if (want) {
-    tsfn_.Ref(env);
+    uv_ref(reinterpret_cast<uv_handle_t*>(wake_));
   } else {
-    tsfn_.Unref(env);
+    uv_unref(reinterpret_cast<uv_handle_t*>(wake_));
   }
 }
 
@@ -533,10 +637,11 @@ XferEntry* NativeAgent::FindXfer(Napi::Env env, const Napi::Value& id) {
   return it->second.get();
 }
 
-Napi::Value NativeAgent::Post(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
+uint32_t NativeAgent::PostById(Napi::Env env, uint32_t id) {
   CheckOpen(env);
-  XferEntry* xfer = FindXfer(env, info[0]);
+  auto it = xfers_.find(id);
+  if (it == xfers_.end() || it->second->released) Throw(env, Code::kInvalidArg, "the transfer was released");
+  XferEntry* xfer = it->second.get();
   if (xfer->in_flight) {
     Throw(env, Code::kBusy, "the transfer is already in flight; wait for it or prepare another");
   }
@@ -544,7 +649,7 @@ Napi::Value NativeAgent::Post(const Napi::CallbackInfo& info) {
     Throw(env, Code::kUnknownPeer, "peer '" + xfer->peer->peer->name + "' was forgotten or reloaded");
   }
   if (xfer->peer->failed) Throw(env, xfer->peer->failure);
-  return Napi::Number::New(env, SubmitWithPlan(xfer, Command::kPost));
+  return SubmitWithPlan(xfer, Command::kPost);
 }
 
 // The owner thread works on the plan until the token completes: the
@@ -568,8 +673,8 @@ void NativeAgent::FinishWithPlan(XferEntry* xfer) {
 Napi::Value NativeAgent::Cancel(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const uint32_t token = ToU32(env, info[0], "token");
-  auto it = pending_.find(token);
-  if (closing_ || closed_ || it == pending_.end() || it->second.xfer == nullptr) return env.Undefined();
+  const PendingOp* op = pending_.Find(token);
+  if (closing_ || closed_ || op == nullptr || op->xfer == nullptr) return env.Undefined();
   Command command{Command::kCancel};
   command.target = token;
   owner_->Submit(std::move(command));
@@ -648,20 +753,19 @@ Napi::Value NativeAgent::Unhold(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-void AgentCallJs(Napi::Env env, Napi::Function callback, NativeAgent* self, void*) {
-  // env is null when the environment is going away with calls still queued.
-  if (env == nullptr || self == nullptr) return;
-  // No C++ exception may leave this function: node calls it from C, and an
-  // escaping one aborts the process. A worker being terminated makes every
-  // call into JS fail; an exception thrown by the JS callback itself is
-  // handed back to JS as an uncaught exception.
+void NativeAgent::OnWake(uv_async_t* handle) {
+  auto* self = static_cast<NativeAgent*>(handle->data);
+  if (self == nullptr || self->owner_ == nullptr) return;
+  napi_env env = self->env_;
+  // No C++ exception may leave a libuv callback. An exception thrown by the
+  // JS callback goes to process 'uncaughtException', as it would from any
+  // other event source; a worker being terminated makes calls into JS fail,
+  // and there is nobody left to tell.
+  Napi::HandleScope scope(env);
   try {
-    self->DrainEvents(env, callback);
+    self->DrainEvents(env);
   } catch (const Napi::Error& error) {
-    try {
-      error.ThrowAsJavaScriptException();
-    } catch (...) {
-    }
+    napi_fatal_exception(env, error.Value());
   } catch (...) {
   }
 }
@@ -669,37 +773,43 @@ void AgentCallJs(Napi::Env env, Napi::Function callback, NativeAgent* self, void
 // Delivers one batch to JS: successful completions as [token, durationNs]
 // pairs in one Float64Array (no object per transfer), everything else as
 // objects: { kind, token, error?, value?, peer?, data? }.
-void NativeAgent::DrainEvents(Napi::Env env, Napi::Function callback) {
-  if (owner_ == nullptr) return;
-  std::vector<Event> events;
-  owner_->TakeEvents(&events);
-  if (events.empty()) return;
-  Napi::HandleScope scope(env);
-  size_t fast = 0;
-  for (const Event& e : events) {
-    if (e.type == Event::kOperationDone && e.status.ok() && !e.has_telemetry) ++fast;
+void NativeAgent::DrainEvents(Napi::Env env) {
+  // Swapped with the owner thread's, so both keep their capacity.
+  std::vector<Event>& events = events_scratch_;
+  std::vector<Completion>& completions = completions_scratch_;
+  events.clear();
+  completions.clear();
+  owner_->TakeEvents(&events, &completions);
+  if (events.empty() && completions.empty()) return;
+  // Every completion is reported; JS ignores a token it no longer waits for.
+  Napi::Float64Array done = Napi::Float64Array::New(env, completions.size() * 2);
+  double* pairs = done.Data();
+  for (const Completion& c : completions) {
+    PendingOp op;
+    if (pending_.Take(c.token, &op)) {
+      if (op.xfer != nullptr) FinishWithPlan(op.xfer);
+      if (op.notify_peer != nullptr) DropPeer(op.notify_peer);
+    }
+    *pairs++ = c.token;
+    *pairs++ = static_cast<double>(c.duration_ns);
   }
-  Napi::Float64Array done = Napi::Float64Array::New(env, fast * 2);
   Napi::Array others = Napi::Array::New(env);
-  size_t done_count = 0;
   bool closed = false;
   for (Event& e : events) {
-    HandleEvent(env, e, others, done, &done_count);
+    HandleEvent(env, e, others);
     closed = closed || e.type == Event::kClosed;
   }
   if (closed) FinishClose();
   UpdateRef(env);
-  // Release before calling out: if the callback throws, the thread-safe
-  // function of a closed agent must still go.
-  if (closed && tsfn_live_) {
-    tsfn_live_ = false;
-    tsfn_.Release();
-  }
-  callback.Call({done, others});
+  Napi::Function callback = on_events_.Value();
+  // A closed agent lets go of its handle before calling out, so that it goes
+  // even if the callback throws; the call keeps the async context alive.
+  std::unique_ptr<Napi::AsyncContext> context = closed ? std::move(async_context_) : nullptr;
+  if (closed) CloseWake();
+  callback.MakeCallback(env.Global(), {done, others}, closed ? *context : *async_context_);
 }
 
-void NativeAgent::HandleEvent(Napi::Env env, Event& e, Napi::Array others, Napi::Float64Array done,
-                              size_t* done_count) {
+void NativeAgent::HandleEvent(Napi::Env env, Event& e, Napi::Array others) {
   auto push = [&](Napi::Object o) { others.Set(others.Length(), o); };
   auto op_result = [&](uint32_t token, const Status& status) {
     Napi::Object o = Napi::Object::New(env);
@@ -709,13 +819,7 @@ void NativeAgent::HandleEvent(Napi::Env env, Event& e, Napi::Array others, Napi:
     return o;
   };
   PendingOp pending;
-  if (e.token != 0) {
-    auto it = pending_.find(e.token);
-    if (it != pending_.end()) {
-      pending = std::move(it->second);
-      pending_.erase(it);
-    }
-  }
+  if (e.token != 0) pending_.Take(e.token, &pending);
   switch (e.type) {
     case Event::kStarted:
       if (e.status.ok()) metadata_ = std::move(e.data);
@@ -772,11 +876,7 @@ void NativeAgent::HandleEvent(Napi::Env env, Event& e, Napi::Array others, Napi:
     case Event::kOperationDone:
       if (pending.xfer != nullptr) FinishWithPlan(pending.xfer);
       if (pending.notify_peer != nullptr) DropPeer(pending.notify_peer);
-      if (e.status.ok() && !e.has_telemetry) {
-        done[(*done_count) * 2] = e.token;
-        done[(*done_count) * 2 + 1] = static_cast<double>(e.duration_ns);
-        ++*done_count;
-      } else {
+      {
         Napi::Object o = op_result(e.token, e.status);
         o.Set("value", Napi::Number::New(env, static_cast<double>(e.duration_ns)));
         if (e.has_telemetry) {

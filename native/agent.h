@@ -4,6 +4,7 @@
 #pragma once
 
 #include <napi.h>
+#include <uv.h>
 
 #include <cstdint>
 #include <memory>
@@ -19,8 +20,6 @@ namespace kvxfer {
 
 class KvxferAddon;
 class NativeAgent;
-
-void AgentCallJs(Napi::Env env, Napi::Function callback, NativeAgent* self, void* data);
 
 struct RegionEntry {
   enum State : uint8_t { kRegistering, kRegistered, kDeregistering };
@@ -59,6 +58,37 @@ struct PendingOp {
   std::unique_ptr<std::vector<uint8_t>> message;
 };
 
+// Operations waiting for completion, by token. A token is a slot number,
+// reused once its completion has been delivered: JS forgets a token in the
+// very call that delivers it, so a reused token never meets a stale one, and
+// the per-transfer lookups index a vector instead of hashing and allocating.
+class PendingTable {
+ public:
+  PendingTable() { slots_.emplace_back(); }
+  uint32_t Add(PendingOp op);
+  // Moves the operation out and frees its token; false if it is not pending.
+  bool Take(uint32_t token, PendingOp* out);
+  const PendingOp* Find(uint32_t token) const;
+  bool empty() const { return count_ == 0; }
+  void clear();
+
+ private:
+  struct Slot {
+    bool live = false;
+    PendingOp op;
+  };
+  std::vector<Slot> slots_;  // slot 0 is never a token
+  std::vector<uint32_t> free_;
+  size_t count_ = 0;
+};
+
+// What the per-agent functions below hold instead of the agent itself: they
+// can outlive it (the garbage collector finalizes in any order), and then
+// find it gone rather than dangling.
+struct AgentLink {
+  NativeAgent* agent = nullptr;
+};
+
 class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
  public:
   static Napi::Function Init(Napi::Env env);
@@ -66,10 +96,8 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
   ~NativeAgent() override;
 
  private:
-  friend void AgentCallJs(Napi::Env, Napi::Function, NativeAgent*, void*);
-  using Tsfn = Napi::TypedThreadSafeFunction<NativeAgent, void, AgentCallJs>;
-
   static void OnEnvCleanup(void* self);
+  static void OnWake(uv_async_t* handle);
 
   Napi::Value Start(const Napi::CallbackInfo& info);
   Napi::Value RegisterMemory(const Napi::CallbackInfo& info);
@@ -81,7 +109,12 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
   Napi::Value LoadPeer(const Napi::CallbackInfo& info);
   Napi::Value ForgetPeer(const Napi::CallbackInfo& info);
   Napi::Value Prepare(const Napi::CallbackInfo& info);
-  Napi::Value Post(const Napi::CallbackInfo& info);
+  // post(id) is an own function of each agent object, not a prototype
+  // method: it reaches the agent through its data pointer, without
+  // napi_unwrap's private-symbol lookup, on the one call made per transfer.
+  static napi_value PostFast(napi_env env, napi_callback_info info);
+  void DefinePostFunction(Napi::Object self);
+  uint32_t PostById(Napi::Env env, uint32_t id);
   Napi::Value Release(const Napi::CallbackInfo& info);
   Napi::Value Notify(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
@@ -106,18 +139,24 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
   const RemoteRegion* FindRemote(const PeerEntry& peer, const Desc& d, uint32_t i,
                                  Status* error) const;
 
-  void DrainEvents(Napi::Env env, Napi::Function callback);
-  void HandleEvent(Napi::Env env, Event& event, Napi::Array others, Napi::Float64Array done,
-                   size_t* done_count);
+  void DrainEvents(Napi::Env env);
+  void HandleEvent(Napi::Env env, Event& event, Napi::Array others);
   void UpdateRef(Napi::Env env);
   void FinishClose();
   void Teardown();
+  void CloseWake();
 
+  std::shared_ptr<AgentLink> link_;
   std::string name_;
   std::string engine_name_;
   KvxferAddon* addon_ = nullptr;
-  Tsfn tsfn_;
-  bool tsfn_live_ = false;
+  // The owner thread wakes the JS thread through this handle. libuv runs its
+  // callback at most once per event-loop turn however often it is signalled,
+  // so a burst of completions (each reposting work) cannot starve timers and
+  // I/O: one batch per turn, then the loop goes round.
+  uv_async_t* wake_ = nullptr;
+  Napi::FunctionReference on_events_;
+  std::unique_ptr<Napi::AsyncContext> async_context_;
   std::unique_ptr<OwnerThread> owner_;
   napi_env env_ = nullptr;
   bool cleanup_hook_added_ = false;
@@ -125,7 +164,6 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
   bool closing_ = false;
   bool closed_ = false;
 
-  uint32_t next_token_ = 1;
   uint32_t next_region_id_ = 1;
   uint32_t next_xfer_id_ = 1;
   uint32_t prepare_epoch_ = 0;
@@ -135,7 +173,9 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
   std::unordered_map<Peer*, std::unique_ptr<PeerEntry>> peers_;
   std::unordered_map<std::string, PeerEntry*> peers_by_name_;
   std::unordered_map<uint32_t, std::unique_ptr<XferEntry>> xfers_;
-  std::unordered_map<uint32_t, PendingOp> pending_;
+  PendingTable pending_;
+  std::vector<Event> events_scratch_;
+  std::vector<Completion> completions_scratch_;
 
   std::vector<uint8_t> metadata_;  // the latest the owner thread reported
 

@@ -20,6 +20,7 @@ constexpr int kNapMs = 1;
 // caller posting back to back then never pays for a wake-up (an eventfd
 // write and a context switch, several microseconds each post).
 constexpr auto kSpinBeforeSleep = std::chrono::microseconds(50);
+constexpr size_t kCommandsPerPass = 16;
 
 }  // namespace
 
@@ -47,13 +48,10 @@ void OwnerThread::Join() {
 }
 
 void OwnerThread::Submit(Command command) {
-  {
-    std::lock_guard<std::mutex> lock(commands_mutex_);
-    commands_.push_back(std::move(command));
-  }
-  has_commands_.store(true);
-  // Only a sleeping thread needs the system call.
-  if (sleeping_.exchange(false)) {
+  commands_.Push(std::move(command));
+  // Only a sleeping thread needs the system call. The plain load first keeps
+  // the flag's cache line shared while the owner thread is awake.
+  if (sleeping_.load() && sleeping_.exchange(false)) {
     uint64_t one = 1;
     ssize_t n;
     do {
@@ -62,31 +60,53 @@ void OwnerThread::Submit(Command command) {
   }
 }
 
-void OwnerThread::TakeEvents(std::vector<Event>* out) {
+void OwnerThread::TakeEvents(std::vector<Event>* events, std::vector<Completion>* completions) {
   std::lock_guard<std::mutex> lock(events_mutex_);
-  out->swap(events_);
+  events->swap(events_);
+  completions->swap(completions_);
 }
 
 void OwnerThread::Push(Event event) {
   bool was_empty;
   {
     std::lock_guard<std::mutex> lock(events_mutex_);
-    was_empty = events_.empty();
+    was_empty = events_.empty() && completions_.empty();
+    // Completions that happened before this event go out with it, so that
+    // JS never sees them after it (a close after the transfers it waited for).
+    completions_.insert(completions_.end(), ready_.begin(), ready_.end());
     events_.push_back(std::move(event));
   }
+  ready_.clear();
+  if (was_empty) wake_js_();
+}
+
+void OwnerThread::PublishCompletions() {
+  if (ready_.empty()) return;
+  bool was_empty;
+  {
+    std::lock_guard<std::mutex> lock(events_mutex_);
+    was_empty = events_.empty() && completions_.empty();
+    if (completions_.empty()) {
+      completions_.swap(ready_);
+    } else {
+      completions_.insert(completions_.end(), ready_.begin(), ready_.end());
+    }
+  }
+  ready_.clear();
   if (was_empty) wake_js_();
 }
 
 bool OwnerThread::DrainCommands() {
-  if (!has_commands_.load()) return false;
-  std::deque<Command> batch;
-  {
-    std::lock_guard<std::mutex> lock(commands_mutex_);
-    batch.swap(commands_);
-    has_commands_.store(false);
+  // A bounded batch: while JS posts a long burst, completions of its first
+  // transfers go out (PublishCompletions after each pass) and JS works on
+  // them meanwhile, instead of both threads taking turns at being idle.
+  size_t executed = 0;
+  Command command;
+  while (executed < kCommandsPerPass && commands_.Pop(&command)) {
+    Execute(command);
+    ++executed;
   }
-  for (Command& command : batch) Execute(command);
-  return !batch.empty();
+  return executed > 0;
 }
 
 void OwnerThread::Execute(Command& c) {
@@ -166,6 +186,10 @@ void OwnerThread::Execute(Command& c) {
 void OwnerThread::OperationDone(uint32_t token, Status status, uint64_t duration_ns,
                                 const Telemetry* telemetry) {
   --in_flight_;
+  if (status.ok() && telemetry == nullptr) {
+    ready_.push_back(Completion{token, duration_ns});
+    return;
+  }
   Event e{Event::kOperationDone, token, std::move(status)};
   e.duration_ns = duration_ns;
   if (telemetry != nullptr) {
@@ -200,7 +224,7 @@ void OwnerThread::SleepUntilWork(int timeout_ms) {
   // raced with us either sees sleeping_ and writes the fd, or we see its
   // command here.
   sleeping_.store(true);
-  if (has_commands_.load()) {
+  if (!commands_.Empty()) {
     sleeping_.store(false);
     return;
   }
@@ -221,21 +245,33 @@ void OwnerThread::SleepUntilWork(int timeout_ms) {
 }
 
 void OwnerThread::Run() {
-  auto last_progress = std::chrono::steady_clock::now();
+  // The clock is read on idle passes only: a busy pass (most of them under
+  // load) goes straight on to the next.
+  bool idle_timing = false;
+  std::chrono::steady_clock::time_point idle_since;
   while (!stopping_) {
     bool did_work = DrainCommands();
     if (stopping_) break;
     if (engine_started_) {
       while (engine_->Progress()) did_work = true;
     }
-    auto now = std::chrono::steady_clock::now();
-    if (did_work) last_progress = now;
+    PublishCompletions();
+    if (did_work) {
+      idle_timing = false;
+      continue;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (!idle_timing) {
+      idle_timing = true;
+      idle_since = now;
+    }
     if (in_flight_ > 0) {
-      if (now - last_progress < kSpinBeforeNap) continue;
+      if (now - idle_since < kSpinBeforeNap) continue;
+      // Still idle after the nap: nap again, the spin is over.
       if (engine_->Arm()) SleepUntilWork(kNapMs);
       continue;
     }
-    if (now - last_progress < kSpinBeforeSleep) continue;
+    if (now - idle_since < kSpinBeforeSleep) continue;
     if (!engine_started_) {
       SleepUntilWork(-1);
     } else if (engine_->Arm()) {

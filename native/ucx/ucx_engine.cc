@@ -84,7 +84,9 @@ struct UcxOp {
 class UcxEngine final : public Engine {
  public:
   explicit UcxEngine(EngineEvents* events) : events_(events) {}
-  ~UcxEngine() override = default;
+  ~UcxEngine() override {
+    for (UcxOp* op : spare_ops_) delete op;
+  }
 
   const char* name() const override { return "ucx"; }
 
@@ -350,7 +352,7 @@ class UcxEngine final : public Engine {
       DestroyPeer(conn->peer);
     }
     const auto deadline = std::chrono::steady_clock::now() + kShutdownDeadline;
-    while ((!ops_.empty() || closing_ > 0) && std::chrono::steady_clock::now() < deadline) {
+    while ((live_ops_ > 0 || closing_ > 0) && std::chrono::steady_clock::now() < deadline) {
       ucp_worker_progress(worker_);
     }
     const std::vector<LocalRegion*> registered(regions_.begin(), regions_.end());
@@ -384,8 +386,15 @@ class UcxEngine final : public Engine {
   }
 
   UcxOp* NewOp(UcxConn* conn, uint32_t token, const std::vector<uint8_t>* message) {
-    auto* op = new UcxOp{this, conn, token, NowNs(), message};
-    ops_.insert(op);
+    UcxOp* op;
+    if (spare_ops_.empty()) {
+      op = new UcxOp;
+    } else {
+      op = spare_ops_.back();
+      spare_ops_.pop_back();
+    }
+    *op = UcxOp{this, conn, token, NowNs(), message};
+    ++live_ops_;
     return op;
   }
 
@@ -430,8 +439,8 @@ class UcxEngine final : public Engine {
     if (op->status != UCS_OK) status = OperationFailure(op);
     const uint64_t duration = NowNs() - op->start_ns;
     const uint32_t token = op->token;
-    ops_.erase(op);
-    delete op;
+    --live_ops_;
+    spare_ops_.push_back(op);
     events_->OperationDone(token, std::move(status), duration);
   }
 
@@ -522,7 +531,9 @@ class UcxEngine final : public Engine {
   std::unordered_set<LocalRegion*> regions_;
   std::unordered_set<UcxConn*> conns_;
   std::unordered_set<UcxConn*> closing_conns_;
-  std::unordered_set<UcxOp*> ops_;
+  // Ops are recycled: a small transfer should not cost an allocation.
+  std::vector<UcxOp*> spare_ops_;
+  size_t live_ops_ = 0;
   int closing_ = 0;
   bool shutting_down_ = false;
 };
