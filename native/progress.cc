@@ -64,6 +64,7 @@ void OwnerThread::TakeEvents(std::vector<Event>* events, std::vector<Completion>
   std::lock_guard<std::mutex> lock(events_mutex_);
   events->swap(events_);
   completions->swap(completions_);
+  events_taken_.store(true, std::memory_order_relaxed);
 }
 
 void OwnerThread::Push(Event event) {
@@ -75,6 +76,7 @@ void OwnerThread::Push(Event event) {
     // JS never sees them after it (a close after the transfers it waited for).
     completions_.insert(completions_.end(), ready_.begin(), ready_.end());
     events_.push_back(std::move(event));
+    events_taken_.store(false, std::memory_order_relaxed);
   }
   ready_.clear();
   if (was_empty) wake_js_();
@@ -91,6 +93,7 @@ void OwnerThread::PublishCompletions() {
     } else {
       completions_.insert(completions_.end(), ready_.begin(), ready_.end());
     }
+    events_taken_.store(false, std::memory_order_relaxed);
   }
   ready_.clear();
   if (was_empty) wake_js_();
@@ -105,6 +108,14 @@ bool OwnerThread::DrainCommands() {
   while (executed < kCommandsPerPass && commands_.Pop(&command)) {
     Execute(command);
     ++executed;
+    // JS has taken everything and may be asleep: wake it once as much work
+    // is done as is still queued. Waking it per transfer costs the owner
+    // microseconds in the kernel each time (more on a VM); waking it later
+    // leaves it too little time to repost before the queue runs dry.
+    if (!ready_.empty() && ready_.size() >= commands_.Backlog() &&
+        events_taken_.load(std::memory_order_relaxed)) {
+      PublishCompletions();
+    }
   }
   return executed > 0;
 }

@@ -125,6 +125,10 @@ class OwnerThread : private EngineEvents {
   int wake_fd_ = -1;  // eventfd the JS thread writes to wake a sleeping owner
 
   alignas(64) std::mutex events_mutex_;
+  // True while the JS thread has taken everything published: a completion
+  // found then goes out at once (JS may be idle, waiting for it); otherwise
+  // it joins the batch published at the end of the pass.
+  std::atomic<bool> events_taken_{true};
   std::vector<Event> events_;
   std::vector<Completion> completions_;
 

@@ -59,6 +59,17 @@ class SpscQueue {
     return true;
   }
 
+  // Consumer thread only: items waiting, counting a whole chunk for any
+  // chunk after the current one (enough to tell a short queue from a long).
+  size_t Backlog() const {
+    if (head_index_ == kChunkItems) {
+      return head_->next.load(std::memory_order_acquire) == nullptr ? 0 : kChunkItems;
+    }
+    size_t waiting = head_->written.load(std::memory_order_acquire) - head_index_;
+    if (head_->next.load(std::memory_order_acquire) != nullptr) waiting += kChunkItems;
+    return waiting;
+  }
+
   // Consumer thread only.
   bool Empty() const {
     if (head_index_ == kChunkItems) return head_->next.load(std::memory_order_seq_cst) == nullptr;
