@@ -21,6 +21,15 @@ export interface AgentOptions extends OperationOptions {
   backend?: string;
   /** NIXL engine: parameters for the backend, on top of the plugin's defaults. */
   backendParams?: Record<string, string>;
+  /**
+   * Microseconds the JS thread polls for completions before the event loop
+   * sleeps, while this agent has operations pending (0 to 10,000; default 50;
+   * 0: never). Only time the loop would spend asleep is used. A completion
+   * found this way needs no wake-up of a sleeping thread, which on a VM costs
+   * tens of microseconds: for one 1 MiB write in flight, latency drops from
+   * about 90 to 40 us here.
+   */
+  busyPollUs?: number;
 }
 
 /** Memory that is not a JS buffer: a CUDA allocation, or host memory the caller owns. */
@@ -115,6 +124,8 @@ export interface AgentStats {
 const NIXL_ENVELOPE_HEADER = 16;
 const encoder = new TextEncoder();
 let agentCounter = 0;
+/** AgentOptions.busyPollUs when not given: about the wake-up latency of an idle vCPU. */
+const DEFAULT_BUSY_POLL_US = 50;
 
 interface PendingOperation {
   bounded: Bounded<any>;
@@ -545,6 +556,7 @@ export class Agent implements AsyncDisposable {
       transports: options.transports,
       backend: options.backend,
       backendParams: options.backendParams,
+      busyPollUs: options.busyPollUs === undefined ? DEFAULT_BUSY_POLL_US : options.busyPollUs,
     });
     try {
       await core.submit<void>('starting the agent', () => core.native.start(), options);

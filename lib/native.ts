@@ -79,6 +79,7 @@ export interface NativeAgentOptions {
   transports?: string;
   backend?: string;
   backendParams?: Record<string, string>;
+  busyPollUs?: number;
 }
 
 export interface NativeNixlStatus {

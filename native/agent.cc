@@ -1,5 +1,7 @@
 #include "agent.h"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -14,6 +16,8 @@ namespace kvxfer {
 namespace {
 
 enum EventKind { kEventOperation = 0, kEventNotification = 1, kEventPeerFailed = 2 };
+
+constexpr double kMaxBusyPollUs = 10000;
 
 uint64_t ToU64(Napi::Env env, const Napi::Value& value, const char* what) {
   if (value.IsBigInt()) {
@@ -140,6 +144,14 @@ NativeAgent::NativeAgent(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Nati
   }
   EngineOptions options = ParseOptions(env, info[1].As<Napi::Object>());
   engine_name_ = options.engine;
+  Napi::Value busy_poll = info[1].As<Napi::Object>().Get("busyPollUs");
+  if (!busy_poll.IsUndefined()) {
+    const double us = busy_poll.IsNumber() ? busy_poll.As<Napi::Number>().DoubleValue() : -1;
+    if (!(us >= 0 && us <= kMaxBusyPollUs)) {
+      Throw(env, Code::kInvalidArg, "busyPollUs must be a number from 0 to " + std::to_string(kMaxBusyPollUs));
+    }
+    busy_poll_ns_ = static_cast<uint64_t>(us * 1000);
+  }
   DefinePostFunction(info.This().As<Napi::Object>());
 
   uv_loop_t* loop = nullptr;
@@ -154,6 +166,11 @@ NativeAgent::NativeAgent(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Nati
   }
   wake_->data = this;
   uv_unref(reinterpret_cast<uv_handle_t*>(wake_));
+  before_poll_ = new uv_prepare_t;
+  uv_prepare_init(loop, before_poll_);
+  before_poll_->data = this;
+  uv_prepare_start(before_poll_, &NativeAgent::OnBeforePoll);
+  uv_unref(reinterpret_cast<uv_handle_t*>(before_poll_));
   on_events_ = Napi::Persistent(info[2].As<Napi::Function>());
   async_context_ = std::make_unique<Napi::AsyncContext>(env, "kvxfer agent");
   env_ = env;
@@ -247,6 +264,12 @@ void NativeAgent::Teardown() {
 
 // Only once the owner thread is gone: it signals the handle.
 void NativeAgent::CloseWake() {
+  if (before_poll_ != nullptr) {
+    before_poll_->data = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(before_poll_),
+             [](uv_handle_t* handle) { delete reinterpret_cast<uv_prepare_t*>(handle); });
+    before_poll_ = nullptr;
+  }
   if (wake_ == nullptr) return;
   wake_->data = nullptr;
   uv_close(reinterpret_cast<uv_handle_t*>(wake_),
@@ -767,6 +790,28 @@ void NativeAgent::OnWake(uv_async_t* handle) {
   } catch (const Napi::Error& error) {
     napi_fatal_exception(env, error.Value());
   } catch (...) {
+  }
+}
+
+void NativeAgent::OnBeforePoll(uv_prepare_t* handle) {
+  auto* self = static_cast<NativeAgent*>(handle->data);
+  if (self == nullptr || self->owner_ == nullptr || self->busy_poll_ns_ == 0 || self->pending_.empty()) {
+    return;
+  }
+  // Only when the loop is about to sleep: with timers due or handles
+  // pending, polling here would only delay them.
+  const int timeout_ms = uv_backend_timeout(handle->loop);
+  if (timeout_ms == 0) return;
+  uint64_t budget_ns = self->busy_poll_ns_;
+  if (timeout_ms > 0) budget_ns = std::min<uint64_t>(budget_ns, static_cast<uint64_t>(timeout_ms) * 1000000);
+  const uint64_t deadline = uv_hrtime() + budget_ns;
+  // The owner thread signals the async handle as it publishes, so the poll
+  // that follows returns at once and delivers the batch as usual.
+  // Yielding between looks hands the core over to any thread that is ready
+  // to run (the owner thread itself, where cores are fewer than threads).
+  while (!self->owner_->HasEvents()) {
+    if (uv_hrtime() >= deadline) return;
+    sched_yield();
   }
 }
 

@@ -105,7 +105,8 @@ bool OwnerThread::DrainCommands() {
   // them meanwhile, instead of both threads taking turns at being idle.
   size_t executed = 0;
   Command command;
-  while (executed < kCommandsPerPass && commands_.Pop(&command)) {
+  // Nothing runs after kClose: the engine is gone (JS sends nothing later).
+  while (executed < kCommandsPerPass && !stopping_ && commands_.Pop(&command)) {
     Execute(command);
     ++executed;
     // JS has taken everything and may be asleep: wake it once as much work

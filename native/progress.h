@@ -93,6 +93,8 @@ class OwnerThread : private EngineEvents {
   // JS thread. Completions are reported apart from (and before) the other
   // events of the same batch.
   void TakeEvents(std::vector<Event>* events, std::vector<Completion>* completions);
+  // JS thread: has anything been published since the last TakeEvents?
+  bool HasEvents() const { return !events_taken_.load(std::memory_order_acquire); }
   // Waits for the thread to end; it ends after a kClose command.
   void Join();
 

@@ -164,6 +164,7 @@ export interface AgentSpec {
   engine?: EngineName
   /** UCX transports (UCX_TLS), e.g. 'tcp'. */
   transports?: string
+  busyPollUs?: number
 }
 
 /**
@@ -175,6 +176,7 @@ export interface AgentSpec {
 export async function createAgent(prefix: string, spec: AgentSpec = {}): Promise<Agent> {
   const options: AgentOptions = { name: uniqueName(prefix) }
   if (spec.engine !== undefined) options.engine = spec.engine
+  if (spec.busyPollUs !== undefined) options.busyPollUs = spec.busyPollUs
   if (spec.engine === 'nixl') {
     const agent = spec.transports === undefined
       ? await Agent.create(options)

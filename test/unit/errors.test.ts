@@ -82,6 +82,23 @@ describe.each(ENGINES)('%s engine', (engine) => {
     }
   }
 
+  it('busyPollUs 0 (never poll) and 10,000 (the most) both complete transfers', async () => {
+    for (const busyPollUs of [0, 10_000]) {
+      const [c, d] = await createAgents(2, `poll-${busyPollUs}`, { engine, busyPollUs })
+      try {
+        const [rc, rd] = await Promise.all([c.allocate(256 * KiB), d.allocate(256 * KiB)])
+        await exchangeMetadata(c, d)
+        for (let i = 0; i < 20; i++) {
+          const want = sha256(fillBytes(rc.view(), 100 + i))
+          await c.write(rc, rd, d.name, { timeoutMs: 30_000 })
+          expect(sha256(rd.view()), `busyPollUs ${busyPollUs}, write ${i}`).toBe(want)
+        }
+      } finally {
+        await closeAll(c, d)
+      }
+    }
+  })
+
   describe('the loopback setup itself works (so the failures below are the ones we asked for)', () => {
     it('a valid WRITE between the two agents moves the bytes', async () => {
       const want = sha256(fillBytes(ra.view(0, 4 * KiB), 1))
@@ -96,6 +113,8 @@ describe.each(ENGINES)('%s engine', (engine) => {
       await rejectsWith(() => Agent.create({ engine: 'bogus' as never }), 'ERR_INVALID_ARG')
       await rejectsWith(() => Agent.create({ name: 42 as never }), 'ERR_INVALID_ARG')
       await rejectsWith(() => Agent.create({ timeoutMs: 'soon' as never }), 'ERR_INVALID_ARG')
+      await eachCase([-1, 10_001, Number.NaN, Infinity, '50', null],
+        (bad) => rejectsWith(() => Agent.create({ engine, busyPollUs: bad as never }), 'ERR_INVALID_ARG'))
     })
 
     it('register() of something that is not memory', async () => {
