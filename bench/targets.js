@@ -89,6 +89,16 @@ const TARGETS = [
     },
   },
   {
+    id: '4b',
+    goal: 'the same with many small requests (4 KiB blocks, 64 in flight)',
+    args: ['--block-sizes', '4K', '--in-flight', '64', '--duration', '2', '--baseline', 'none'],
+    unit: ' ms',
+    read: (r) => {
+      const p = kvxfer(r).points[0].figures;
+      return { value: p.eldP99Ms, all: [p.eldP99Ms], pass: p.eldP99Ms <= 2, detail: `${p.eldP99Ms.toFixed(2)} ms at ${(p.msgRate / 1e3).toFixed(0)}K msg/s` };
+    },
+  },
+  {
     id: '5',
     goal: '>= 4x the net baseline at 4 MiB',
     args: ['--block-sizes', '4M', '--in-flight', '4', '--baseline', 'net'],

@@ -299,7 +299,11 @@ class UcxEngine final : public Engine {
       Finish(op);
       return;
     }
+    // The memory type is known from the region: naming it spares UCX its
+    // own detection on every descriptor.
     ucp_request_param_t host{};
+    host.op_attr_mask = UCP_OP_ATTR_FIELD_MEMORY_TYPE;
+    host.memory_type = UCS_MEMORY_TYPE_HOST;
     ucp_request_param_t cuda{};
     cuda.op_attr_mask = UCP_OP_ATTR_FIELD_MEMORY_TYPE;
     cuda.memory_type = UCS_MEMORY_TYPE_CUDA;
