@@ -99,6 +99,7 @@ describe('parseBenchArgs', () => {
     expect(o.notify).toBe(false)
     expect(o.progress).toBe('auto')
     expect(o.repeat).toBe(1)
+    expect(o.busyPollUs, 'the library default applies').toBeUndefined()
   })
 
   it('reads every option, in both --opt value and --opt=value forms', () => {
@@ -106,13 +107,13 @@ describe('parseBenchArgs', () => {
       '--op', 'read', '--block-sizes=4K..1M', '--batch-sizes', '1,16,1K', '--iters', '500', '--warmup', '0', '--duration', '500ms',
       '--in-flight', '64', '--recreate', '--reuse', 'none', '--engine', 'ucx', '--agents', '4', '--notify', '--check',
       '--transports', 'sm,self', '--baseline', 'net', '--baseline', 'memcpy', '--json', 'out/r.json', '--csv', 'r.csv',
-      '--chart', 'r.svg', '--no-progress', '--timeout', '5', '--max-memory', '64G', '--repeat', '3',
+      '--chart', 'r.svg', '--no-progress', '--timeout', '5', '--max-memory', '64G', '--repeat', '3', '--busy-poll', '0',
     )
     expect(o).toMatchObject({
       op: 'read', batchSizes: [1, 16, 1024], iters: 500, warmup: 0, duration: 0.5, inFlight: 64, prepared: false,
       reuse: 'none', engine: 'ucx', agents: 4, notify: true, check: true, transports: 'sm,self',
       baselines: ['net', 'memcpy'], json: 'out/r.json', csv: 'r.csv', chart: 'r.svg', progress: 'never', timeoutMs: 5000,
-      maxMemory: 64 * G, repeat: 3,
+      maxMemory: 64 * G, repeat: 3, busyPollUs: 0,
     })
     expect(o.blockSizes).toEqual([4 * K, 8 * K, 16 * K, 32 * K, 64 * K, 128 * K, 256 * K, 512 * K, M])
   })
@@ -149,6 +150,8 @@ describe('parseBenchArgs', () => {
     [['--reuse', 'some'], /--reuse/],
     [['--in-flight', '0'], /--in-flight: must be at least 1/],
     [['--repeat', '0'], /--repeat: must be at least 1/],
+    [['--busy-poll', '20000'], /--busy-poll: at most 10000/],
+    [['--busy-poll', '-5'], /--busy-poll/],
     [['--duration', 'soon'], /--duration/],
     [['--baseline', 'iperf'], /--baseline: 'iperf'/],
     [['--check=yes'], /--check takes no value/],

@@ -65,6 +65,8 @@ export interface BenchOptions {
   maxMemory: number;
   /** Per post, milliseconds. */
   timeoutMs: number;
+  /** The initiator agents' busyPollUs; undefined: the library's default. */
+  busyPollUs?: number;
   /** Rounds per block size (kvxfer and baselines interleaved); the median round is reported. */
   repeat: number;
   /** Run nothing: print and write the outputs of a saved --json report. */
@@ -204,6 +206,7 @@ const VALUE_OPTIONS = new Set([
   'listen', 'connect', 'op', 'block-sizes', 'batch-sizes', 'iters', 'warmup', 'duration', 'in-flight',
   'reuse', 'engine', 'mem', 'device', 'agents', 'transports', 'baseline', 'kv', 'tokens', 'layers', 'kv-heads',
   'head-dim', 'dtype', 'block-tokens', 'json', 'csv', 'chart', 'max-memory', 'timeout', 'repeat', 'from',
+  'busy-poll',
 ]);
 const FLAG_OPTIONS = new Set(['once', 'prepared', 'no-prepared', 'recreate', 'notify', 'check', 'no-progress', 'help']);
 const ALIASES: Record<string, string> = {
@@ -289,6 +292,10 @@ export function parseBenchArgs(argv: readonly string[]): ParsedCommand {
     given,
   };
   if (last('from') !== undefined) options.from = last('from');
+  if (last('busy-poll') !== undefined) {
+    options.busyPollUs = parseZeroOrCount(last('busy-poll')!, '--busy-poll');
+    if (options.busyPollUs > 10_000) throw new UsageError('--busy-poll: at most 10000 (microseconds)');
+  }
   if (last('connect') !== undefined) options.connect = parseHostPort(last('connect')!, '--connect');
   if (options.iters === undefined && options.duration === undefined) options.duration = DEFAULT_DURATION;
   if (options.inFlight > 4096) throw new UsageError('--in-flight: at most 4096');
@@ -421,6 +428,8 @@ how long
   --iters N                  timed requests per point (with --duration: whichever ends first)
   --warmup N                 untimed requests first (default: 8 and at least 0.2 s)
   --timeout S                per request (default 60)
+  --busy-poll US             the initiator polls for completions this long before its event
+                             loop sleeps (Agent.create busyPollUs; default 50, 0: off)
   --check                    after the timed loop, verify every byte at the destination
   --repeat N                 N rounds per block size, kvxfer and baselines interleaved; each
                              point reports its median round (for noisy machines)

@@ -87,6 +87,7 @@ export async function runInitiator(ctx: RunContext, host: string, port: number):
         name: `bench-initiator-${os.hostname()}-${process.pid}-${i}`,
         engine: options.engine,
         ...(options.transports ? { transports: options.transports } : {}),
+        ...(options.busyPollUs !== undefined ? { busyPollUs: options.busyPollUs } : {}),
       });
       agents.push(agent);
       pairs.push({ agent, peer: '', region: await allocateBenchMemory(agent, bytes, options.mem, options.device) });
