@@ -23,7 +23,8 @@
       "defines": [
         "NAPI_VERSION=8",
         "NODE_ADDON_API_DISABLE_DEPRECATED",
-        "NODE_ADDON_API_ENABLE_TYPE_CHECK_ON_AS"
+        "NODE_ADDON_API_ENABLE_TYPE_CHECK_ON_AS",
+        "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"
       ],
       "dependencies": [
         "<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"

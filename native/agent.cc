@@ -18,6 +18,7 @@ namespace {
 enum EventKind { kEventOperation = 0, kEventNotification = 1, kEventPeerFailed = 2 };
 
 constexpr double kMaxBusyPollUs = 10000;
+constexpr uint64_t kSameTurnGapNs = 10000;
 
 uint64_t ToU64(Napi::Env env, const Napi::Value& value, const char* what) {
   if (value.IsBigInt()) {
@@ -154,33 +155,47 @@ NativeAgent::NativeAgent(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Nati
   }
   DefinePostFunction(info.This().As<Napi::Object>());
 
+  OpenLoopHandles(env);
+  try {
+    on_events_ = Napi::Persistent(info[2].As<Napi::Function>());
+    async_context_ = std::make_unique<Napi::AsyncContext>(env, "kvxfer agent");
+    env_ = env;
+    // The handles outlive the owner thread: every teardown path joins the
+    // thread before closing them.
+    uv_async_t* wake = &loop_->wake;
+    owner_ = std::make_unique<OwnerThread>(name_, std::move(options),
+                                           [wake] { uv_async_send(wake); });
+  } catch (...) {
+    // No destructor runs for a constructor that throws.
+    CloseLoopHandles();
+    throw;
+  }
+}
+
+void NativeAgent::OpenLoopHandles(Napi::Env env) {
   uv_loop_t* loop = nullptr;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
     Throw(env, Code::kEngine, "no event loop to deliver completions on");
   }
-  wake_ = new uv_async_t;
-  if (uv_async_init(loop, wake_, &NativeAgent::OnWake) != 0) {
-    delete wake_;
-    wake_ = nullptr;
+  auto handles = std::make_unique<LoopHandles>();
+  if (napi_add_async_cleanup_hook(env, &NativeAgent::OnEnvTeardown, handles.get(), &handles->hook) !=
+      napi_ok) {
+    Throw(env, Code::kEngine, "could not register the agent's cleanup hook");
+  }
+  if (uv_async_init(loop, &handles->wake, &NativeAgent::OnWake) != 0) {
+    napi_remove_async_cleanup_hook(handles->hook);
     Throw(env, Code::kEngine, "could not create the completion wake-up handle");
   }
-  wake_->data = this;
-  uv_unref(reinterpret_cast<uv_handle_t*>(wake_));
-  before_poll_ = new uv_prepare_t;
-  uv_prepare_init(loop, before_poll_);
-  before_poll_->data = this;
-  uv_prepare_start(before_poll_, &NativeAgent::OnBeforePoll);
-  uv_unref(reinterpret_cast<uv_handle_t*>(before_poll_));
-  on_events_ = Napi::Persistent(info[2].As<Napi::Function>());
-  async_context_ = std::make_unique<Napi::AsyncContext>(env, "kvxfer agent");
-  env_ = env;
-  napi_add_env_cleanup_hook(env, &NativeAgent::OnEnvCleanup, this);
-  cleanup_hook_added_ = true;
-  // The handle outlives the owner thread: both teardown paths join the
-  // thread before closing it.
-  uv_async_t* wake = wake_;
-  owner_ = std::make_unique<OwnerThread>(name_, std::move(options),
-                                         [wake] { uv_async_send(wake); });
+  // From here on the handles go only through CloseLoopHandles.
+  loop_ = handles.release();
+  loop_->agent = this;
+  loop_->open = 2;
+  loop_->wake.data = loop_;
+  uv_unref(reinterpret_cast<uv_handle_t*>(&loop_->wake));
+  uv_prepare_init(loop, &loop_->before_poll);
+  loop_->before_poll.data = loop_;
+  uv_prepare_start(&loop_->before_poll, &NativeAgent::OnBeforePoll);
+  uv_unref(reinterpret_cast<uv_handle_t*>(&loop_->before_poll));
 }
 
 NativeAgent::~NativeAgent() {
@@ -231,10 +246,18 @@ napi_value NativeAgent::PostFast(napi_env env, napi_callback_info info) {
   }
 }
 
-void NativeAgent::OnEnvCleanup(void* arg) {
-  auto* self = static_cast<NativeAgent*>(arg);
-  self->cleanup_hook_added_ = false;
-  self->Teardown();
+// The environment is going away (process exit, a worker ending) with the
+// agent still open. Closing the handles ends the hook (OnHandleClosed).
+void NativeAgent::OnEnvTeardown(napi_async_cleanup_hook_handle, void* arg) {
+  auto* handles = static_cast<LoopHandles*>(arg);
+  if (handles->agent != nullptr) handles->agent->Teardown();
+}
+
+void NativeAgent::OnHandleClosed(uv_handle_t* handle) {
+  auto* handles = static_cast<LoopHandles*>(handle->data);
+  if (--handles->open > 0) return;
+  napi_remove_async_cleanup_hook(handles->hook);
+  delete handles;
 }
 
 // Stops the owner thread without going back to JS: for an agent the
@@ -248,7 +271,7 @@ void NativeAgent::Teardown() {
     owner_->Join();
     owner_.reset();
   }
-  CloseWake();
+  CloseLoopHandles();
   async_context_.reset();
   pending_.clear();
   xfers_.clear();
@@ -256,25 +279,15 @@ void NativeAgent::Teardown() {
   peers_.clear();
   region_index_.clear();
   regions_.clear();
-  if (cleanup_hook_added_) {
-    napi_remove_env_cleanup_hook(env_, &NativeAgent::OnEnvCleanup, this);
-    cleanup_hook_added_ = false;
-  }
 }
 
-// Only once the owner thread is gone: it signals the handle.
-void NativeAgent::CloseWake() {
-  if (before_poll_ != nullptr) {
-    before_poll_->data = nullptr;
-    uv_close(reinterpret_cast<uv_handle_t*>(before_poll_),
-             [](uv_handle_t* handle) { delete reinterpret_cast<uv_prepare_t*>(handle); });
-    before_poll_ = nullptr;
-  }
-  if (wake_ == nullptr) return;
-  wake_->data = nullptr;
-  uv_close(reinterpret_cast<uv_handle_t*>(wake_),
-           [](uv_handle_t* handle) { delete reinterpret_cast<uv_async_t*>(handle); });
-  wake_ = nullptr;
+// Only once the owner thread is gone: it signals the wake handle.
+void NativeAgent::CloseLoopHandles() {
+  if (loop_ == nullptr) return;
+  loop_->agent = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(&loop_->wake), &NativeAgent::OnHandleClosed);
+  uv_close(reinterpret_cast<uv_handle_t*>(&loop_->before_poll), &NativeAgent::OnHandleClosed);
+  loop_ = nullptr;
   loop_ref_ = false;
   on_events_.Reset();
 }
@@ -329,13 +342,13 @@ uint32_t NativeAgent::Submit(Command command, PendingOp pending) {
 }
 
 void NativeAgent::UpdateRef(Napi::Env env) {
-  const bool want = !closed_ && wake_ != nullptr && (!pending_.empty() || holds_ > 0);
+  const bool want = !closed_ && loop_ != nullptr && (!pending_.empty() || holds_ > 0);
   if (want == loop_ref_) return;
   loop_ref_ = want;
   if (want) {
-    uv_ref(reinterpret_cast<uv_handle_t*>(wake_));
+    uv_ref(reinterpret_cast<uv_handle_t*>(&loop_->wake));
   } else {
-    uv_unref(reinterpret_cast<uv_handle_t*>(wake_));
+    uv_unref(reinterpret_cast<uv_handle_t*>(&loop_->wake));
   }
 }
 
@@ -777,24 +790,26 @@ Napi::Value NativeAgent::Unhold(const Napi::CallbackInfo& info) {
 }
 
 void NativeAgent::OnWake(uv_async_t* handle) {
-  auto* self = static_cast<NativeAgent*>(handle->data);
+  NativeAgent* self = static_cast<LoopHandles*>(handle->data)->agent;
   if (self == nullptr || self->owner_ == nullptr) return;
   napi_env env = self->env_;
   // No C++ exception may leave a libuv callback. An exception thrown by the
   // JS callback goes to process 'uncaughtException', as it would from any
-  // other event source; a worker being terminated makes calls into JS fail,
-  // and there is nobody left to tell.
+  // other event source. When JS can no longer run (a worker stopping), the
+  // error has no value (NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS) and there
+  // is nobody left to tell.
   Napi::HandleScope scope(env);
   try {
     self->DrainEvents(env);
   } catch (const Napi::Error& error) {
-    napi_fatal_exception(env, error.Value());
+    Napi::Value value = error.Value();
+    if (!value.IsEmpty() && value.IsObject()) napi_fatal_exception(env, value);
   } catch (...) {
   }
 }
 
 void NativeAgent::OnBeforePoll(uv_prepare_t* handle) {
-  auto* self = static_cast<NativeAgent*>(handle->data);
+  NativeAgent* self = static_cast<LoopHandles*>(handle->data)->agent;
   if (self == nullptr || self->owner_ == nullptr || self->busy_poll_ns_ == 0 || self->pending_.empty()) {
     return;
   }
@@ -802,17 +817,26 @@ void NativeAgent::OnBeforePoll(uv_prepare_t* handle) {
   // pending, polling here would only delay them.
   const int timeout_ms = uv_backend_timeout(handle->loop);
   if (timeout_ms == 0) return;
-  uint64_t budget_ns = self->busy_poll_ns_;
-  if (timeout_ms > 0) budget_ns = std::min<uint64_t>(budget_ns, static_cast<uint64_t>(timeout_ms) * 1000000);
-  const uint64_t deadline = uv_hrtime() + budget_ns;
-  // The owner thread signals the async handle as it publishes, so the poll
-  // that follows returns at once and delivers the batch as usual.
+  KvxferAddon::BusyPollWindow& window = self->addon_->busy_poll;
+  const uint64_t now = uv_hrtime();
+  // The prepare callbacks of one loop turn run back to back: after a longer
+  // gap this is a new turn, and its window opens.
+  if (now - window.last_exit_ns > kSameTurnGapNs) {
+    window.deadline_ns = now + self->busy_poll_ns_;
+    if (timeout_ms > 0) {
+      // The timeout counts from the loop's time, taken at the start of the
+      // turn: the next timer is due then, however long this turn has run.
+      const uint64_t timer_due_ns = (uv_now(handle->loop) + static_cast<uint64_t>(timeout_ms)) * 1000000;
+      window.deadline_ns = std::min(window.deadline_ns, timer_due_ns);
+    }
+  }
+  const uint64_t deadline = std::min(window.deadline_ns, now + self->busy_poll_ns_);
   // Yielding between looks hands the core over to any thread that is ready
   // to run (the owner thread itself, where cores are fewer than threads).
-  while (!self->owner_->HasEvents()) {
-    if (uv_hrtime() >= deadline) return;
-    sched_yield();
-  }
+  while (!self->owner_->HasEvents() && uv_hrtime() < deadline) sched_yield();
+  // The loop has work now: agents after this one in the turn do not poll.
+  if (self->owner_->HasEvents()) window.deadline_ns = 0;
+  window.last_exit_ns = uv_hrtime();
 }
 
 // Delivers one batch to JS: successful completions as [token, durationNs]
@@ -850,7 +874,7 @@ void NativeAgent::DrainEvents(Napi::Env env) {
   // A closed agent lets go of its handle before calling out, so that it goes
   // even if the callback throws; the call keeps the async context alive.
   std::unique_ptr<Napi::AsyncContext> context = closed ? std::move(async_context_) : nullptr;
-  if (closed) CloseWake();
+  if (closed) CloseLoopHandles();
   callback.MakeCallback(env.Global(), {done, others}, closed ? *context : *async_context_);
 }
 
@@ -983,10 +1007,6 @@ void NativeAgent::FinishClose() {
   peers_.clear();
   region_index_.clear();
   regions_.clear();
-  if (cleanup_hook_added_) {
-    napi_remove_env_cleanup_hook(env_, &NativeAgent::OnEnvCleanup, this);
-    cleanup_hook_added_ = false;
-  }
 }
 
 }  // namespace kvxfer

@@ -89,6 +89,22 @@ struct AgentLink {
   NativeAgent* agent = nullptr;
 };
 
+// The agent's libuv handles, closed with the agent. Their close callbacks are
+// code in this library, which a worker ending with an agent open unloads
+// right after its cleanup hooks: an async cleanup hook holds the environment
+// until the handles are closed. Outlives the agent until then.
+struct LoopHandles {
+  uv_async_t wake;
+  // Runs before the loop blocks for I/O. With operations pending the JS
+  // thread polls for their completions first, for up to busyPollUs: a
+  // completion found then needs no wake-up of a sleeping thread, which costs
+  // tens of microseconds on a VM (longer than a 1 MiB copy takes).
+  uv_prepare_t before_poll;
+  NativeAgent* agent = nullptr;  // null once the agent let go
+  napi_async_cleanup_hook_handle hook = nullptr;
+  int open = 0;
+};
+
 class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
  public:
   static Napi::Function Init(Napi::Env env);
@@ -96,9 +112,11 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
   ~NativeAgent() override;
 
  private:
-  static void OnEnvCleanup(void* self);
+  static void OnEnvTeardown(napi_async_cleanup_hook_handle hook, void* handles);
   static void OnWake(uv_async_t* handle);
   static void OnBeforePoll(uv_prepare_t* handle);
+  static void OnHandleClosed(uv_handle_t* handle);
+  void OpenLoopHandles(Napi::Env env);
 
   Napi::Value Start(const Napi::CallbackInfo& info);
   Napi::Value RegisterMemory(const Napi::CallbackInfo& info);
@@ -145,28 +163,22 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
   void UpdateRef(Napi::Env env);
   void FinishClose();
   void Teardown();
-  void CloseWake();
+  void CloseLoopHandles();
 
   std::shared_ptr<AgentLink> link_;
   std::string name_;
   std::string engine_name_;
   KvxferAddon* addon_ = nullptr;
-  // The owner thread wakes the JS thread through this handle. libuv runs its
+  // The owner thread wakes the JS thread through loop_->wake. libuv runs its
   // callback at most once per event-loop turn however often it is signalled,
   // so a burst of completions (each reposting work) cannot starve timers and
   // I/O: one batch per turn, then the loop goes round.
-  uv_async_t* wake_ = nullptr;
-  // Runs before the loop blocks for I/O. With operations pending it polls
-  // for their completions for up to busy_poll_ns_ first: a completion found
-  // then needs no wake-up of a sleeping thread, which costs tens of
-  // microseconds on a VM (longer than a 1 MiB copy takes).
-  uv_prepare_t* before_poll_ = nullptr;
+  LoopHandles* loop_ = nullptr;
   uint64_t busy_poll_ns_ = 0;
   Napi::FunctionReference on_events_;
   std::unique_ptr<Napi::AsyncContext> async_context_;
   std::unique_ptr<OwnerThread> owner_;
   napi_env env_ = nullptr;
-  bool cleanup_hook_added_ = false;
   bool started_ = false;
   bool closing_ = false;
   bool closed_ = false;

@@ -106,7 +106,25 @@ describe('worker_threads', { timeout: 90_000 }, () => {
   })
 })
 
+describe('workers that end with agents open', { timeout: 90_000 }, () => {
+  // The library's libuv handles close asynchronously; a worker that is its only user unloads it
+  // right after its cleanup hooks, so the handles must be closed before that, not after.
+  it.each(['sole-user-returns', 'sole-user-exits', 'sole-user-terminated', 'shared-exits-and-terminations'])('%s: no crash', async (scenario) => {
+    const run = await runFixture('worker-ends.mjs', [scenario], { timeoutMs: 60_000 })
+    expect(run.signal, explain(run)).toBeNull()
+    expect(run.code, explain(run)).toBe(0)
+    expect(run.results, explain(run)).toMatchObject([{ ok: true }])
+  })
+})
+
 describe('close()', { timeout: 60_000 }, () => {
+  it.each(['', 'busy'])('close() from the handler of a registration that timed out (%s): nothing throws, close() resolves', async (arg) => {
+    const run = await runFixture('exit.mjs', ['late-registration-close', arg], { timeoutMs: 30_000 })
+    expect(run.signal, explain(run)).toBeNull()
+    expect(run.code, explain(run)).toBe(0)
+    expect(run.results, explain(run)).toEqual([{ ok: true, allocate: 'ERR_TIMEOUT' }])
+  })
+
   it('during 200 in-flight writes: every promise settles, resolved with its bytes moved or rejected ERR_CLOSED', async () => {
     const [a, b] = await createAgents(2, 'close-busy')
     try {
