@@ -120,6 +120,11 @@ export interface AgentStats {
   peers: Record<string, PeerStats>;
   /** Sums of NIXL's per-transfer telemetry (NIXL engine only). */
   telemetry?: { transfers: number; postUs: number; transferUs: number; bytes: number };
+  /**
+   * The JS thread's polls for completions before the loop slept (busyPollUs):
+   * how many, how many found one (each a wake-up saved), time spent.
+   */
+  busyPoll: { polls: number; found: number; us: number };
 }
 
 /** Bytes of kvxfer's envelope before a NIXL blob (native/nixl/nixl_engine.cc). */
@@ -893,7 +898,9 @@ export class Agent implements AsyncDisposable {
     const core = this.#core;
     const peers: Record<string, PeerStats> = {};
     for (const [name, stats] of core.peerStats) peers[name] = { ...stats };
-    const stats: AgentStats = { ...core.stats, regions: core.regions.size, peers };
+    const [polls, found, ns] = core.native.busyPollStats();
+    const busyPoll = { polls, found, us: Math.round(ns / 1e3) };
+    const stats: AgentStats = { ...core.stats, regions: core.regions.size, peers, busyPoll };
     if (core.telemetry !== undefined) stats.telemetry = { ...core.telemetry };
     return stats;
   }

@@ -68,6 +68,8 @@ export interface NativeAgent {
   release(transferId: number): void;
   notify(peer: string, message: Uint8Array): number;
   close(): number;
+  /** [polls, polls that found a completion, nanoseconds spent polling] */
+  busyPollStats(): Float64Array;
   /** Keep the event loop alive while JS waits for something native. */
   hold(): void;
   unhold(): void;

@@ -130,6 +130,7 @@ Napi::Function NativeAgent::Init(Napi::Env env) {
                          InstanceAccessor<&NativeAgent::Engine>("engine"),
                          InstanceMethod<&NativeAgent::Cancel>("cancel"),
                          InstanceMethod<&NativeAgent::Estimate>("estimate"),
+                         InstanceMethod<&NativeAgent::BusyPollStats>("busyPollStats"),
                      });
 }
 
@@ -833,10 +834,27 @@ void NativeAgent::OnBeforePoll(uv_prepare_t* handle) {
   const uint64_t deadline = std::min(window.deadline_ns, now + self->busy_poll_ns_);
   // Yielding between looks hands the core over to any thread that is ready
   // to run (the owner thread itself, where cores are fewer than threads).
+  if (deadline <= now) {
+    window.last_exit_ns = uv_hrtime();
+    return;
+  }
   while (!self->owner_->HasEvents() && uv_hrtime() < deadline) sched_yield();
+  const bool found = self->owner_->HasEvents();
   // The loop has work now: agents after this one in the turn do not poll.
-  if (self->owner_->HasEvents()) window.deadline_ns = 0;
+  if (found) window.deadline_ns = 0;
   window.last_exit_ns = uv_hrtime();
+  self->busy_poll_stats_.polls += 1;
+  self->busy_poll_stats_.found += found ? 1 : 0;
+  self->busy_poll_stats_.ns += static_cast<double>(window.last_exit_ns - now);
+}
+
+// busyPollStats() -> [polls, found, ns]
+Napi::Value NativeAgent::BusyPollStats(const Napi::CallbackInfo& info) {
+  Napi::Float64Array out = Napi::Float64Array::New(info.Env(), 3);
+  out[0] = busy_poll_stats_.polls;
+  out[1] = busy_poll_stats_.found;
+  out[2] = busy_poll_stats_.ns;
+  return out;
 }
 
 // Delivers one batch to JS: successful completions as [token, durationNs]

@@ -142,6 +142,7 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
   Napi::Value Engine(const Napi::CallbackInfo& info);
   Napi::Value Cancel(const Napi::CallbackInfo& info);
   Napi::Value Estimate(const Napi::CallbackInfo& info);
+  Napi::Value BusyPollStats(const Napi::CallbackInfo& info);
 
   void CheckOpen(Napi::Env env) const;
   uint32_t Submit(Command command, PendingOp pending = PendingOp());
@@ -175,6 +176,12 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
   // I/O: one batch per turn, then the loop goes round.
   LoopHandles* loop_ = nullptr;
   uint64_t busy_poll_ns_ = 0;
+  // What the busy poll did, for stats(): tells whether busyPollUs pays.
+  struct {
+    double polls = 0;
+    double found = 0;
+    double ns = 0;
+  } busy_poll_stats_;
   Napi::FunctionReference on_events_;
   std::unique_ptr<Napi::AsyncContext> async_context_;
   std::unique_ptr<OwnerThread> owner_;

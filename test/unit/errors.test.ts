@@ -82,16 +82,26 @@ describe.each(ENGINES)('%s engine', (engine) => {
     }
   }
 
-  it('busyPollUs 0 (never poll) and 10,000 (the most) both complete transfers', async () => {
+  it('busyPollUs 0 never polls; 10,000 polls and finds completions; both move the bytes', async () => {
     for (const busyPollUs of [0, 10_000]) {
       const [c, d] = await createAgents(2, `poll-${busyPollUs}`, { engine, busyPollUs })
       try {
         const [rc, rd] = await Promise.all([c.allocate(256 * KiB), d.allocate(256 * KiB)])
         await exchangeMetadata(c, d)
+        const before = c.stats().busyPoll
         for (let i = 0; i < 20; i++) {
           const want = sha256(fillBytes(rc.view(), 100 + i))
           await c.write(rc, rd, d.name, { timeoutMs: 30_000 })
           expect(sha256(rd.view()), `busyPollUs ${busyPollUs}, write ${i}`).toBe(want)
+        }
+        const after = c.stats().busyPoll
+        if (busyPollUs === 0) {
+          expect(after, 'busyPollUs 0 never polls').toEqual(before)
+        } else {
+          // Each write leaves the loop with nothing else to do until it completes, well inside 10 ms.
+          expect(after.polls - before.polls, 'polls while writes were pending').toBeGreaterThan(0)
+          expect(after.found - before.found, 'polls that found the completion').toBeGreaterThan(0)
+          expect(after.found).toBeLessThanOrEqual(after.polls)
         }
       } finally {
         await closeAll(c, d)
