@@ -284,18 +284,24 @@ class AgentCore {
    */
   onEvents(done: Float64Array, others: NativeEvent[]): void {
     let failure: unknown;
-    for (let i = 0; i < done.length; i += 2) {
+    // One try block around each loop, not one per entry: the loop over
+    // completions is the hot path. After a throw it resumes past the entry.
+    let i = 0;
+    while (i < done.length) {
       try {
-        this.complete(done[i], undefined, done[i + 1]);
+        for (; i < done.length; i += 2) this.complete(done[i], undefined, done[i + 1]);
       } catch (error) {
         failure ??= error;
+        i += 2;
       }
     }
-    for (const event of others) {
+    let k = 0;
+    while (k < others.length) {
       try {
-        this.handleEvent(event);
+        for (; k < others.length; k++) this.handleEvent(others[k]);
       } catch (error) {
         failure ??= error;
+        k++;
       }
     }
     if (failure !== undefined) throw failure;

@@ -799,6 +799,9 @@ void NativeAgent::OnWake(uv_async_t* handle) {
   // other event source. When JS can no longer run (a worker stopping), the
   // error has no value (NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS) and there
   // is nobody left to tell.
+  // The poll phase of a turn has come: the next prepare callback opens a new
+  // busy-poll window, however soon it runs.
+  self->addon_->busy_poll.last_exit_ns = 0;
   Napi::HandleScope scope(env);
   try {
     self->DrainEvents(env);
@@ -821,7 +824,8 @@ void NativeAgent::OnBeforePoll(uv_prepare_t* handle) {
   KvxferAddon::BusyPollWindow& window = self->addon_->busy_poll;
   const uint64_t now = uv_hrtime();
   // The prepare callbacks of one loop turn run back to back: after a longer
-  // gap this is a new turn, and its window opens.
+  // gap (or after a batch was delivered, OnWake) this is a new turn, and its
+  // window opens.
   if (now - window.last_exit_ns > kSameTurnGapNs) {
     window.deadline_ns = now + self->busy_poll_ns_;
     if (timeout_ms > 0) {
