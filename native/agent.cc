@@ -264,22 +264,26 @@ void NativeAgent::OnHandleClosed(uv_handle_t* handle) {
 // Stops the owner thread without going back to JS: for an agent the
 // environment is tearing down or the garbage collector is reclaiming.
 void NativeAgent::Teardown() {
-  if (closed_) return;
-  closed_ = true;
-  closing_ = true;
-  if (owner_ != nullptr) {
-    owner_->Submit(Command{Command::kClose});
-    owner_->Join();
-    owner_.reset();
+  if (!closed_) {
+    closed_ = true;
+    closing_ = true;
+    if (owner_ != nullptr) {
+      owner_->Submit(Command{Command::kClose});
+      owner_->Join();
+      owner_.reset();
+    }
+    pending_.clear();
+    xfers_.clear();
+    peers_by_name_.clear();
+    peers_.clear();
+    region_index_.clear();
+    regions_.clear();
   }
+  // Also for an agent whose close() finished but whose handles are still
+  // open (FinishClose precedes CloseLoopHandles): an open handle would keep
+  // the environment's cleanup hook, and the environment, forever.
   CloseLoopHandles();
   async_context_.reset();
-  pending_.clear();
-  xfers_.clear();
-  peers_by_name_.clear();
-  peers_.clear();
-  region_index_.clear();
-  regions_.clear();
 }
 
 // Only once the owner thread is gone: it signals the wake handle.
@@ -796,9 +800,9 @@ void NativeAgent::OnWake(uv_async_t* handle) {
   napi_env env = self->env_;
   // No C++ exception may leave a libuv callback. An exception thrown by the
   // JS callback goes to process 'uncaughtException', as it would from any
-  // other event source. When JS can no longer run (a worker stopping), the
-  // error has no value (NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS) and there
-  // is nobody left to tell.
+  // other event source. When JS can no longer run (a worker stopping),
+  // building the error must not abort the process
+  // (NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS), and reporting it does nothing.
   // The poll phase of a turn has come: the next prepare callback opens a new
   // busy-poll window, however soon it runs.
   self->addon_->busy_poll.last_exit_ns = 0;
@@ -807,7 +811,7 @@ void NativeAgent::OnWake(uv_async_t* handle) {
     self->DrainEvents(env);
   } catch (const Napi::Error& error) {
     Napi::Value value = error.Value();
-    if (!value.IsEmpty() && value.IsObject()) napi_fatal_exception(env, value);
+    if (!value.IsEmpty()) napi_fatal_exception(env, value);
   } catch (...) {
   }
 }
