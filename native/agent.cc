@@ -264,26 +264,29 @@ void NativeAgent::OnHandleClosed(uv_handle_t* handle) {
 // Stops the owner thread without going back to JS: for an agent the
 // environment is tearing down or the garbage collector is reclaiming.
 void NativeAgent::Teardown() {
-  if (!closed_) {
-    closed_ = true;
-    closing_ = true;
-    if (owner_ != nullptr) {
-      owner_->Submit(Command{Command::kClose});
-      owner_->Join();
-      owner_.reset();
-    }
-    pending_.clear();
-    xfers_.clear();
-    peers_by_name_.clear();
-    peers_.clear();
-    region_index_.clear();
-    regions_.clear();
+  if (closed_) return;
+  closing_ = true;
+  if (owner_ != nullptr) {
+    owner_->Submit(Command{Command::kClose});
+    owner_->Join();
+    owner_.reset();
   }
-  // Also for an agent whose close() finished but whose handles are still
-  // open (FinishClose precedes CloseLoopHandles): an open handle would keep
-  // the environment's cleanup hook, and the environment, forever.
-  CloseLoopHandles();
+  ReleaseAll();
   async_context_.reset();
+}
+
+// The owner thread has stopped and the engine released everything: close
+// the loop handles, and drop the JS-side tables and with them the references
+// that pinned JS memory.
+void NativeAgent::ReleaseAll() {
+  closed_ = true;
+  CloseLoopHandles();
+  pending_.clear();
+  xfers_.clear();
+  peers_by_name_.clear();
+  peers_.clear();
+  region_index_.clear();
+  regions_.clear();
 }
 
 // Only once the owner thread is gone: it signals the wake handle.
@@ -894,14 +897,12 @@ void NativeAgent::DrainEvents(Napi::Env env) {
     HandleEvent(env, e, others);
     closed = closed || e.type == Event::kClosed;
   }
+  Napi::Function callback = on_events_.Value();
+  // A closed agent lets go of its handles before calling out, so that they
+  // close even if the callback throws.
   if (closed) FinishClose();
   UpdateRef(env);
-  Napi::Function callback = on_events_.Value();
-  // A closed agent lets go of its handle before calling out, so that it goes
-  // even if the callback throws; the call keeps the async context alive.
-  std::unique_ptr<Napi::AsyncContext> context = closed ? std::move(async_context_) : nullptr;
-  if (closed) CloseLoopHandles();
-  callback.MakeCallback(env.Global(), {done, others}, closed ? *context : *async_context_);
+  callback.MakeCallback(env.Global(), {done, others}, *async_context_);
 }
 
 void NativeAgent::HandleEvent(Napi::Env env, Event& e, Napi::Array others) {
@@ -1021,18 +1022,11 @@ void NativeAgent::HandleEvent(Napi::Env env, Event& e, Napi::Array others) {
   }
 }
 
-// The owner thread has stopped and the engine released everything: drop the
-// JS-side tables, and with them the references that pinned JS memory.
+// close() finished: the owner thread has stopped by itself.
 void NativeAgent::FinishClose() {
   owner_->Join();
   owner_.reset();
-  closed_ = true;
-  pending_.clear();
-  xfers_.clear();
-  peers_by_name_.clear();
-  peers_.clear();
-  region_index_.clear();
-  regions_.clear();
+  ReleaseAll();
 }
 
 }  // namespace kvxfer

@@ -164,6 +164,7 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent> {
   void UpdateRef(Napi::Env env);
   void FinishClose();
   void Teardown();
+  void ReleaseAll();
   void CloseLoopHandles();
 
   std::shared_ptr<AgentLink> link_;

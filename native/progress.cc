@@ -76,23 +76,15 @@ void OwnerThread::TakeEvents(std::vector<Event>* events, std::vector<Completion>
   events_taken_.store(true, std::memory_order_relaxed);
 }
 
-void OwnerThread::Push(Event event) {
-  bool was_empty;
-  {
-    std::lock_guard<std::mutex> lock(events_mutex_);
-    was_empty = events_.empty() && completions_.empty();
-    // Completions that happened before this event go out with it, so that
-    // JS never sees them after it (a close after the transfers it waited for).
-    completions_.insert(completions_.end(), ready_.begin(), ready_.end());
-    events_.push_back(std::move(event));
-    events_taken_.store(false, std::memory_order_relaxed);
-  }
-  ready_.clear();
-  if (was_empty) wake_js_();
-}
+void OwnerThread::Push(Event event) { Publish(&event); }
 
 void OwnerThread::PublishCompletions() {
-  if (ready_.empty()) return;
+  if (!ready_.empty()) Publish(nullptr);
+}
+
+// Completions that happened before an event go out with it, so that JS
+// never sees them after it (a close after the transfers it waited for).
+void OwnerThread::Publish(Event* event) {
   bool was_empty;
   {
     std::lock_guard<std::mutex> lock(events_mutex_);
@@ -102,6 +94,7 @@ void OwnerThread::PublishCompletions() {
     } else {
       completions_.insert(completions_.end(), ready_.begin(), ready_.end());
     }
+    if (event != nullptr) events_.push_back(std::move(*event));
     events_taken_.store(false, std::memory_order_relaxed);
   }
   ready_.clear();

@@ -104,6 +104,7 @@ class OwnerThread : private EngineEvents {
   bool DrainCommands();
   void Push(Event event);
   void PublishCompletions();
+  void Publish(Event* event);  // ready_, then the event if any
   void SleepUntilWork(int timeout_ms);
 
   // EngineEvents
@@ -127,16 +128,16 @@ class OwnerThread : private EngineEvents {
   int wake_fd_ = -1;  // eventfd the JS thread writes to wake a sleeping owner
 
   alignas(64) std::mutex events_mutex_;
-  // True while the JS thread has taken everything published: a completion
-  // found then goes out at once (JS may be idle, waiting for it); otherwise
-  // it joins the batch published at the end of the pass.
+  // True while the JS thread has taken everything published: it may be
+  // idle, waiting, so completions go out mid-pass (DrainCommands); otherwise
+  // they join the batch published at the end of the pass.
   std::atomic<bool> events_taken_{true};
   std::vector<Event> events_;
   std::vector<Completion> completions_;
 
   // Owner thread only.
-  // Completions of the current pass, published together at its end: one lock
-  // and at most one wake-up per pass rather than per transfer.
+  // Completions not yet published: one lock and at most one wake-up per
+  // batch rather than per transfer.
   std::vector<Completion> ready_;
   uint32_t in_flight_ = 0;
   bool stopping_ = false;

@@ -61,20 +61,17 @@ class SpscQueue {
 
   // Consumer thread only: items waiting, counting a whole chunk for any
   // chunk after the current one (enough to tell a short queue from a long).
+  // Sequentially consistent, the other half of Push's handshake.
   size_t Backlog() const {
     if (head_index_ == kChunkItems) {
-      return head_->next.load(std::memory_order_acquire) == nullptr ? 0 : kChunkItems;
+      return head_->next.load(std::memory_order_seq_cst) == nullptr ? 0 : kChunkItems;
     }
-    size_t waiting = head_->written.load(std::memory_order_acquire) - head_index_;
-    if (head_->next.load(std::memory_order_acquire) != nullptr) waiting += kChunkItems;
+    size_t waiting = head_->written.load(std::memory_order_seq_cst) - head_index_;
+    if (head_->next.load(std::memory_order_seq_cst) != nullptr) waiting += kChunkItems;
     return waiting;
   }
 
-  // Consumer thread only.
-  bool Empty() const {
-    if (head_index_ == kChunkItems) return head_->next.load(std::memory_order_seq_cst) == nullptr;
-    return head_index_ >= head_->written.load(std::memory_order_seq_cst);
-  }
+  bool Empty() const { return Backlog() == 0; }
 
  private:
   struct Chunk {
