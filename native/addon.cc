@@ -1,9 +1,10 @@
 #include "addon.h"
 
-#include "agent.h"
+#include "agent/agent.h"
+#include "agent/convert.h"
 #include "engine.h"
 #include "bench.h"
-#include "errors.h"
+#include "protocol.h"
 #include "ucx/ucx_engine.h"
 #include "ucx/ucx_info.h"
 
@@ -18,6 +19,7 @@ KvxferAddon::KvxferAddon(Napi::Env env, Napi::Object exports) {
                            InstanceMethod("info", &KvxferAddon::Info),
                            InstanceMethod("nixlStatus", &KvxferAddon::NixlStatus),
                            InstanceValue("NativeAgent", agent),
+                           InstanceValue("protocol", Protocol(env)),
                            InstanceValue("memcpyBench", Napi::Function::New(env, MemcpyBench, "memcpyBench")),
                        });
 }
@@ -26,6 +28,38 @@ Napi::Value KvxferAddon::SetErrorClass(const Napi::CallbackInfo& info) {
   if (!info[0].IsFunction()) Throw(info.Env(), Code::kInvalidArg, "setErrorClass(constructor)");
   error_constructor = Napi::Persistent(info[0].As<Napi::Function>());
   return info.Env().Undefined();
+}
+
+// protocol.h's tables, in the shape of lib/protocol.ts, which lib/native.ts
+// compares them with at load.
+Napi::Object KvxferAddon::Protocol(Napi::Env env) {
+  Napi::Object protocol = Napi::Object::New(env);
+  Napi::Array codes = Napi::Array::New(env);
+#define KVXFER_ITEM(name, text) codes.Set(codes.Length(), text);
+  KVXFER_ERROR_CODES(KVXFER_ITEM)
+#undef KVXFER_ITEM
+  protocol.Set("ERROR_CODES", codes);
+  Napi::Object kinds = Napi::Object::New(env);
+#define KVXFER_ITEM(name, value, text) kinds.Set(text, value);
+  KVXFER_MEM_KINDS(KVXFER_ITEM)
+#undef KVXFER_ITEM
+  protocol.Set("MEM_KIND", kinds);
+  Napi::Object ops = Napi::Object::New(env);
+#define KVXFER_ITEM(name, value, text) ops.Set(text, value);
+  KVXFER_XFER_OPS(KVXFER_ITEM)
+#undef KVXFER_ITEM
+  protocol.Set("XFER_OP", ops);
+  Napi::Object events = Napi::Object::New(env);
+#define KVXFER_ITEM(name, value) events.Set(#name, value);
+  KVXFER_EVENT_KINDS(KVXFER_ITEM)
+#undef KVXFER_ITEM
+  protocol.Set("EVENT_KIND", events);
+  Napi::Object numbers = Napi::Object::New(env);
+#define KVXFER_ITEM(name, value) numbers.Set(#name, static_cast<double>(limits::k##name));
+  KVXFER_LIMITS(KVXFER_ITEM)
+#undef KVXFER_ITEM
+  protocol.Set("LIMITS", numbers);
+  return protocol;
 }
 
 // Whether NIXL loads, without starting an agent (info() lists plugins too).

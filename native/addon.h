@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "loop/busy_poll.h"
+
 namespace kvxfer {
 
 class KvxferAddon : public Napi::Addon<KvxferAddon> {
@@ -15,18 +17,14 @@ class KvxferAddon : public Napi::Addon<KvxferAddon> {
   Napi::FunctionReference error_constructor;
   Napi::FunctionReference agent_constructor;
 
-  // One busy-poll window per loop turn, shared by the agents of this
-  // environment: each polls in its own prepare callback, and without this
-  // their budgets would add up before the loop gets to timers and I/O.
-  struct BusyPollWindow {
-    uint64_t deadline_ns = 0;
-    uint64_t last_exit_ns = 0;
-  } busy_poll;
+  // Shared by the agents of this environment (loop/busy_poll.h).
+  loop::BusyPollWindow busy_poll;
 
  private:
   Napi::Value SetErrorClass(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value NixlStatus(const Napi::CallbackInfo& info);
+  static Napi::Object Protocol(Napi::Env env);
 };
 
 }  // namespace kvxfer

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "errors.h"
+#include "agent/convert.h"
 
 namespace kvxfer {
 

@@ -4,28 +4,26 @@
 
 namespace kvxfer {
 
-namespace {
-constexpr uint8_t kMagic[4] = {'K', 'V', 'D', 'L'};
-}
-
 Status DescListView::Parse(const uint8_t* data, size_t length, DescListView* out) {
   if (data == nullptr || length < kDescHeaderSize) {
     return Status::Error(Code::kInvalidArg, "descriptor list is shorter than its header");
   }
-  if (std::memcmp(data, kMagic, 4) != 0) {
+  uint32_t magic;
+  std::memcpy(&magic, data, 4);
+  if (magic != limits::kDescListMagic) {
     return Status::Error(Code::kInvalidArg, "descriptor list has a bad magic number");
   }
   uint16_t version;
   std::memcpy(&version, data + 4, 2);
-  if (version != kDescListVersion) {
+  if (version != limits::kDescListVersion) {
     return Status::Error(Code::kInvalidArg,
                          "descriptor list version " + std::to_string(version) +
                              " is not supported (expected " +
-                             std::to_string(kDescListVersion) + ")");
+                             std::to_string(limits::kDescListVersion) + ")");
   }
   uint32_t count;
   std::memcpy(&count, data + 8, 4);
-  if (count > kMaxDescriptors) {
+  if (count > limits::kMaxDescriptors) {
     return Status::Error(Code::kInvalidArg, "descriptor list holds too many descriptors");
   }
   if (length != kDescHeaderSize + static_cast<size_t>(count) * kDescEntrySize) {

@@ -1,26 +1,19 @@
-// The packed binary descriptor list shared with lib/descs.ts. Lists come from
-// peers, so every field is checked before use.
-//
-// Layout (little endian):
-//   header  16 bytes: magic "KVDL", u16 version (1), u16 reserved, u32 count,
-//                     u32 reserved
-//   entries 24 bytes each: u64 address, u64 length, u32 device, u32 reserved
+// The packed binary descriptor list shared with lib/descs.ts (its layout and
+// limits: DescList* in protocol.h). Lists come from peers, so every field is
+// checked before use.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 
+#include "protocol.h"
 #include "status.h"
 
 namespace kvxfer {
 
-constexpr size_t kDescHeaderSize = 16;
-constexpr size_t kDescEntrySize = 24;
-constexpr uint16_t kDescListVersion = 1;
-// Far above any KV layout (a 1 TiB pool in 4 KiB blocks is 2^28) and small
-// enough that count * entry size cannot overflow.
-constexpr uint32_t kMaxDescriptors = 1u << 28;
+constexpr size_t kDescHeaderSize = limits::kDescListHeaderBytes;
+constexpr size_t kDescEntrySize = limits::kDescListEntryBytes;
 
 struct Desc {
   uint64_t address;

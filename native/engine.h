@@ -12,26 +12,14 @@
 #include <string>
 #include <vector>
 
+#include "protocol.h"
 #include "status.h"
 
 namespace kvxfer {
 
-// kFile: a file through NIXL's POSIX backend; address is the file offset
-// and device the file descriptor, as in NIXL.
-enum class MemKind : uint8_t { kDram = 0, kVram = 1, kFile = 2 };
-enum class XferOp : uint8_t { kWrite = 0, kRead = 1 };
-
-inline const char* MemKindName(MemKind kind) {
-  switch (kind) {
-    case MemKind::kVram: return "vram";
-    case MemKind::kFile: return "file";
-    default: return "dram";
-  }
-}
-
-// Limits every engine enforces, on what it sends and on what peers send it.
-constexpr size_t kMaxNotificationBytes = 16 * 1024;
-constexpr size_t kMaxAgentNameBytes = 255;
+// Memory kinds (MemKind, protocol.h): kFile is a file through NIXL's POSIX
+// backend; address is the file offset and device the file descriptor, as in
+// NIXL.
 
 // Memory this agent registered. The agent (JS thread) owns it; the engine
 // fills in its handles on the owner thread.

@@ -107,8 +107,8 @@ bool OwnerThread::DrainCommands() {
   // them meanwhile, instead of both threads taking turns at being idle.
   size_t executed = 0;
   Command command;
-  // Nothing runs after kClose: the engine is gone (JS sends nothing later).
-  while (executed < kCommandsPerPass && !stopping_ && commands_.Pop(&command)) {
+  // Nothing runs after cmd::Close: the engine is gone (JS sends nothing later).
+  while (executed < kCommandsPerPass && state_ != EngineState::kStopped && commands_.Pop(&command)) {
     Execute(command);
     ++executed;
     // JS has taken everything and may be asleep: wake it once as much work
@@ -123,78 +123,77 @@ bool OwnerThread::DrainCommands() {
   return executed > 0;
 }
 
-void OwnerThread::Execute(Command& c) {
-  // Before a successful start (or after a failed one) the only commands that
-  // can arrive are kStart and kClose: the JS side sends nothing else until
-  // it has seen kStarted succeed.
-  switch (c.type) {
-    case Command::kStart: {
-      Status s = engine_ ? engine_->Start(agent_name_, options_) : engine_error_;
-      engine_started_ = s.ok();
-      Event e{Event::kStarted, c.token, std::move(s)};
-      if (engine_started_) e.data = engine_->Metadata();
-      Push(std::move(e));
-      break;
-    }
-    case Command::kRegister:
-    case Command::kAllocate: {
-      Status s = c.type == Command::kRegister ? engine_->Register(c.region)
-                                              : engine_->Allocate(c.region);
-      Event e{Event::kRegistered, c.token, std::move(s)};
-      e.region = c.region;
-      if (e.status.ok()) e.data = engine_->Metadata();
-      Push(std::move(e));
-      break;
-    }
-    case Command::kDeregister: {
-      engine_->Deregister(c.region);
-      Event e{Event::kDeregistered, c.token};
-      e.region = c.region;
-      e.data = engine_->Metadata();
-      Push(std::move(e));
-      break;
-    }
-    case Command::kLoadPeer: {
-      std::unique_ptr<Peer> peer;
-      Event e{Event::kPeerLoaded, c.token,
-              engine_->LoadPeer(c.bytes.data(), c.bytes.size(), &peer)};
-      e.peer = peer.release();
-      Push(std::move(e));
-      break;
-    }
-    case Command::kDestroyPeer:
-      ++in_flight_;  // until PeerDestroyed
-      engine_->DestroyPeer(c.peer);
-      break;
-    case Command::kPost:
-      ++in_flight_;
-      engine_->Post(*c.plan, c.token);
-      break;
-    case Command::kCancel:
-      if (engine_started_) engine_->Cancel(c.target);
-      break;
-    case Command::kEstimate: {
-      Event e{Event::kEstimated, c.token};
-      e.status = engine_->Estimate(*c.plan, &e.estimate);
-      Push(std::move(e));
-      break;
-    }
-    case Command::kReleasePlan:
-      if (engine_started_) engine_->ReleasePlan(*c.plan);
-      delete c.plan;
-      break;
-    case Command::kNotify:
-      ++in_flight_;
-      engine_->Notify(c.peer, *c.message, c.token);
-      break;
-    case Command::kClose:
-      if (engine_started_) engine_->Shutdown();
-      engine_.reset();
-      engine_started_ = false;
-      stopping_ = true;
-      Push(Event{Event::kClosed, c.token});
-      break;
+void OwnerThread::Execute(Command& command) {
+  std::visit(Overloaded{[](std::monostate&) {}, [this](auto& c) { Execute(c); }}, command);
+}
+
+void OwnerThread::Execute(cmd::Start& c) {
+  Status s = engine_ ? engine_->Start(agent_name_, options_) : engine_error_;
+  ev::Started e{c.token, std::move(s), {}};
+  if (e.status.ok()) {
+    state_ = EngineState::kRunning;
+    e.metadata = engine_->Metadata();
   }
+  Push(std::move(e));
+}
+
+void OwnerThread::Execute(cmd::Register& c) {
+  ev::Registered e{c.token, engine_->Register(c.region), c.region, {}};
+  if (e.status.ok()) e.metadata = engine_->Metadata();
+  Push(std::move(e));
+}
+
+void OwnerThread::Execute(cmd::Allocate& c) {
+  ev::Registered e{c.token, engine_->Allocate(c.region), c.region, {}};
+  if (e.status.ok()) e.metadata = engine_->Metadata();
+  Push(std::move(e));
+}
+
+void OwnerThread::Execute(cmd::Deregister& c) {
+  engine_->Deregister(c.region);
+  Push(ev::Deregistered{c.token, c.region, engine_->Metadata()});
+}
+
+void OwnerThread::Execute(cmd::LoadPeer& c) {
+  ev::PeerLoaded e{c.token, Status(), nullptr};
+  e.status = engine_->LoadPeer(c.blob.data(), c.blob.size(), &e.peer);
+  Push(std::move(e));
+}
+
+void OwnerThread::Execute(cmd::DestroyPeer& c) {
+  ++in_flight_;  // until PeerDestroyed
+  engine_->DestroyPeer(c.peer);
+}
+
+void OwnerThread::Execute(cmd::Post& c) {
+  ++in_flight_;
+  engine_->Post(*c.plan, c.token);
+}
+
+void OwnerThread::Execute(cmd::Cancel& c) {
+  if (running()) engine_->Cancel(c.target);
+}
+
+void OwnerThread::Execute(cmd::Estimate& c) {
+  ev::Estimated e{c.token, Status(), CostEstimate()};
+  e.status = engine_->Estimate(*c.plan, &e.estimate);
+  Push(std::move(e));
+}
+
+void OwnerThread::Execute(cmd::ReleasePlan& c) {
+  if (running()) engine_->ReleasePlan(*c.plan);
+}
+
+void OwnerThread::Execute(cmd::Notify& c) {
+  ++in_flight_;
+  engine_->Notify(c.peer, *c.message, c.token);
+}
+
+void OwnerThread::Execute(cmd::Close& c) {
+  if (running()) engine_->Shutdown();
+  engine_.reset();
+  state_ = EngineState::kStopped;
+  Push(ev::Closed{c.token});
 }
 
 void OwnerThread::OperationDone(uint32_t token, Status status, uint64_t duration_ns,
@@ -204,33 +203,20 @@ void OwnerThread::OperationDone(uint32_t token, Status status, uint64_t duration
     ready_.push_back(Completion{token, duration_ns});
     return;
   }
-  Event e{Event::kOperationDone, token, std::move(status)};
-  e.duration_ns = duration_ns;
-  if (telemetry != nullptr) {
-    e.has_telemetry = true;
-    e.telemetry = *telemetry;
-  }
+  ev::OperationDone e{token, std::move(status), duration_ns, telemetry != nullptr, Telemetry()};
+  if (telemetry != nullptr) e.telemetry = *telemetry;
   Push(std::move(e));
 }
 
 void OwnerThread::NotificationReceived(std::string peer, std::vector<uint8_t> message) {
-  Event e{Event::kNotification};
-  e.peer_name = std::move(peer);
-  e.data = std::move(message);
-  Push(std::move(e));
+  Push(ev::NotificationReceived{std::move(peer), std::move(message)});
 }
 
-void OwnerThread::PeerFailed(Peer* peer, Status status) {
-  Event e{Event::kPeerFailed, 0, std::move(status)};
-  e.peer = peer;
-  Push(std::move(e));
-}
+void OwnerThread::PeerFailed(Peer* peer, Status status) { Push(ev::PeerFailed{peer, std::move(status)}); }
 
 void OwnerThread::PeerDestroyed(Peer* peer) {
   --in_flight_;
-  Event e{Event::kPeerDestroyed};
-  e.peer = peer;
-  Push(std::move(e));
+  Push(ev::PeerDestroyed{peer});
 }
 
 void OwnerThread::SleepUntilWork(int timeout_ms) {
@@ -245,7 +231,7 @@ void OwnerThread::SleepUntilWork(int timeout_ms) {
   pollfd fds[2];
   nfds_t count = 1;
   fds[0] = {wake_fd_, POLLIN, 0};
-  if (engine_started_ && engine_->event_fd() >= 0) {
+  if (running() && engine_->event_fd() >= 0) {
     fds[1] = {engine_->event_fd(), POLLIN, 0};
     count = 2;
   }
@@ -263,10 +249,10 @@ void OwnerThread::Run() {
   // load) goes straight on to the next.
   bool idle_timing = false;
   std::chrono::steady_clock::time_point idle_since;
-  while (!stopping_) {
+  while (state_ != EngineState::kStopped) {
     bool did_work = DrainCommands();
-    if (stopping_) break;
-    if (engine_started_) {
+    if (state_ == EngineState::kStopped) break;
+    if (running()) {
       while (engine_->Progress()) did_work = true;
     }
     PublishCompletions();
@@ -289,7 +275,7 @@ void OwnerThread::Run() {
       continue;
     }
     if (now - idle_since < kSpinBeforeSleep) continue;
-    if (!engine_started_) {
+    if (!running()) {
       SleepUntilWork(-1);
     } else if (engine_->Arm()) {
       SleepUntilWork(engine_->idle_poll_ms());

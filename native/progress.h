@@ -13,71 +13,11 @@
 #include <thread>
 #include <vector>
 
+#include "commands.h"
 #include "engine.h"
 #include "spsc_queue.h"
 
 namespace kvxfer {
-
-struct Command {
-  enum Type : uint8_t {
-    kStart,
-    kRegister,
-    kAllocate,
-    kDeregister,
-    kLoadPeer,
-    kDestroyPeer,
-    kPost,
-    kCancel,
-    kEstimate,
-    kReleasePlan,
-    kNotify,
-    kClose,
-  };
-  Command() = default;
-  explicit Command(Type t) : type(t) {}
-  Type type = kClose;
-  uint32_t token = 0;
-  LocalRegion* region = nullptr;
-  Peer* peer = nullptr;
-  Plan* plan = nullptr;  // kPost, kEstimate: owned by the agent; kReleasePlan: owned by the command
-  uint32_t target = 0;   // kCancel: the token to abort
-  const std::vector<uint8_t>* message = nullptr;  // kNotify: owned by the agent
-  std::vector<uint8_t> bytes;                     // kLoadPeer: the blob
-};
-
-struct Event {
-  enum Type : uint8_t {
-    kStarted,         // token, data (metadata)
-    kRegistered,      // token, region, data (metadata)
-    kDeregistered,    // token, region, data (metadata)
-    kPeerLoaded,      // token, peer (owned by the event until adopted)
-    kPeerDestroyed,   // peer
-    kOperationDone,   // token, duration_ns, telemetry when the engine measured it
-    kEstimated,       // token, estimate
-    kNotification,    // peer_name, data
-    kPeerFailed,      // peer
-    kClosed,          // token
-  };
-  explicit Event(Type t, uint32_t tok = 0, Status s = Status()) : type(t), token(tok), status(std::move(s)) {}
-  Type type;
-  uint32_t token = 0;
-  Status status;
-  uint64_t duration_ns = 0;
-  bool has_telemetry = false;
-  Telemetry telemetry;
-  CostEstimate estimate;
-  LocalRegion* region = nullptr;
-  Peer* peer = nullptr;
-  std::string peer_name;
-  std::vector<uint8_t> data;
-};
-
-// A transfer or notification that succeeded without telemetry: the common
-// case, kept out of Event so the hot path moves 16 bytes, not a Status.
-struct Completion {
-  uint32_t token;
-  uint64_t duration_ns;
-};
 
 class OwnerThread : private EngineEvents {
  public:
@@ -99,13 +39,31 @@ class OwnerThread : private EngineEvents {
   void Join();
 
  private:
+  // Where the engine is: kIdle until kStart succeeds (before that only
+  // cmd::Start and cmd::Close can arrive: JS sends nothing else until it has
+  // seen ev::Started succeed), kStopped after cmd::Close.
+  enum class EngineState : uint8_t { kIdle, kRunning, kStopped };
+
   void Run();
-  void Execute(Command& command);
   bool DrainCommands();
+  void Execute(Command& command);
+  void Execute(cmd::Start& c);
+  void Execute(cmd::Register& c);
+  void Execute(cmd::Allocate& c);
+  void Execute(cmd::Deregister& c);
+  void Execute(cmd::LoadPeer& c);
+  void Execute(cmd::DestroyPeer& c);
+  void Execute(cmd::Post& c);
+  void Execute(cmd::Cancel& c);
+  void Execute(cmd::Estimate& c);
+  void Execute(cmd::ReleasePlan& c);
+  void Execute(cmd::Notify& c);
+  void Execute(cmd::Close& c);
   void Push(Event event);
   void PublishCompletions();
   void Publish(Event* event);  // ready_, then the event if any
   void SleepUntilWork(int timeout_ms);
+  bool running() const { return state_ == EngineState::kRunning; }
 
   // EngineEvents
   void OperationDone(uint32_t token, Status status, uint64_t duration_ns,
@@ -119,7 +77,7 @@ class OwnerThread : private EngineEvents {
   const std::function<void()> wake_js_;
   std::unique_ptr<Engine> engine_;
   Status engine_error_;  // why engine_ could not be created
-  bool engine_started_ = false;
+  EngineState state_ = EngineState::kIdle;
 
   SpscQueue<Command> commands_;  // JS thread -> owner thread
   // Read by the JS thread on every post: kept off the lines the event queues
@@ -140,7 +98,6 @@ class OwnerThread : private EngineEvents {
   // batch rather than per transfer.
   std::vector<Completion> ready_;
   uint32_t in_flight_ = 0;
-  bool stopping_ = false;
 
   std::thread thread_;
 };

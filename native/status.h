@@ -6,25 +6,30 @@
 #include <string>
 #include <utility>
 
+#include "protocol.h"
+
 namespace kvxfer {
 
 enum class Code : uint8_t {
   kOk,
-  kInvalidArg,
-  kNotRegistered,
-  kOutOfRange,
-  kUnknownPeer,
-  kBadMetadata,
-  kPeerUnreachable,
-  kTimeout,
-  kAborted,
-  kClosed,
-  kBusy,
-  kEngine,
+#define KVXFER_ENUMERATOR(name, text) k##name,
+  KVXFER_ERROR_CODES(KVXFER_ENUMERATOR)
+#undef KVXFER_ENUMERATOR
 };
 
 // The stable public name, e.g. "ERR_INVALID_ARG".
-const char* CodeName(Code code);
+inline const char* CodeName(Code code) {
+  switch (code) {
+    case Code::kOk:
+      return "OK";
+#define KVXFER_CASE(name, text) \
+  case Code::k##name:           \
+    return text;
+      KVXFER_ERROR_CODES(KVXFER_CASE)
+#undef KVXFER_CASE
+  }
+  return "ERR_ENGINE";
+}
 
 struct Status {
   Code code = Code::kOk;

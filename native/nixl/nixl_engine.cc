@@ -32,7 +32,7 @@ constexpr int kIdlePollMs = 1;
 // C++) is still accepted as is.
 //   "KVXN", u16 version (1), u16 reserved, u32 length, u32 CRC-32, NIXL blob
 constexpr uint8_t kEnvelopeMagic[4] = {'K', 'V', 'X', 'N'};
-constexpr size_t kEnvelopeHeader = 16;
+constexpr size_t kEnvelopeHeader = limits::kNixlEnvelopeBytes;
 
 std::vector<uint8_t> Envelope(const std::vector<uint8_t>& raw) {
   std::vector<uint8_t> blob(kEnvelopeHeader + raw.size());

@@ -515,7 +515,7 @@ class UcxEngine final : public Engine {
     // kvxfer sends notifications eagerly, so a rendezvous message or one
     // with a bad header did not come from a kvxfer peer: drop it.
     if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || header_length == 0 ||
-        header_length > kMaxAgentNameBytes || length > kMaxNotificationBytes) {
+        header_length > limits::kMaxAgentNameBytes || length > limits::kMaxNotificationBytes) {
       return UCS_OK;
     }
     std::string peer(static_cast<const char*>(header), header_length);

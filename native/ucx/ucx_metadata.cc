@@ -128,7 +128,7 @@ Status ParseUcxMetadata(const uint8_t* blob, size_t length, UcxMetadata* out) {
 
   Reader r(blob + kHeaderSize, body_length);
   const uint16_t name_length = r.Get<uint16_t>();
-  if (name_length == 0 || name_length > kMaxAgentNameBytes) return Bad("agent name length");
+  if (name_length == 0 || name_length > limits::kMaxAgentNameBytes) return Bad("agent name length");
   const uint8_t* name = r.Take(name_length);
   const uint32_t address_length = r.Get<uint32_t>();
   if (address_length == 0 || address_length > kMaxWorkerAddress) return Bad("worker address length");

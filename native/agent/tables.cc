@@ -1,0 +1,271 @@
+#include "agent/tables.h"
+
+#include <algorithm>
+
+namespace kvxfer {
+
+Status PeerEntry::Usable() const {
+  switch (state) {
+    case State::kLive:
+      return Status::Ok();
+    case State::kFailed:
+      return failure;
+    case State::kForgotten:
+      break;
+  }
+  return Status::Error(Code::kUnknownPeer, "peer '" + name() + "' was forgotten or reloaded");
+}
+
+// PendingTable -------------------------------------------------------------
+
+uint32_t PendingTable::Add(PendingOp op) {
+  uint32_t token;
+  if (!free_.empty()) {
+    token = free_.back();
+    free_.pop_back();
+  } else {
+    token = static_cast<uint32_t>(slots_.size());
+    slots_.emplace_back();
+  }
+  slots_[token].live = true;
+  slots_[token].op = std::move(op);
+  ++count_;
+  return token;
+}
+
+bool PendingTable::Take(uint32_t token, PendingOp* out) {
+  if (token >= slots_.size() || !slots_[token].live) return false;
+  Slot& slot = slots_[token];
+  *out = std::move(slot.op);
+  slot.op = PendingOp();
+  slot.live = false;
+  free_.push_back(token);
+  --count_;
+  return true;
+}
+
+const PendingOp* PendingTable::Find(uint32_t token) const {
+  if (token >= slots_.size() || !slots_[token].live) return nullptr;
+  return &slots_[token].op;
+}
+
+void PendingTable::clear() {
+  slots_.resize(1);
+  free_.clear();
+  count_ = 0;
+}
+
+// RegionTable --------------------------------------------------------------
+
+RegionEntry* RegionTable::Add() {
+  auto entry = std::make_unique<RegionEntry>();
+  entry->id = next_id_++;
+  RegionEntry* raw = entry.get();
+  regions_.emplace(raw->id, std::move(entry));
+  return raw;
+}
+
+RegionEntry* RegionTable::Find(uint32_t id) const {
+  auto it = regions_.find(id);
+  return it == regions_.end() ? nullptr : it->second.get();
+}
+
+Status RegionTable::FindRegistered(uint32_t id, RegionEntry** out) const {
+  RegionEntry* entry = Find(id);
+  if (entry == nullptr || entry->state != RegionEntry::State::kRegistered) {
+    return Status::Error(Code::kNotRegistered, "the region is not registered");
+  }
+  *out = entry;
+  return Status::Ok();
+}
+
+void RegionTable::MarkRegistered(RegionEntry* entry) {
+  entry->state = RegionEntry::State::kRegistered;
+  RebuildIndex();
+}
+
+Status RegionTable::BeginDeregister(uint32_t id, RegionEntry** out) {
+  RegionEntry* entry = Find(id);
+  if (entry == nullptr || entry->state == RegionEntry::State::kDeregistering) {
+    return Status::Error(Code::kNotRegistered, "the region is not registered");
+  }
+  if (entry->state == RegionEntry::State::kRegistering) {
+    return Status::Error(Code::kBusy, "the region is still being registered");
+  }
+  if (entry->users > 0) {
+    return Status::Error(Code::kBusy, "the region is used by " + std::to_string(entry->users) +
+                                          " unreleased transfer(s); release them (or let them finish) first");
+  }
+  entry->state = RegionEntry::State::kDeregistering;
+  RebuildIndex();
+  *out = entry;
+  return Status::Ok();
+}
+
+void RegionTable::Erase(RegionEntry* entry) {
+  const bool indexed = entry->state == RegionEntry::State::kRegistered;
+  regions_.erase(entry->id);
+  if (indexed) RebuildIndex();
+}
+
+void RegionTable::RebuildIndex() {
+  index_.clear();
+  // Files are reached as the far side of a transfer (NIXL names this agent
+  // as the peer), never by local descriptors: their offsets are not addresses.
+  for (auto& [id, entry] : regions_) {
+    if (entry->state == RegionEntry::State::kRegistered && entry->region.kind != MemKind::kFile) {
+      index_.push_back(entry.get());
+    }
+  }
+  std::sort(index_.begin(), index_.end(), [](const RegionEntry* a, const RegionEntry* b) {
+    return a->region.address < b->region.address;
+  });
+}
+
+const RegionEntry* RegionTable::Containing(const Desc& d, bool* partial) const {
+  const RegionEntry* const* hit = FindContaining(
+      index_, d, [](const RegionEntry* e) -> const LocalRegion& { return e->region; }, partial);
+  return hit == nullptr ? nullptr : *hit;
+}
+
+uint32_t RegionTable::NewPlanMark() {
+  if (++plan_mark_ == 0) {
+    for (auto& [id, entry] : regions_) entry->plan_mark = 0;
+    plan_mark_ = 1;
+  }
+  return plan_mark_;
+}
+
+void RegionTable::clear() {
+  index_.clear();
+  regions_.clear();
+}
+
+// AgentTables --------------------------------------------------------------
+
+Status AgentTables::FindPeer(const std::string& name, PeerEntry** out) const {
+  auto it = by_name_.find(name);
+  if (it == by_name_.end()) {
+    return Status::Error(Code::kUnknownPeer, "unknown peer '" + name + "': load its metadata with loadPeer() first");
+  }
+  *out = it->second;
+  return Status::Ok();
+}
+
+PeerEntry* AgentTables::AdoptPeer(std::unique_ptr<Peer> peer) {
+  auto entry = std::make_unique<PeerEntry>();
+  entry->peer = std::move(peer);
+  PeerEntry* raw = entry.get();
+  auto old = by_name_.find(raw->name());
+  if (old != by_name_.end()) {
+    PeerEntry* previous = old->second;
+    by_name_.erase(old);
+    previous->state = PeerEntry::State::kForgotten;
+    ReleasePeer(previous);
+  }
+  by_name_[raw->name()] = raw;
+  peers_.emplace(raw->peer.get(), std::move(entry));
+  return raw;
+}
+
+void AgentTables::ForgetPeer(PeerEntry* entry) {
+  by_name_.erase(entry->name());
+  entry->state = PeerEntry::State::kForgotten;
+  ReleasePeer(entry);
+}
+
+PeerEntry* AgentTables::PeerFailed(Peer* peer, Status failure) {
+  auto it = peers_.find(peer);
+  if (it == peers_.end()) return nullptr;
+  PeerEntry* entry = it->second.get();
+  if (entry->state == PeerEntry::State::kLive) entry->state = PeerEntry::State::kFailed;
+  entry->failure = std::move(failure);
+  return entry;
+}
+
+void AgentTables::PeerDestroyed(Peer* peer) { peers_.erase(peer); }
+
+void AgentTables::ReleasePeer(PeerEntry* entry) {
+  if (--entry->users == 0) events_->DestroyPeer(entry->peer.get());
+}
+
+XferEntry* AgentTables::AddXfer(std::unique_ptr<XferEntry> xfer) {
+  for (RegionEntry* region : xfer->regions) ++region->users;
+  HoldPeer(xfer->peer);
+  xfer->id = next_xfer_id_++;
+  if (xfer->id == 0) xfer->id = next_xfer_id_++;
+  XferEntry* raw = xfer.get();
+  xfers_.emplace(raw->id, std::move(xfer));
+  return raw;
+}
+
+Status AgentTables::FindXfer(uint32_t id, XferEntry** out) const {
+  auto it = xfers_.find(id);
+  if (it == xfers_.end() || it->second->state == XferEntry::State::kReleasing) {
+    return Status::Error(Code::kInvalidArg, "the transfer was released");
+  }
+  *out = it->second.get();
+  return Status::Ok();
+}
+
+Status AgentTables::CheckPostable(const XferEntry& xfer) {
+  if (xfer.state == XferEntry::State::kBusy) {
+    return Status::Error(Code::kBusy, "the transfer is already in flight; wait for it or prepare another");
+  }
+  return xfer.peer->Usable();
+}
+
+void AgentTables::FinishXfer(XferEntry* xfer) {
+  if (xfer->state == XferEntry::State::kReleasing) {
+    DestroyXfer(xfer);
+  } else {
+    xfer->state = XferEntry::State::kReady;
+  }
+}
+
+void AgentTables::ReleaseXfer(uint32_t id) {
+  auto it = xfers_.find(id);
+  if (it == xfers_.end()) return;
+  XferEntry* xfer = it->second.get();
+  switch (xfer->state) {
+    case XferEntry::State::kReady:
+      DestroyXfer(xfer);
+      break;
+    case XferEntry::State::kBusy:
+      xfer->state = XferEntry::State::kReleasing;
+      break;
+    case XferEntry::State::kReleasing:
+      break;
+  }
+}
+
+void AgentTables::DestroyXfer(XferEntry* xfer) {
+  for (RegionEntry* region : xfer->regions) --region->users;
+  // State the engine made for the plan (read here only after a completion
+  // event, so after the owner thread wrote it) is freed where it was made.
+  if (xfer->plan->engine_state != nullptr) events_->ReleasePlan(std::move(xfer->plan));
+  PeerEntry* peer = xfer->peer;
+  xfers_.erase(xfer->id);
+  ReleasePeer(peer);
+}
+
+PendingOp AgentTables::Settle(uint32_t token) {
+  PendingOp op;
+  if (!pending_.Take(token, &op)) return op;
+  if (auto* xfer = std::get_if<XferEntry*>(&op)) {
+    FinishXfer(*xfer);
+  } else if (auto* notify = std::get_if<PendingNotify>(&op)) {
+    ReleasePeer(notify->peer);
+  }
+  return op;
+}
+
+void AgentTables::Clear() {
+  pending_.clear();
+  xfers_.clear();
+  by_name_.clear();
+  peers_.clear();
+  regions_.clear();
+}
+
+}  // namespace kvxfer

@@ -1,0 +1,229 @@
+// The JS side's view of an agent: its regions, peers, prepared transfers and
+// pending operations, and the reference counts that tie them together. No V8
+// types, so they are tested without Node (test/native/). JS thread only.
+//
+// Who holds what:
+//  - a prepared transfer holds its peer and every region it touches until it
+//    is released (deferred while it is in flight): a used region cannot be
+//    deregistered, a used peer is not disconnected;
+//  - a pending standalone notification holds its peer until it completes;
+//  - the peer table holds each live peer once, until it is forgotten or
+//    replaced by newer metadata of the same name.
+// What has to happen on the owner thread when the last holder lets go (a
+// connection to tear down, engine state of a plan to free) goes to a
+// TableEvents.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <variant>
+#include <vector>
+
+#include "descs.h"
+#include "engine.h"
+#include "status.h"
+
+namespace kvxfer {
+
+// The region holding [d.address, d.address + d.length) among regions sorted by
+// start address (LocalRegion or RemoteRegion, reached through `get`). Regions
+// may overlap, so a miss keeps looking at earlier ones; the common hit costs
+// one binary search. `partial` is set when a region holds the start but not
+// the end. A VRAM region matches only descriptors of its device.
+template <typename T, typename Get>
+const T* FindContaining(const std::vector<T>& sorted, const Desc& d, Get get, bool* partial) {
+  auto it = std::upper_bound(sorted.begin(), sorted.end(), d.address,
+                             [&](uint64_t a, const T& r) { return a < get(r).address; });
+  while (it != sorted.begin()) {
+    --it;
+    const auto& r = get(*it);
+    const uint64_t offset = d.address - r.address;
+    if (offset >= r.length) continue;
+    if (r.kind == MemKind::kVram && r.device != d.device) continue;
+    if (d.length <= r.length - offset) return &*it;
+    *partial = true;
+  }
+  return nullptr;
+}
+
+// Keeps the JS memory a region covers alive (a reference to the JS buffer).
+// Made and released on the JS thread (agent.cc); opaque here.
+class Pin {
+ public:
+  virtual ~Pin() = default;
+};
+
+struct RegionEntry {
+  enum class State : uint8_t { kRegistering, kRegistered, kDeregistering };
+  uint32_t id = 0;
+  State state = State::kRegistering;
+  LocalRegion region;
+  std::unique_ptr<Pin> pin;
+  uint32_t users = 0;  // unreleased transfers using it
+  // The plan builder's scratch: the last plan that counted this region.
+  uint32_t plan_mark = 0;
+};
+
+struct PeerEntry {
+  // kFailed: the engine reported the peer dead; kForgotten: forgotten, or
+  // replaced by newer metadata of the same name (kept only while transfers
+  // prepared against it are).
+  enum class State : uint8_t { kLive, kFailed, kForgotten };
+  std::unique_ptr<Peer> peer;
+  uint32_t users = 1;  // holders; the connection goes when this reaches 0
+  State state = State::kLive;
+  Status failure;  // kFailed: why
+
+  // Ok, or why no new work may use the peer.
+  Status Usable() const;
+  const std::string& name() const { return peer->name; }
+};
+
+struct XferEntry {
+  // kBusy: posted (or being estimated) and not yet completed; kReleasing:
+  // released while busy, destroyed when the operation completes.
+  enum class State : uint8_t { kReady, kBusy, kReleasing };
+  uint32_t id = 0;
+  State state = State::kReady;
+  std::unique_ptr<Plan> plan = std::make_unique<Plan>();
+  PeerEntry* peer = nullptr;
+  std::vector<RegionEntry*> regions;  // each once
+};
+
+// A standalone notification owns its message until the engine is done.
+struct PendingNotify {
+  PeerEntry* peer;
+  std::unique_ptr<std::vector<uint8_t>> message;
+};
+
+// What a token's completion settles on this side.
+using PendingOp = std::variant<std::monostate, XferEntry*, RegionEntry*, PendingNotify>;
+
+class TableEvents {
+ public:
+  virtual ~TableEvents() = default;
+  // The last holder of a peer let go.
+  virtual void DestroyPeer(Peer* peer) = 0;
+  // A destroyed transfer's plan holds engine state (plan->engine_state).
+  virtual void ReleasePlan(std::unique_ptr<Plan> plan) = 0;
+};
+
+// Operations waiting for completion, by token. A token is a slot number,
+// reused once its completion has been delivered: JS forgets a token in the
+// very call that delivers it, so a reused token never meets a stale one, and
+// the per-transfer lookups index a vector instead of hashing and allocating.
+class PendingTable {
+ public:
+  PendingTable() { slots_.emplace_back(); }
+  uint32_t Add(PendingOp op);
+  // Moves the operation out and frees its token; false if it is not pending.
+  bool Take(uint32_t token, PendingOp* out);
+  const PendingOp* Find(uint32_t token) const;
+  bool empty() const { return count_ == 0; }
+  size_t size() const { return count_; }
+  void clear();
+
+ private:
+  struct Slot {
+    bool live = false;
+    PendingOp op;
+  };
+  std::vector<Slot> slots_;  // slot 0 is never a token
+  std::vector<uint32_t> free_;
+  size_t count_ = 0;
+};
+
+class RegionTable {
+ public:
+  // A new region, kRegistering, with a fresh id.
+  RegionEntry* Add();
+  RegionEntry* Find(uint32_t id) const;
+  // The region `id` if it is registered, else why not.
+  Status FindRegistered(uint32_t id, RegionEntry** out) const;
+  void MarkRegistered(RegionEntry* entry);
+  // Checks that `id` may be deregistered now and marks it kDeregistering.
+  Status BeginDeregister(uint32_t id, RegionEntry** out);
+  void Erase(RegionEntry* entry);
+
+  // The registered region holding all of `d`, searching regions sorted by
+  // start address; `partial` is set when one holds its start but not its end.
+  const RegionEntry* Containing(const Desc& d, bool* partial) const;
+  // A mark no region carries yet, for counting each region once per plan.
+  uint32_t NewPlanMark();
+
+  size_t size() const { return regions_.size(); }
+  void clear();
+
+ private:
+  void RebuildIndex();
+
+  uint32_t next_id_ = 1;
+  uint32_t plan_mark_ = 0;
+  std::unordered_map<uint32_t, std::unique_ptr<RegionEntry>> regions_;
+  std::vector<RegionEntry*> index_;  // registered regions by address
+};
+
+// Everything below, with the reference counts kept right across tables.
+class AgentTables {
+ public:
+  explicit AgentTables(TableEvents* events) : events_(events) {}
+  AgentTables(const AgentTables&) = delete;
+  AgentTables& operator=(const AgentTables&) = delete;
+
+  RegionTable& regions() { return regions_; }
+  PendingTable& pending() { return pending_; }
+
+  // Peers ------------------------------------------------------------------
+  // The live peer of that name, or ERR_UNKNOWN_PEER.
+  Status FindPeer(const std::string& name, PeerEntry** out) const;
+  // A peer the engine loaded. Newer metadata replaces older of the same name:
+  // transfers prepared against the old one keep it until they are released.
+  PeerEntry* AdoptPeer(std::unique_ptr<Peer> peer);
+  void ForgetPeer(PeerEntry* entry);
+  // The engine found the peer dead; null when it is no longer known.
+  PeerEntry* PeerFailed(Peer* peer, Status failure);
+  // The engine tore the connection down.
+  void PeerDestroyed(Peer* peer);
+  void HoldPeer(PeerEntry* entry) { ++entry->users; }
+  void ReleasePeer(PeerEntry* entry);
+
+  // Transfers --------------------------------------------------------------
+  // Takes a built transfer: it holds its peer and regions from now on.
+  XferEntry* AddXfer(std::unique_ptr<XferEntry> xfer);
+  // The unreleased transfer `id`, or ERR_INVALID_ARG.
+  Status FindXfer(uint32_t id, XferEntry** out) const;
+  // Whether `xfer` may be posted now (not in flight, its peer usable).
+  static Status CheckPostable(const XferEntry& xfer);
+  // The transfer is handed to the owner thread until FinishXfer.
+  void MarkBusy(XferEntry* xfer) { xfer->state = XferEntry::State::kBusy; }
+  void FinishXfer(XferEntry* xfer);
+  // Destroys the transfer now, or when its operation completes.
+  void ReleaseXfer(uint32_t id);
+
+  // Operations -------------------------------------------------------------
+  uint32_t AddPending(PendingOp op) { return pending_.Add(std::move(op)); }
+  // Takes the token's operation out and lets go of what a transfer or
+  // notification held; the region of a registration is left to the caller.
+  PendingOp Settle(uint32_t token);
+
+  size_t peer_count() const { return by_name_.size(); }
+  size_t xfer_count() const { return xfers_.size(); }
+  // Drops everything without telling anyone: the engine is gone.
+  void Clear();
+
+ private:
+  void DestroyXfer(XferEntry* xfer);
+
+  TableEvents* const events_;
+  RegionTable regions_;
+  PendingTable pending_;
+  std::unordered_map<Peer*, std::unique_ptr<PeerEntry>> peers_;
+  std::unordered_map<std::string, PeerEntry*> by_name_;
+  std::unordered_map<uint32_t, std::unique_ptr<XferEntry>> xfers_;
+  uint32_t next_xfer_id_ = 1;
+};
+
+}  // namespace kvxfer

@@ -1,0 +1,108 @@
+// Everything the addon and the TypeScript layer must agree on, written once.
+//
+// lib/protocol.ts is generated from this file (scripts/gen-protocol.js, run by
+// `npm run build:ts`; `--check` tells whether the committed copy is current),
+// and the addon exports the same tables at load (`protocol`, native/addon.cc):
+// lib/native.ts refuses an addon whose tables differ from the library's, so a
+// stale build fails at load with a clear message instead of misreading events.
+//
+// The generator reads only the X(...) lines of the lists below: one entry a
+// line, integer values as C literals (decimal, hex, `<<`, `*`).
+#pragma once
+
+#include <cstdint>
+
+// Stable error codes, in the order of kvxfer::Code (status.h), after kOk:
+// X(enumerator, public name).
+#define KVXFER_ERROR_CODES(X)                  \
+  X(InvalidArg, "ERR_INVALID_ARG")             \
+  X(NotRegistered, "ERR_NOT_REGISTERED")       \
+  X(OutOfRange, "ERR_OUT_OF_RANGE")            \
+  X(UnknownPeer, "ERR_UNKNOWN_PEER")           \
+  X(BadMetadata, "ERR_BAD_METADATA")           \
+  X(PeerUnreachable, "ERR_PEER_UNREACHABLE")   \
+  X(Timeout, "ERR_TIMEOUT")                    \
+  X(Aborted, "ERR_ABORTED")                    \
+  X(Closed, "ERR_CLOSED")                      \
+  X(Busy, "ERR_BUSY")                          \
+  X(Engine, "ERR_ENGINE")
+
+// Memory kinds as registerAddress() and prepare() take them:
+// X(enumerator, value, public name).
+#define KVXFER_MEM_KINDS(X) \
+  X(Dram, 0, "dram")        \
+  X(Vram, 1, "vram")        \
+  X(File, 2, "file")
+
+// Transfer directions as prepare() takes them: X(enumerator, value, public name).
+#define KVXFER_XFER_OPS(X) \
+  X(Write, 0, "write")     \
+  X(Read, 1, "read")
+
+// The `kind` of the event objects delivered to JS: X(name, value).
+#define KVXFER_EVENT_KINDS(X) \
+  X(Operation, 0)             \
+  X(Notification, 1)          \
+  X(PeerFailed, 2)
+
+// Numbers both sides check or lay out: X(name, value).
+//  DescList*: the packed descriptor list (native/descs.h, lib/descs.ts): a
+//    16-byte header (magic "KVDL" read as a little-endian u32, u16 version,
+//    u16 reserved, u32 count, u32 reserved), then 24 bytes per descriptor
+//    (u64 address, u64 length, u32 device, u32 reserved). MaxDescriptors is
+//    far above any KV layout (a 1 TiB pool in 4 KiB blocks is 2^28) and small
+//    enough that count * entry size cannot overflow.
+//  NixlEnvelopeBytes: kvxfer's header before a NIXL metadata blob
+//    (native/nixl/nixl_engine.cc); metadata({ format: 'nixl' }) skips it.
+//  MaxNotificationBytes, MaxAgentNameBytes: enforced on what this agent sends
+//    and on what peers send it.
+//  MaxBusyPollUs: the upper bound of Agent.create({ busyPollUs }).
+#define KVXFER_LIMITS(X)                 \
+  X(DescListMagic, 0x4c44564b)           \
+  X(DescListVersion, 1)                  \
+  X(DescListHeaderBytes, 16)             \
+  X(DescListEntryBytes, 24)              \
+  X(MaxDescriptors, 1 << 28)             \
+  X(NixlEnvelopeBytes, 16)               \
+  X(MaxNotificationBytes, 16 * 1024)     \
+  X(MaxAgentNameBytes, 255)              \
+  X(MaxBusyPollUs, 10000)
+
+namespace kvxfer {
+
+enum class MemKind : uint8_t {
+#define KVXFER_ENUMERATOR(name, value, text) k##name = value,
+  KVXFER_MEM_KINDS(KVXFER_ENUMERATOR)
+#undef KVXFER_ENUMERATOR
+};
+
+enum class XferOp : uint8_t {
+#define KVXFER_ENUMERATOR(name, value, text) k##name = value,
+  KVXFER_XFER_OPS(KVXFER_ENUMERATOR)
+#undef KVXFER_ENUMERATOR
+};
+
+enum class EventKind : uint8_t {
+#define KVXFER_ENUMERATOR(name, value) k##name = value,
+  KVXFER_EVENT_KINDS(KVXFER_ENUMERATOR)
+#undef KVXFER_ENUMERATOR
+};
+
+namespace limits {
+#define KVXFER_LIMIT(name, value) constexpr uint64_t k##name = value;
+KVXFER_LIMITS(KVXFER_LIMIT)
+#undef KVXFER_LIMIT
+}  // namespace limits
+
+inline const char* MemKindName(MemKind kind) {
+  switch (kind) {
+#define KVXFER_CASE(name, value, text) \
+  case MemKind::k##name:               \
+    return text;
+    KVXFER_MEM_KINDS(KVXFER_CASE)
+#undef KVXFER_CASE
+  }
+  return "unknown";
+}
+
+}  // namespace kvxfer
