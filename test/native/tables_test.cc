@@ -1,0 +1,265 @@
+// The reference counts that keep regions, peers and plans alive while
+// transfers and notifications use them.
+#include "agent/tables.h"
+
+#include "builders.h"
+#include "check.h"
+
+using kvxfer::AgentTables;
+using kvxfer::Code;
+using kvxfer::PeerEntry;
+using kvxfer::PendingOp;
+using kvxfer::RegionEntry;
+using kvxfer::Status;
+using kvxfer::XferEntry;
+using testing::AddRegistered;
+using testing::MakePeer;
+using testing::RecordingEvents;
+
+namespace {
+
+// A transfer over `regions` with `peer`, as BuildPlan leaves it.
+std::unique_ptr<XferEntry> Xfer(PeerEntry* peer, std::vector<RegionEntry*> regions) {
+  auto xfer = std::make_unique<XferEntry>();
+  xfer->peer = peer;
+  xfer->plan->peer = peer->peer.get();
+  xfer->regions = std::move(regions);
+  return xfer;
+}
+
+}  // namespace
+
+TEST("region: registering, registered, deregistering, gone") {
+  RecordingEvents events;
+  AgentTables tables(&events);
+  RegionEntry* entry = tables.regions().Add();
+  const uint32_t id = entry->id;
+  CHECK(entry->state == RegionEntry::State::kRegistering);
+  RegionEntry* out = nullptr;
+  CHECK_STATUS(tables.regions().BeginDeregister(id, &out), Code::kBusy, "still being registered");
+  CHECK_STATUS(tables.regions().FindRegistered(id, &out), Code::kNotRegistered, "not registered");
+  entry->region.address = 0x1000;
+  entry->region.length = 4096;
+  tables.regions().MarkRegistered(entry);
+  CHECK(tables.regions().FindRegistered(id, &out).ok() && out == entry);
+  CHECK(tables.regions().BeginDeregister(id, &out).ok());
+  CHECK(entry->state == RegionEntry::State::kDeregistering);
+  CHECK_STATUS(tables.regions().BeginDeregister(id, &out), Code::kNotRegistered, "not registered");
+  // A deregistering region takes no new transfers.
+  bool partial = false;
+  CHECK(tables.regions().Containing(kvxfer::Desc{0x1000, 16, 0}, &partial) == nullptr);
+  tables.regions().Erase(entry);
+  CHECK(tables.regions().Find(id) == nullptr);
+  CHECK_STATUS(tables.regions().BeginDeregister(id, &out), Code::kNotRegistered, "not registered");
+  CHECK_STATUS(tables.regions().BeginDeregister(999, &out), Code::kNotRegistered, "not registered");
+}
+
+TEST("region: ids are never reused") {
+  RecordingEvents events;
+  AgentTables tables(&events);
+  RegionEntry* a = tables.regions().Add();
+  const uint32_t first = a->id;
+  tables.regions().Erase(a);
+  CHECK(tables.regions().Add()->id != first);
+}
+
+TEST("region: a transfer's region cannot be deregistered until the transfer is released") {
+  RecordingEvents events;
+  AgentTables tables(&events);
+  RegionEntry* region = AddRegistered(tables.regions(), 0x10000, 1 << 20);
+  PeerEntry* peer = tables.AdoptPeer(MakePeer("decode"));
+  const uint32_t id = tables.AddXfer(Xfer(peer, {region}))->id;
+  CHECK_EQ(region->users, 1u);
+  RegionEntry* out = nullptr;
+  CHECK_STATUS(tables.regions().BeginDeregister(region->id, &out), Code::kBusy, "used by 1 unreleased transfer");
+  tables.ReleaseXfer(id);
+  CHECK_EQ(region->users, 0u);
+  CHECK(tables.regions().BeginDeregister(region->id, &out).ok());
+}
+
+TEST("transfer: release while in flight is deferred to its completion") {
+  RecordingEvents events;
+  AgentTables tables(&events);
+  RegionEntry* region = AddRegistered(tables.regions(), 0x10000, 4096);
+  PeerEntry* peer = tables.AdoptPeer(MakePeer("decode"));
+  XferEntry* xfer = tables.AddXfer(Xfer(peer, {region}));
+  const uint32_t id = xfer->id;
+  CHECK(AgentTables::CheckPostable(*xfer).ok());
+  tables.MarkBusy(xfer);
+  const uint32_t token = tables.AddPending(xfer);
+  CHECK_STATUS(AgentTables::CheckPostable(*xfer), Code::kBusy, "already in flight");
+  tables.ReleaseXfer(id);
+  XferEntry* found = nullptr;
+  CHECK_STATUS(tables.FindXfer(id, &found), Code::kInvalidArg, "released");
+  CHECK_EQ(region->users, 1u);  // the engine may still be reading it
+  CHECK_EQ(tables.xfer_count(), size_t{1});
+  tables.ReleaseXfer(id);  // twice: nothing more happens
+  PendingOp op = tables.Settle(token);
+  CHECK(std::holds_alternative<XferEntry*>(op));
+  CHECK_EQ(tables.xfer_count(), size_t{0});
+  CHECK_EQ(region->users, 0u);
+  CHECK_EQ(peer->users, 1u);  // the name table's hold only
+  CHECK(events.destroyed.empty());
+}
+
+TEST("transfer: a completed post leaves it ready to post again") {
+  RecordingEvents events;
+  AgentTables tables(&events);
+  RegionEntry* region = AddRegistered(tables.regions(), 0x10000, 4096);
+  PeerEntry* peer = tables.AdoptPeer(MakePeer("decode"));
+  XferEntry* xfer = tables.AddXfer(Xfer(peer, {region}));
+  for (int round = 0; round < 3; ++round) {
+    tables.MarkBusy(xfer);
+    tables.Settle(tables.AddPending(xfer));
+    CHECK(xfer->state == XferEntry::State::kReady);
+    CHECK(AgentTables::CheckPostable(*xfer).ok());
+  }
+  CHECK(tables.pending().empty());
+}
+
+TEST("transfer: ids start at 1 and the released one is unknown") {
+  RecordingEvents events;
+  AgentTables tables(&events);
+  PeerEntry* peer = tables.AdoptPeer(MakePeer("decode"));
+  XferEntry* xfer = tables.AddXfer(Xfer(peer, {}));
+  CHECK(xfer->id != 0);
+  const uint32_t id = xfer->id;
+  tables.ReleaseXfer(id);
+  XferEntry* found = nullptr;
+  CHECK_STATUS(tables.FindXfer(id, &found), Code::kInvalidArg, "released");
+  CHECK_STATUS(tables.FindXfer(0, &found), Code::kInvalidArg, "released");
+  tables.ReleaseXfer(12345);  // unknown ids are ignored
+}
+
+TEST("transfer: engine state of a destroyed plan goes back to the owner thread") {
+  RecordingEvents events;
+  AgentTables tables(&events);
+  PeerEntry* peer = tables.AdoptPeer(MakePeer("decode"));
+  XferEntry* with_state = tables.AddXfer(Xfer(peer, {}));
+  int engine_state = 0;
+  with_state->plan->engine_state = &engine_state;
+  kvxfer::Plan* plan = with_state->plan.get();
+  tables.ReleaseXfer(with_state->id);
+  REQUIRE(events.released.size() == 1);
+  CHECK(events.released[0].get() == plan);
+  // Without engine state the plan is simply freed.
+  tables.ReleaseXfer(tables.AddXfer(Xfer(peer, {}))->id);
+  CHECK_EQ(events.released.size(), size_t{1});
+}
+
+TEST("peer: forgotten while a transfer uses it: disconnected when the transfer is released") {
+  RecordingEvents events;
+  AgentTables tables(&events);
+  PeerEntry* peer = tables.AdoptPeer(MakePeer("decode"));
+  kvxfer::Peer* raw = peer->peer.get();
+  XferEntry* xfer = tables.AddXfer(Xfer(peer, {}));
+  CHECK_EQ(peer->users, 2u);
+  tables.ForgetPeer(peer);
+  PeerEntry* found = nullptr;
+  CHECK_STATUS(tables.FindPeer("decode", &found), Code::kUnknownPeer, "load its metadata");
+  CHECK_STATUS(AgentTables::CheckPostable(*xfer), Code::kUnknownPeer, "forgotten or reloaded");
+  CHECK(events.destroyed.empty());
+  tables.ReleaseXfer(xfer->id);
+  REQUIRE(events.destroyed.size() == 1);
+  CHECK(events.destroyed[0] == raw);
+  // The engine reports the connection down: the entry goes.
+  tables.PeerDestroyed(raw);
+  CHECK(tables.PeerFailed(raw, Status::Error(Code::kPeerUnreachable, "late")) == nullptr);
+}
+
+TEST("peer: newer metadata of the same name replaces the old; old transfers keep the old") {
+  RecordingEvents events;
+  AgentTables tables(&events);
+  PeerEntry* old_peer = tables.AdoptPeer(MakePeer("decode"));
+  XferEntry* old_xfer = tables.AddXfer(Xfer(old_peer, {}));
+  PeerEntry* new_peer = tables.AdoptPeer(MakePeer("decode"));
+  CHECK(new_peer != old_peer);
+  PeerEntry* found = nullptr;
+  CHECK(tables.FindPeer("decode", &found).ok() && found == new_peer);
+  CHECK(old_peer->state == PeerEntry::State::kForgotten);
+  CHECK_STATUS(AgentTables::CheckPostable(*old_xfer), Code::kUnknownPeer, "forgotten or reloaded");
+  CHECK(events.destroyed.empty());
+  tables.ReleaseXfer(old_xfer->id);
+  REQUIRE(events.destroyed.size() == 1);
+  CHECK(events.destroyed[0] == old_peer->peer.get());
+  CHECK_EQ(tables.peer_count(), size_t{1});
+}
+
+TEST("peer: unused and replaced is disconnected at once") {
+  RecordingEvents events;
+  AgentTables tables(&events);
+  PeerEntry* old_peer = tables.AdoptPeer(MakePeer("decode"));
+  kvxfer::Peer* raw = old_peer->peer.get();
+  tables.AdoptPeer(MakePeer("decode"));
+  REQUIRE(events.destroyed.size() == 1);
+  CHECK(events.destroyed[0] == raw);
+}
+
+TEST("peer: a failed peer refuses new work with its failure") {
+  RecordingEvents events;
+  AgentTables tables(&events);
+  PeerEntry* peer = tables.AdoptPeer(MakePeer("decode"));
+  XferEntry* xfer = tables.AddXfer(Xfer(peer, {}));
+  PeerEntry* failed = tables.PeerFailed(peer->peer.get(),
+                                        Status::Engine(Code::kPeerUnreachable, "peer 'decode' is unreachable",
+                                                       "UCS_ERR_CONNECTION_RESET", -25));
+  CHECK(failed == peer);
+  CHECK_STATUS(peer->Usable(), Code::kPeerUnreachable, "unreachable");
+  CHECK(peer->Usable().engine_status == "UCS_ERR_CONNECTION_RESET");
+  CHECK_STATUS(AgentTables::CheckPostable(*xfer), Code::kPeerUnreachable, "unreachable");
+  // Still known by name (stats, forgetPeer) until forgotten.
+  PeerEntry* found = nullptr;
+  CHECK(tables.FindPeer("decode", &found).ok());
+  tables.ForgetPeer(peer);
+  CHECK_STATUS(AgentTables::CheckPostable(*xfer), Code::kUnknownPeer, "forgotten");
+}
+
+TEST("peer: a standalone notification holds its peer until it completes") {
+  RecordingEvents events;
+  AgentTables tables(&events);
+  PeerEntry* peer = tables.AdoptPeer(MakePeer("decode"));
+  tables.HoldPeer(peer);
+  const uint32_t token =
+      tables.AddPending(kvxfer::PendingNotify{peer, std::make_unique<std::vector<uint8_t>>(3, 'x')});
+  tables.ForgetPeer(peer);
+  CHECK(events.destroyed.empty());
+  PendingOp op = tables.Settle(token);
+  CHECK(std::holds_alternative<kvxfer::PendingNotify>(op));
+  CHECK_EQ(events.destroyed.size(), size_t{1});
+}
+
+TEST("pending: tokens are slot numbers, never 0, reused once settled") {
+  kvxfer::PendingTable pending;
+  const uint32_t a = pending.Add(PendingOp());
+  const uint32_t b = pending.Add(PendingOp());
+  CHECK(a != 0 && b != 0 && a != b);
+  CHECK_EQ(pending.size(), size_t{2});
+  PendingOp out;
+  CHECK(pending.Take(a, &out));
+  CHECK(!pending.Take(a, &out));
+  CHECK(!pending.Take(0, &out));
+  CHECK(!pending.Take(1000, &out));
+  CHECK(pending.Find(a) == nullptr);
+  CHECK(pending.Find(b) != nullptr);
+  CHECK_EQ(pending.Add(PendingOp()), a);
+  pending.clear();
+  CHECK(pending.empty());
+  CHECK(pending.Find(b) == nullptr);
+}
+
+TEST("clear: drops everything without asking the owner thread for anything") {
+  RecordingEvents events;
+  AgentTables tables(&events);
+  RegionEntry* region = AddRegistered(tables.regions(), 0x10000, 4096);
+  PeerEntry* peer = tables.AdoptPeer(MakePeer("decode"));
+  XferEntry* xfer = tables.AddXfer(Xfer(peer, {region}));
+  int engine_state = 0;
+  xfer->plan->engine_state = &engine_state;
+  tables.AddPending(xfer);
+  tables.Clear();
+  CHECK(events.destroyed.empty() && events.released.empty());
+  CHECK_EQ(tables.xfer_count(), size_t{0});
+  CHECK_EQ(tables.peer_count(), size_t{0});
+  CHECK_EQ(tables.regions().size(), size_t{0});
+  CHECK(tables.pending().empty());
+}
