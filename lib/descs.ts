@@ -1,4 +1,5 @@
 import { ErrorCode, KvxferError, invalidArg } from './errors';
+import { LIMITS } from './protocol';
 
 /** One contiguous piece of memory: where, how long, and on which device. */
 export interface Desc {
@@ -14,14 +15,13 @@ export interface DescLike {
   device?: number;
 }
 
-// Layout shared with native/descs.h: a 16-byte header ("KVDL", u16 version,
-// u16 reserved, u32 count, u32 reserved) and 24 bytes per descriptor (u64
-// address, u64 length, u32 device, u32 reserved), little endian.
-const HEADER = 16;
-const ENTRY = 24;
-const VERSION = 1;
-const MAGIC = 0x4c44564b; // "KVDL" read as a little-endian u32
-const MAX_COUNT = 2 ** 28;
+// The layout shared with native/descs.h (DescList* in native/protocol.h): a
+// header, then one fixed-size entry per descriptor, little endian.
+const HEADER = LIMITS.DescListHeaderBytes;
+const ENTRY = LIMITS.DescListEntryBytes;
+const VERSION = LIMITS.DescListVersion;
+const MAGIC = LIMITS.DescListMagic;
+const MAX_COUNT = LIMITS.MaxDescriptors;
 // A descriptor may end exactly at the top of the 64-bit address space.
 const ADDRESS_END = 1n << 64n;
 const TWO_32 = 2 ** 32;

@@ -1,19 +1,6 @@
-/** The stable error codes of kvxfer. */
-export const ErrorCode = {
-  INVALID_ARG: 'ERR_INVALID_ARG',
-  NOT_REGISTERED: 'ERR_NOT_REGISTERED',
-  OUT_OF_RANGE: 'ERR_OUT_OF_RANGE',
-  UNKNOWN_PEER: 'ERR_UNKNOWN_PEER',
-  BAD_METADATA: 'ERR_BAD_METADATA',
-  PEER_UNREACHABLE: 'ERR_PEER_UNREACHABLE',
-  TIMEOUT: 'ERR_TIMEOUT',
-  ABORTED: 'ERR_ABORTED',
-  CLOSED: 'ERR_CLOSED',
-  BUSY: 'ERR_BUSY',
-  ENGINE: 'ERR_ENGINE',
-} as const;
+import { ErrorCode } from './protocol';
 
-export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+export { ErrorCode };
 
 export interface KvxferErrorDetails {
   /** The engine's own name for the failure, e.g. `UCS_ERR_CONNECTION_RESET`. */

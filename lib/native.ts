@@ -4,6 +4,7 @@
  */
 import * as path from 'node:path';
 import { ErrorCode, KvxferError } from './errors';
+import { ERROR_CODES, EVENT_KIND, LIMITS, MEM_KIND, XFER_OP } from './protocol';
 
 /** Events delivered in batches from the owner thread. */
 export interface NativeTelemetry {
@@ -96,7 +97,17 @@ export interface NativeUcxInfo {
   transports: { name: string; device: string }[];
 }
 
+/** The addon's copy of native/protocol.h, in lib/protocol.ts's shape. */
+export interface NativeProtocol {
+  ERROR_CODES: readonly string[];
+  MEM_KIND: Record<string, number>;
+  XFER_OP: Record<string, number>;
+  EVENT_KIND: Record<string, number>;
+  LIMITS: Record<string, number>;
+}
+
 interface Binding {
+  protocol: NativeProtocol;
   NativeAgent: new (name: string, options: NativeAgentOptions, onEvents: NativeEventHandler) => NativeAgent;
   setErrorClass(ctor: typeof KvxferError): void;
   info(): { ucx: NativeUcxInfo; nixl: NativeNixlStatus };
@@ -122,6 +133,24 @@ function explainLoadFailure(error: unknown): KvxferError {
   return new KvxferError(ErrorCode.ENGINE, `kvxfer: ${hint}\n  cause: ${message}`, { cause: error });
 }
 
+/** The library's protocol tables, as lib/protocol.ts has them. */
+export const LIBRARY_PROTOCOL: NativeProtocol = { ERROR_CODES, MEM_KIND, XFER_OP, EVENT_KIND, LIMITS };
+
+/**
+ * Where the addon's tables differ from the library's (an addon built from
+ * other sources than this JavaScript), one line each; empty when they agree.
+ */
+export function protocolMismatches(native: NativeProtocol | undefined): string[] {
+  if (native === undefined) return ['the addon exports no protocol tables'];
+  const problems: string[] = [];
+  for (const table of Object.keys(LIBRARY_PROTOCOL) as (keyof NativeProtocol)[]) {
+    const ours = JSON.stringify(LIBRARY_PROTOCOL[table]);
+    const theirs = JSON.stringify(native[table]);
+    if (ours !== theirs) problems.push(`${table}: library ${ours}, addon ${theirs ?? 'missing'}`);
+  }
+  return problems;
+}
+
 function load(): Binding {
   // UCX installs handlers for SIGSEGV, SIGBUS and others when its library
   // loads, replacing Node's own (V8 relies on SIGSEGV for WebAssembly bounds
@@ -137,15 +166,24 @@ function load(): Binding {
   // and keeps every region mapped until it is deregistered, so the cache
   // never needs them.
   process.env.UCX_MEM_EVENTS ??= 'no';
+  let addon: Binding;
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const nodeGypBuild = require('node-gyp-build') as (dir: string) => Binding;
-    const binding = nodeGypBuild(path.join(__dirname, '..'));
-    binding.setErrorClass(KvxferError);
-    return binding;
+    addon = nodeGypBuild(path.join(__dirname, '..'));
   } catch (error) {
     throw explainLoadFailure(error);
   }
+  const mismatches = protocolMismatches(addon.protocol);
+  if (mismatches.length > 0) {
+    throw new KvxferError(
+      ErrorCode.ENGINE,
+      'kvxfer: the native addon was built from other sources than this library (rebuild it: `npm run build`):\n  ' +
+        mismatches.join('\n  '),
+    );
+  }
+  addon.setErrorClass(KvxferError);
+  return addon;
 }
 
 let cached: Binding | undefined;

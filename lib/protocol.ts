@@ -1,0 +1,56 @@
+// Generated from native/protocol.h by scripts/gen-protocol.js. Do not edit:
+// change native/protocol.h and run `npm run build:ts`.
+
+/** The stable error codes of kvxfer: `KvxferError.code` is one of these. */
+export const ErrorCode = {
+  INVALID_ARG: 'ERR_INVALID_ARG',
+  NOT_REGISTERED: 'ERR_NOT_REGISTERED',
+  OUT_OF_RANGE: 'ERR_OUT_OF_RANGE',
+  UNKNOWN_PEER: 'ERR_UNKNOWN_PEER',
+  BAD_METADATA: 'ERR_BAD_METADATA',
+  PEER_UNREACHABLE: 'ERR_PEER_UNREACHABLE',
+  TIMEOUT: 'ERR_TIMEOUT',
+  ABORTED: 'ERR_ABORTED',
+  CLOSED: 'ERR_CLOSED',
+  BUSY: 'ERR_BUSY',
+  ENGINE: 'ERR_ENGINE',
+} as const;
+
+/** One of the stable codes in {@link ErrorCode}. */
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** @internal The error codes in the addon's order (native/status.h), for the load-time check. */
+export const ERROR_CODES = ['ERR_INVALID_ARG', 'ERR_NOT_REGISTERED', 'ERR_OUT_OF_RANGE', 'ERR_UNKNOWN_PEER', 'ERR_BAD_METADATA', 'ERR_PEER_UNREACHABLE', 'ERR_TIMEOUT', 'ERR_ABORTED', 'ERR_CLOSED', 'ERR_BUSY', 'ERR_ENGINE'] as const;
+
+/** @internal Memory kinds as the addon numbers them. */
+export const MEM_KIND = {
+  dram: 0,
+  vram: 1,
+  file: 2,
+} as const;
+
+/** @internal Transfer directions as the addon numbers them. */
+export const XFER_OP = {
+  write: 0,
+  read: 1,
+} as const;
+
+/** @internal The `kind` of the event objects the addon delivers. */
+export const EVENT_KIND = {
+  Operation: 0,
+  Notification: 1,
+  PeerFailed: 2,
+} as const;
+
+/** @internal Layouts and limits both sides check (see native/protocol.h). */
+export const LIMITS = {
+  DescListMagic: 1279546955,
+  DescListVersion: 1,
+  DescListHeaderBytes: 16,
+  DescListEntryBytes: 24,
+  MaxDescriptors: 268435456,
+  NixlEnvelopeBytes: 16,
+  MaxNotificationBytes: 16384,
+  MaxAgentNameBytes: 255,
+  MaxBusyPollUs: 10000,
+} as const;
