@@ -112,8 +112,6 @@ interface Binding {
   setErrorClass(ctor: typeof KvxferError): void;
   info(): { ucx: NativeUcxInfo; nixl: NativeNixlStatus };
   nixlStatus(): NativeNixlStatus;
-  /** `kvxfer bench`'s memcpy baseline: ns for `iterations` single-thread copies of `bytes` between two page-aligned buffers. */
-  memcpyBench(bytes: number, iterations: number): number;
 }
 
 function explainLoadFailure(error: unknown): KvxferError {

@@ -3,7 +3,6 @@
 #include "agent/agent.h"
 #include "agent/convert.h"
 #include "engine.h"
-#include "bench.h"
 #include "protocol.h"
 #include "ucx/ucx_engine.h"
 #include "ucx/ucx_info.h"
@@ -20,7 +19,6 @@ KvxferAddon::KvxferAddon(Napi::Env env, Napi::Object exports) {
                            InstanceMethod("nixlStatus", &KvxferAddon::NixlStatus),
                            InstanceValue("NativeAgent", agent),
                            InstanceValue("protocol", Protocol(env)),
-                           InstanceValue("memcpyBench", Napi::Function::New(env, MemcpyBench, "memcpyBench")),
                        });
 }
 

@@ -8,7 +8,7 @@ import * as os from 'node:os';
 import { Agent, DescList, type Region } from '../../index';
 import { info } from '../../info';
 import { blockIndex, distinctBlocks, kvBlockBytes, kvBlocks, pointsBytes, type BaselineName, type BenchOptions } from './args';
-import { runMemcpy } from './baselines/memcpy';
+import { memcpyUnavailable, runMemcpy } from './baselines/memcpy';
 import { runNet } from './baselines/net';
 import { findPerftest, perftestTest, runPerftestClient } from './baselines/perftest';
 import { kvBytesPerToken } from './kv';
@@ -143,6 +143,10 @@ export async function runInitiator(ctx: RunContext, host: string, port: number):
       if (perftestBin === undefined) baselineSeries.get('ucx_perftest')!.unavailable = 'ucx_perftest is not installed here (Debian/Ubuntu: apt-get install ucx-utils)';
       else if (!target.perftest) baselineSeries.get('ucx_perftest')!.unavailable = 'ucx_perftest is not installed on the target';
       else baselineSeries.get('ucx_perftest')!.name = `ucx_perftest ${perftestName}`;
+    }
+    if (options.baselines.includes('memcpy')) {
+      const why = memcpyUnavailable();
+      if (why !== undefined) baselineSeries.get('memcpy')!.unavailable = why;
     }
 
     let pointId = 0;
