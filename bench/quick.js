@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Quick benchmark: one block size, kvxfer WRITE into another process next to
 // ucx_perftest (ucp_put_bw) at the same size, in one run. A thin wrapper over
-// `kvxfer bench` (lib/cli/bench), which does the work and has many more options:
+// `kvxfer bench` (bench/*.ts), which does the work and has many more options:
 //
 //   npm run build && node bench/quick.js [options]
 //

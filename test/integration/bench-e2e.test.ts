@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, describe, expect, it } from 'vitest'
-import { BASELINE_FIGURES, KVXFER_FIGURES, KV_FIGURES, SCHEMA, validateReport, type Report } from '../../dist/cli/bench/report.js'
+import { BASELINE_FIGURES, KVXFER_FIGURES, KV_FIGURES, SCHEMA, validateReport, type Report } from '../../dist/bench/report.js'
 
 const MAIN = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url))
 const dir = mkdtempSync(join(tmpdir(), 'kvxfer-bench-'))

@@ -1,18 +1,15 @@
 // `kvxfer bench` command line: sizes with units, power-of-two ranges, every option, the KV
-// presets, and bad input refused with a clear message (and exit status 2 from the CLI).
-import { spawnSync } from 'node:child_process'
-import { fileURLToPath } from 'node:url'
+// presets, and bad input refused with a clear message (the CLI's exit status: bench-cli.test.ts).
 import { describe, expect, it } from 'vitest'
 import {
   DEFAULT_BLOCK_SIZES, UsageError, blockIndex, distinctBlocks, kvBlockBytes, kvBlocks, parseBenchArgs, parseCount,
   parseHostPort, parseSize, parseSizeList, pointsBytes,
-} from '../../dist/cli/bench/args.js'
-import { KV_MODELS, kvBytesPerToken } from '../../dist/cli/bench/kv.js'
+} from '../../dist/bench/args.js'
+import { KV_MODELS, kvBytesPerToken } from '../../dist/bench/kv.js'
 
 const K = 1024
 const M = 1024 * K
 const G = 1024 * M
-const MAIN = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url))
 
 const parse = (...argv: string[]) => parseBenchArgs(argv).options
 
@@ -207,33 +204,5 @@ describe('--kv', () => {
       expect(shape.layers, name).toBeGreaterThan(0)
       expect(kvBytesPerToken(shape), name).toBeGreaterThanOrEqual(16 * K)
     }
-  })
-})
-
-describe('the CLI', () => {
-  const run = (...args: string[]) => spawnSync(process.execPath, [MAIN, 'bench', ...args], { encoding: 'utf8', timeout: 30_000 })
-
-  it('exits 2 with the reason and a pointer to --help on a bad command line', () => {
-    for (const args of [['--block-sizes', '4X'], ['--frobnicate'], ['initiator']]) {
-      const r = run(...args)
-      expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(2)
-      expect(r.stderr).toMatch(/^kvxfer bench: /)
-      expect(r.stderr).toMatch(/kvxfer bench --help/)
-      expect(r.stdout).toBe('')
-    }
-  })
-
-  it('--help prints the usage and exits 0', () => {
-    const r = run('--help')
-    expect(r.status).toBe(0)
-    expect(r.stdout).toMatch(/usage: kvxfer bench/)
-    expect(r.stdout).toMatch(/--block-sizes/)
-  })
-
-  it('--mem vram fails with a clear reason where it cannot run', () => {
-    // Always: no GPU here, or a UCX without CUDA, or (with both) no CUDA allocator in kvxfer.
-    const r = run('--mem', 'vram', '--baseline', 'none')
-    expect(r.status).toBe(1)
-    expect(r.stderr).toMatch(/--mem vram/)
   })
 })

@@ -6,7 +6,7 @@ import { readFileSync, readdirSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { MEMCPY_MODULE, loadMemcpyModule, memcpyUnavailable, runMemcpy } from '../../dist/cli/bench/baselines/memcpy.js'
+import { MEMCPY_MODULE, loadMemcpyModule, memcpyUnavailable, runMemcpy } from '../../dist/bench/baselines/memcpy.js'
 
 const require = createRequire(import.meta.url)
 

@@ -1,12 +1,12 @@
 // The pieces of `kvxfer bench` that need no agent: the report schema validator, the table,
 // CSV and SVG writers, the --check byte pattern, and the framing of the control channel.
 import { describe, expect, it } from 'vitest'
-import { renderChart } from '../../dist/cli/bench/chart.js'
-import { checkBlock, fillBlock, poison } from '../../dist/cli/bench/pattern.js'
+import { renderChart } from '../../dist/bench/chart.js'
+import { checkBlock, fillBlock, poison } from '../../dist/bench/pattern.js'
 import {
   BASELINE_FIGURES, KVXFER_FIGURES, SCHEMA, formatCsv, formatTable, validateReport, type Report,
-} from '../../dist/cli/bench/report.js'
-import { FrameDecoder, encodeFrame } from '../../dist/cli/bench/wire.js'
+} from '../../dist/bench/report.js'
+import { FrameDecoder, encodeFrame } from '../../dist/bench/wire.js'
 
 function figures(names: readonly string[], value = 1.5): Record<string, number> {
   return Object.fromEntries(names.map((n) => [n, value]))

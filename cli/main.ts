@@ -1,8 +1,7 @@
 #!/usr/bin/env node
-import { KvxferError } from '../errors';
-import { info } from '../info';
-import { bench } from './bench';
-import { findPerftest } from './bench/baselines/perftest';
+import { KvxferError, info } from 'kvxfer';
+import { bench } from '../bench/index';
+import { findPerftest } from '../bench/baselines/perftest';
 import { demo } from './demo';
 
 const USAGE = `usage: kvxfer <command>

@@ -8,8 +8,7 @@
  * is the one place a CUDA allocator would plug in.
  */
 import * as fs from 'node:fs';
-import type { Agent, Region } from '../../index';
-import { info } from '../../info';
+import { info, type Agent, type Region } from 'kvxfer';
 
 /** Why --mem vram cannot run here. */
 export function vramUnavailable(device: number): string {

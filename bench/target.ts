@@ -8,8 +8,7 @@
  */
 import * as net from 'node:net';
 import * as os from 'node:os';
-import { Agent, DescList, type Region } from '../../index';
-import { info } from '../../info';
+import { Agent, DescList, info, type Region } from 'kvxfer';
 import type { BenchOptions } from './args';
 import { startNetSink } from './baselines/net';
 import { findPerftest, startPerftestServer, type PerftestServer } from './baselines/perftest';

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import type { Report } from './report';
 import { runInitiator, type RunContext } from './initiator';
 
-const MAIN = path.join(__dirname, '..', 'main.js');
+const MAIN = path.join(__dirname, '..', 'cli', 'main.js');
 
 function waitForListening(child: ChildProcess, timeoutMs: number): Promise<number> {
   return new Promise((resolve, reject) => {

@@ -10,7 +10,7 @@
  * timeout instead.
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import type { Agent, DescList, Transfer } from '../../index';
+import type { Agent, DescList, Transfer } from 'kvxfer';
 import { Samples, summarize } from './stats';
 
 /** Delay histogram resolution; its interval is subtracted from the samples. */

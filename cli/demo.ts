@@ -6,7 +6,7 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { createHash, randomFillSync } from 'node:crypto';
-import { Agent, DescList } from '../index';
+import { Agent, DescList } from 'kvxfer';
 
 const BLOCKS = 64;
 const BLOCK_SIZE = 1 << 20;

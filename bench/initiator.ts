@@ -5,8 +5,7 @@
  * builds the report.
  */
 import * as os from 'node:os';
-import { Agent, DescList, type Region } from '../../index';
-import { info } from '../../info';
+import { Agent, DescList, info, type Region } from 'kvxfer';
 import { blockIndex, distinctBlocks, kvBlockBytes, kvBlocks, pointsBytes, type BaselineName, type BenchOptions } from './args';
 import { memcpyUnavailable, runMemcpy } from './baselines/memcpy';
 import { runNet } from './baselines/net';
@@ -207,7 +206,8 @@ export async function runInitiator(ctx: RunContext, host: string, port: number):
     ch.send('bye');
     await ch.next('bye', 60_000).catch(() => undefined);
     ch.close();
-    const ucx = info().engines.ucx;
+    const about = info();
+    const ucx = about.engines.ucx;
     const report: Report = {
       schema: SCHEMA,
       command: ctx.command,
@@ -216,8 +216,7 @@ export async function runInitiator(ctx: RunContext, host: string, port: number):
       host: hostInfo(),
       target: { ...target.host, engine: target.engine, ucx: target.ucx, transports: target.transports },
       kvxfer: {
-        // eslint-disable-next-line @typescript-eslint/no-require-imports
-        version: (require('../../../package.json') as { version: string }).version,
+        version: about.version,
         engine: pairs[0].agent.engine,
         ucx: ucx.version ?? null,
         transports: options.transports ?? ctx.userEnv.UCX_TLS ?? null,
