@@ -9,8 +9,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Agent, info, type Region } from '../../dist/index.js'
-import { MiB, closeAll, fillBytes, randomBytesFor, sha256, uniqueName } from '../helpers/common.js'
-import { fixturePath } from '../helpers/peer.js'
+import { MiB, closeAll, fillBytes, randomBytesFor, sha256, uniqueName } from '../fixtures/index.js'
+import { fixturePath } from '../fixtures/peers.js'
 
 function gpuAbsence(): string | null {
   try {

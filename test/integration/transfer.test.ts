@@ -12,8 +12,8 @@ import { DescList, type Agent, type Region } from '../../dist/index.js'
 import {
   ENGINES, KiB, MiB, asBuffer, closeAll, createAgent, fillBytes, invertBytes, randomBytesFor, range, rdesc, rejectsWith,
   reportNixlSkipped, settle, sha256, sha256Slices, within,
-} from '../helpers/common.js'
-import { connect, connectPeers, disposeAllPeers, spawnPeer, type Peer, type PeerRegion, type Slice } from '../helpers/peer.js'
+} from '../fixtures/index.js'
+import { connect, connectPeers, disposeAllPeers, spawnPeer, type Peer, type PeerRegion, type Slice } from '../fixtures/peers.js'
 
 const SIZES = [1, 4 * KiB, 1 * MiB, 64 * MiB]
 /** Every big region: the largest case fits at an odd offset, with guard bytes on both sides. */

@@ -13,8 +13,8 @@ import { Agent, KvxferError, info, type Region } from '../../dist/index.js'
 import {
   ENGINES, KiB, MiB, NIXL_ABSENT, closeAll, createAgent, createAgents, eachCase, exchangeMetadata, expectKvxferError, fillBytes,
   rdesc, rejectsWith, reportNixlSkipped, settle, sha256, throwsWith, uniqueName, within,
-} from '../helpers/common.js'
-import { connect, disposeAllPeers, spawnPeer } from '../helpers/peer.js'
+} from '../fixtures/index.js'
+import { connect, disposeAllPeers, spawnPeer } from '../fixtures/peers.js'
 
 // Every test here is bounded (30 s unless a suite sets its own).
 vi.setConfig({ testTimeout: 30_000, hookTimeout: 60_000 })

@@ -15,8 +15,8 @@ import { Agent } from '../../dist/index.js'
 import {
   GiB, KiB, MiB, closeAll, createAgents, exchangeMetadata, expectKvxferError, fillBytes, randomBytesFor, range, settle,
   sha256, throwsWith, uniqueName, within,
-} from '../helpers/common.js'
-import { explain, killAllChildren, runFixture, startFixture } from '../helpers/peer.js'
+} from '../fixtures/index.js'
+import { explain, killAllChildren, runFixture, startFixture } from '../fixtures/peers.js'
 
 afterEach(() => killAllChildren(), 30_000)
 
