@@ -14,7 +14,7 @@ import {
   ENGINES, KiB, MiB, NIXL_ABSENT, closeAll, createAgent, createAgents, eachCase, exchangeMetadata, expectKvxferError, fillBytes,
   rdesc, rejectsWith, reportNixlSkipped, settle, sha256, throwsWith, uniqueName, within,
 } from '../fixtures/index.js'
-import { connect, disposeAllPeers, spawnPeer } from '../fixtures/peers.js'
+import { disposeAllPeers, spawnPeer } from '../fixtures/peers.js'
 
 // Every test here is bounded (30 s unless a suite sets its own).
 vi.setConfig({ testTimeout: 30_000, hookTimeout: 60_000 })
@@ -597,7 +597,7 @@ describe.each(ENGINES)('%s engine', (engine) => {
         const rc = await c.allocate(MiB)
         const p = await spawnPeer({ engine, transports: 'tcp' })
         const pr = await p.allocate(MiB)
-        const pName = await connect(c, p)
+        const pName = await exchangeMetadata(c, p)
         // the connection works
         const want = sha256(fillBytes(rc.view(), 5))
         await c.write(rc, rdesc(pr, 0, MiB), pName)
@@ -614,7 +614,7 @@ describe.each(ENGINES)('%s engine', (engine) => {
         // the agent still works with a live peer
         const q = await spawnPeer({ engine, transports: 'tcp' })
         const qr = await q.allocate(MiB)
-        const qName = await connect(c, q)
+        const qName = await exchangeMetadata(c, q)
         const want2 = sha256(fillBytes(rc.view(), 6))
         await c.write(rc, rdesc(qr, 0, MiB), qName)
         expect(await q.hash(qr)).toBe(want2)
@@ -629,7 +629,7 @@ describe.each(ENGINES)('%s engine', (engine) => {
         const rc = await c.allocate(MiB)
         const p = await spawnPeer({ engine, transports: 'tcp' })
         const pr = await p.allocate(MiB)
-        const pName = await connect(c, p)
+        const pName = await exchangeMetadata(c, p)
         await p.kill('SIGKILL')
         await rejectsWith(() => c.write(rc, rdesc(pr, 0, MiB), pName, { timeoutMs: 20_000 }), 'ERR_PEER_UNREACHABLE', 30_000)
       } finally {
@@ -648,7 +648,7 @@ describe.each(ENGINES)('%s engine', (engine) => {
         const rc = await c.allocate(MiB)
         const p = await spawnPeer({ engine })
         const pr = await p.allocate(MiB)
-        const pName = await connect(c, p)
+        const pName = await exchangeMetadata(c, p)
         await c.write(rc, rdesc(pr, 0, MiB), pName)
         await p.kill('SIGKILL')
         const outcome = await within(settle(c.write(rc, rdesc(pr, 0, MiB), pName, { timeoutMs: 5_000 })), 30_000, 'write to a dead peer')
