@@ -13,7 +13,7 @@
 // would only show now and then, so it is asserted on UCX only here.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DescList, KvxferError, type Agent, type Region } from '../../dist/index.js'
-import { ENGINES, KiB, closeAll, createAgent, range, reportNixlSkipped, settle, within } from '../helpers/common.js'
+import { ENGINES, KiB, closeAll, createAgent, range, reportNixlSkipped, settle, within } from '../fixtures/index.js'
 
 const ITERATIONS = 2_000
 const SEED = Number(process.env.KVXFER_FUZZ_SEED ?? 0x6b76_7866)

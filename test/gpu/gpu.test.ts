@@ -9,8 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Agent, info, type Region } from '../../dist/index.js'
-import { MiB, closeAll, fillBytes, randomBytesFor, sha256, uniqueName } from '../helpers/common.js'
-import { fixturePath } from '../helpers/peer.js'
+import { MiB, closeAll, exchangeMetadata, fillBytes, fixturePath, randomBytesFor, sha256, uniqueName } from '../fixtures/index.js'
 
 function gpuAbsence(): string | null {
   try {
@@ -64,8 +63,7 @@ describe(`GPU memory (VRAM)${skipNote}`, { timeout: 120_000 }, () => {
     b = await Agent.create({ name: uniqueName('gpu-b') })
     vram = await a.register({ kind: 'vram', address: ptr, length: SIZE, device: 0 })
     host = await b.allocate(SIZE)
-    await a.loadPeer(b.metadata())
-    await b.loadPeer(a.metadata())
+    await exchangeMetadata(a, b)
   }, 120_000)
 
   afterAll(async () => {

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DescList, type Agent, type Region } from '../../dist/index.js'
 import {
   KiB, MiB, NIXL_ABSENT, closeAll, createAgent, fillBytes, range, rejectsWith, reportNixlSkipped, sha256,
-} from '../helpers/common.js'
+} from '../fixtures/index.js'
 
 const FILE_BYTES = 4 * MiB
 const BLOCK = 64 * KiB

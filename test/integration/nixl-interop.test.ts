@@ -20,9 +20,8 @@ import { createInterface } from 'node:readline'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DescList, info, type Agent, type Region } from '../../dist/index.js'
 import {
-  KiB, MiB, NIXL_ABSENT, closeAll, createAgent, fillBytes, invertBytes, range, settle, uniqueName, within,
-} from '../helpers/common.js'
-import { fixturePath } from '../helpers/peer.js'
+  KiB, MiB, NIXL_ABSENT, closeAll, createAgent, fillBytes, fixturePath, invertBytes, range, settle, uniqueName, within,
+} from '../fixtures/index.js'
 
 const ARCH_DIR: Record<string, string> = { x64: 'x86_64-linux-gnu', arm64: 'aarch64-linux-gnu' }
 

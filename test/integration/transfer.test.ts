@@ -10,10 +10,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DescList, type Agent, type Region } from '../../dist/index.js'
 import {
-  ENGINES, KiB, MiB, asBuffer, closeAll, createAgent, fillBytes, invertBytes, randomBytesFor, range, rdesc, rejectsWith,
-  reportNixlSkipped, settle, sha256, sha256Slices, within,
-} from '../helpers/common.js'
-import { connect, connectPeers, disposeAllPeers, spawnPeer, type Peer, type PeerRegion, type Slice } from '../helpers/peer.js'
+  ENGINES, KiB, MiB, asBuffer, closeAll, createAgent, exchangeMetadata, fillBytes, invertBytes, randomBytesFor, range, rdesc,
+  rejectsWith, reportNixlSkipped, settle, sha256, sha256Slices, within,
+} from '../fixtures/index.js'
+import { disposeAllPeers, spawnPeer, type Peer, type PeerRegion, type Slice } from '../fixtures/peers.js'
 
 const SIZES = [1, 4 * KiB, 1 * MiB, 64 * MiB]
 /** Every big region: the largest case fits at an odd offset, with guard bytes on both sides. */
@@ -69,7 +69,7 @@ describe.each(VARIANTS)('$engine engine: two processes, $label', { timeout: 120_
     remote = await peer.allocate(REGION)
     remoteBuf = await peer.register(256 * KiB, 'Buffer')
     // Regions first, then metadata: a peer's metadata describes the regions it had then.
-    peerName = await connect(agent, peer)
+    peerName = await exchangeMetadata(agent, peer)
   }, 60_000)
 
   afterAll(async () => {
@@ -545,7 +545,7 @@ describe.each(VARIANTS)('$engine engine: two forked peers, $label', { timeout: 1
     const SIZE = 8 * MiB + 1
     const ra = await a.allocate(SIZE + 4 * KiB)
     const rb = await b.register(SIZE + 4 * KiB, 'Buffer')
-    await connectPeers(a, b)
+    await exchangeMetadata(a, b)
 
     const want = await a.fill(ra, 4242, 0, SIZE)
     await b.poison(rb, 4242, 3, SIZE)

@@ -4,7 +4,7 @@
 // input bytes); malformed input is refused with ERR_INVALID_ARG.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { Agent, DescList, type Region } from '../../dist/index.js'
-import { GiB, KiB, closeAll, eachCase, range, throwsWith, uniqueName } from '../helpers/common.js'
+import { GiB, KiB, closeAll, eachCase, range, throwsWith, uniqueName } from '../fixtures/index.js'
 
 // Every test here is bounded (30 s unless a suite sets its own).
 vi.setConfig({ testTimeout: 30_000, hookTimeout: 60_000 })

@@ -3,7 +3,7 @@
 // other languages), which a kvxfer NIXL agent also loads and uses; and that the UCX engine has no
 // bare NIXL form. The NIXL part is skipped, with the reason in the title, where NIXL does not load.
 import { describe, expect, it } from 'vitest'
-import { KiB, NIXL_ABSENT, closeAll, createAgent, fillBytes, reportNixlSkipped, sha256, throwsWith } from '../helpers/common.js'
+import { KiB, NIXL_ABSENT, closeAll, createAgent, fillBytes, reportNixlSkipped, sha256, throwsWith } from '../fixtures/index.js'
 
 describe.skipIf(NIXL_ABSENT !== null)('nixl engine: metadata formats', { timeout: 60_000 }, () => {
   it('the bare NIXL blob is the envelope without its 16-byte header, and loads and works too', async () => {
