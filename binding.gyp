@@ -29,6 +29,8 @@
         "native/agent/tables.cc",
         "native/crc32.cc",
         "native/descs.cc",
+        "native/identity.cc",
+        "native/liveness.cc",
         "native/loop/busy_poll.cc",
         "native/progress.cc",
         "native/nixl/nixl_api.cc",

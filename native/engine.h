@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "identity.h"
 #include "protocol.h"
 #include "status.h"
 
@@ -50,6 +51,10 @@ struct RemoteRegion {
 
 struct Peer {
   std::string name;
+  // Who sent the metadata (identity.h); identity_known is false for a bare
+  // NIXL blob from a non-kvxfer agent.
+  ProcessIdentity identity;
+  bool identity_known = false;
   // Sorted by address. Empty and not known when the metadata is an opaque
   // blob (NIXL's): then the engine checks remote descriptors itself.
   std::vector<RemoteRegion> regions;
@@ -84,6 +89,7 @@ struct Plan {
 
 struct EngineOptions {
   std::string engine = "ucx";  // "ucx" or "nixl"
+  ProcessIdentity identity;    // this agent's, carried in its metadata
   std::string transports;      // UCX_TLS for this agent only; empty: environment
   std::string backend;         // NIXL: the backend plugin (default UCX)
   std::vector<std::pair<std::string, std::string>> backend_params;
@@ -138,6 +144,9 @@ class Engine {
   // Starts closing the connection; PeerDestroyed reports the end. Called only
   // once no plan and no notification uses the peer.
   virtual void DestroyPeer(Peer* peer) = 0;
+  // The peer is known dead (its process ended): fail its in-flight work
+  // now, refuse new work, and report PeerFailed. Idempotent.
+  virtual void FailPeer(Peer* peer, Status why) = 0;
 
   virtual void Post(Plan& plan, uint32_t token) = 0;
   // The caller stopped waiting for `token`: abort it if the engine can (its

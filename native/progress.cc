@@ -21,6 +21,9 @@ constexpr int kNapMs = 1;
 // write and a context switch, several microseconds each post).
 constexpr auto kSpinBeforeSleep = std::chrono::microseconds(50);
 constexpr size_t kCommandsPerPass = 16;
+// While passes keep finding work the thread never sleeps on the peers'
+// pidfds: it looks at them every this many passes (well under a millisecond).
+constexpr unsigned kPassesPerLivenessCheck = 256;
 constexpr int kPausesPerIdlePass = 8;
 
 inline void CpuRelax() {
@@ -31,12 +34,17 @@ inline void CpuRelax() {
 #endif
 }
 
+EngineOptions WithIdentity(EngineOptions options) {
+  options.identity = NewIdentity();
+  return options;
+}
+
 }  // namespace
 
 OwnerThread::OwnerThread(std::string agent_name, EngineOptions options,
                          std::function<void()> wake_js)
     : agent_name_(std::move(agent_name)),
-      options_(std::move(options)),
+      options_(WithIdentity(std::move(options))),
       wake_js_(std::move(wake_js)) {
   if (options_.engine == "nixl") {
     engine_ = CreateNixlEngine(this, &engine_error_);
@@ -157,12 +165,33 @@ void OwnerThread::Execute(cmd::Deregister& c) {
 void OwnerThread::Execute(cmd::LoadPeer& c) {
   ev::PeerLoaded e{c.token, Status(), nullptr};
   e.status = engine_->LoadPeer(c.blob.data(), c.blob.size(), &e.peer);
+  Peer* peer = e.peer.get();
+  const Liveness::Watch watch = e.status.ok() ? liveness_.Add(peer, options_.identity) : Liveness::Watch::kUnwatchable;
   Push(std::move(e));
+  // Metadata of an agent whose process has ended: loaded, and failed at
+  // once (after the agent has adopted it, in the same batch).
+  if (watch == Liveness::Watch::kGone) {
+    engine_->FailPeer(peer, Status::Error(Code::kPeerUnreachable, "peer '" + peer->name + "' (pid " +
+                                                                       std::to_string(peer->identity.pid) +
+                                                                       ") is not running"));
+  }
 }
 
 void OwnerThread::Execute(cmd::DestroyPeer& c) {
   ++in_flight_;  // until PeerDestroyed
+  liveness_.Remove(c.peer);
   engine_->DestroyPeer(c.peer);
+}
+
+void OwnerThread::CheckLiveness() {
+  if (!running() || liveness_.empty()) return;
+  dead_scratch_.clear();
+  liveness_.Collect(&dead_scratch_);
+  for (Peer* peer : dead_scratch_) {
+    engine_->FailPeer(peer, Status::Error(Code::kPeerUnreachable, "peer '" + peer->name + "' (pid " +
+                                                                       std::to_string(peer->identity.pid) +
+                                                                       ") exited"));
+  }
 }
 
 void OwnerThread::Execute(cmd::Post& c) {
@@ -228,18 +257,23 @@ void OwnerThread::SleepUntilWork(int timeout_ms) {
     sleeping_.store(false);
     return;
   }
-  pollfd fds[2];
-  nfds_t count = 1;
-  fds[0] = {wake_fd_, POLLIN, 0};
-  if (running() && engine_->event_fd() >= 0) {
-    fds[1] = {engine_->event_fd(), POLLIN, 0};
-    count = 2;
-  }
-  int n = poll(fds, count, timeout_ms);
+  std::vector<pollfd>& fds = poll_scratch_;
+  fds.clear();
+  fds.push_back({wake_fd_, POLLIN, 0});
+  if (running() && engine_->event_fd() >= 0) fds.push_back({engine_->event_fd(), POLLIN, 0});
+  const size_t first_pidfd = fds.size();
+  liveness_.AppendPollFds(&fds);
+  int n = poll(fds.data(), fds.size(), timeout_ms);
   sleeping_.store(false);
   if (n > 0 && (fds[0].revents & POLLIN)) {
     uint64_t value;
     while (read(wake_fd_, &value, sizeof value) > 0) {
+    }
+  }
+  for (size_t i = first_pidfd; n > 0 && i < fds.size(); ++i) {
+    if (fds[i].revents != 0) {
+      CheckLiveness();
+      break;
     }
   }
 }
@@ -249,12 +283,14 @@ void OwnerThread::Run() {
   // load) goes straight on to the next.
   bool idle_timing = false;
   std::chrono::steady_clock::time_point idle_since;
+  unsigned passes = 0;
   while (state_ != EngineState::kStopped) {
     bool did_work = DrainCommands();
     if (state_ == EngineState::kStopped) break;
     if (running()) {
       while (engine_->Progress()) did_work = true;
     }
+    if (++passes % kPassesPerLivenessCheck == 0) CheckLiveness();
     PublishCompletions();
     if (did_work) {
       idle_timing = false;

@@ -15,6 +15,7 @@
 
 #include "commands.h"
 #include "engine.h"
+#include "liveness.h"
 #include "spsc_queue.h"
 
 namespace kvxfer {
@@ -63,6 +64,8 @@ class OwnerThread : private EngineEvents {
   void PublishCompletions();
   void Publish(Event* event);  // ready_, then the event if any
   void SleepUntilWork(int timeout_ms);
+  // Fails the peers whose process has ended (liveness.h).
+  void CheckLiveness();
   bool running() const { return state_ == EngineState::kRunning; }
 
   // EngineEvents
@@ -98,6 +101,9 @@ class OwnerThread : private EngineEvents {
   // batch rather than per transfer.
   std::vector<Completion> ready_;
   uint32_t in_flight_ = 0;
+  Liveness liveness_;
+  std::vector<Peer*> dead_scratch_;
+  std::vector<pollfd> poll_scratch_;
 
   std::thread thread_;
 };

@@ -11,11 +11,15 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
+#include <algorithm>
+
 #include "crc32.h"
 #include "engine.h"
+#include "wire.h"
 #include "nixl/nixl_api.h"
 
 namespace kvxfer {
@@ -25,33 +29,62 @@ namespace {
 constexpr const char* kLocalAgent = "";  // NIXL_INIT_AGENT: "this agent's own descriptors"
 constexpr int kIdlePollMs = 1;
 
-// kvxfer's envelope around NIXL's own metadata: NIXL's blobs carry no
-// integrity check, and NIXL 1.4 accepts some corrupted ones and keeps a
-// half-loaded peer after refusing others. Between kvxfer agents the blob is
-// checked before NIXL sees it; a raw blob from another NIXL agent (Python,
-// C++) is still accepted as is.
-//   "KVXN", u16 version (1), u16 reserved, u32 length, u32 CRC-32, NIXL blob
+// kvxfer's envelope around NIXL's own metadata. NIXL's blobs carry no
+// integrity check (NIXL 1.4 accepts some corrupted ones and keeps a
+// half-loaded peer after refusing others), and say nothing kvxfer can read:
+// the envelope adds a CRC, who the agent is (identity.h: same-host liveness,
+// incarnations) and its region table, so remote descriptors are checked at
+// prepare() as on the UCX engine. A bare blob from another NIXL agent
+// (Python, C++) is still accepted as is, unchecked.
+//   0   "KVXN", u16 version (2), u16 reserved,
+//   8   u32 NIXL blob length, u32 CRC-32 of everything after the header
+//   16  the NIXL blob
+//   then identity (48 bytes, wire.h), u32 region count, regions:
+//        u64 address, u64 length, u8 kind, 3 bytes reserved, u32 device
 constexpr uint8_t kEnvelopeMagic[4] = {'K', 'V', 'X', 'N'};
 constexpr size_t kEnvelopeHeader = limits::kNixlEnvelopeBytes;
+constexpr uint16_t kEnvelopeVersion = 2;
+constexpr size_t kEnvelopeRegionBytes = 24;
+constexpr uint32_t kMaxEnvelopeRegions = 1u << 20;
 
-std::vector<uint8_t> Envelope(const std::vector<uint8_t>& raw) {
-  std::vector<uint8_t> blob(kEnvelopeHeader + raw.size());
-  const uint16_t version = 1;
+std::vector<uint8_t> Envelope(const std::vector<uint8_t>& raw, const ProcessIdentity& identity,
+                              const std::vector<const LocalRegion*>& regions) {
+  std::vector<uint8_t> blob(kEnvelopeHeader);
+  wire::Writer w(&blob);
+  w.PutBytes(raw.data(), raw.size());
+  wire::PutIdentity(w, identity);
+  w.Put<uint32_t>(static_cast<uint32_t>(regions.size()));
+  for (const LocalRegion* r : regions) {
+    w.Put<uint64_t>(r->address);
+    w.Put<uint64_t>(r->length);
+    w.Put<uint8_t>(static_cast<uint8_t>(r->kind));
+    w.Put<uint8_t>(0);
+    w.Put<uint16_t>(0);
+    w.Put<uint32_t>(r->device);
+  }
   const uint32_t length = static_cast<uint32_t>(raw.size());
-  const uint32_t crc = Crc32(raw.data(), raw.size());
+  const uint32_t crc = Crc32(blob.data() + kEnvelopeHeader, blob.size() - kEnvelopeHeader);
   std::memcpy(blob.data(), kEnvelopeMagic, 4);
-  std::memcpy(blob.data() + 4, &version, 2);
+  std::memcpy(blob.data() + 4, &kEnvelopeVersion, 2);
   std::memcpy(blob.data() + 8, &length, 4);
   std::memcpy(blob.data() + 12, &crc, 4);
-  if (!raw.empty()) std::memcpy(blob.data() + kEnvelopeHeader, raw.data(), raw.size());
   return blob;
 }
 
-// Points *raw at the NIXL blob inside `blob`: enveloped (checked) or raw.
-Status Unwrap(const uint8_t* blob, size_t length, const uint8_t** raw, size_t* raw_length) {
+// What a blob holds: the NIXL blob inside it, and for an envelope who sent
+// it and its regions.
+struct Unwrapped {
+  const uint8_t* raw = nullptr;
+  size_t raw_length = 0;
+  bool enveloped = false;
+  ProcessIdentity identity;
+  std::vector<RemoteRegion> regions;  // sorted by address
+};
+
+Status Unwrap(const uint8_t* blob, size_t length, Unwrapped* out) {
   if (length < 4 || std::memcmp(blob, kEnvelopeMagic, 4) != 0) {
-    *raw = blob;
-    *raw_length = length;
+    out->raw = blob;
+    out->raw_length = length;
     return Status::Ok();
   }
   auto bad = [](const std::string& why) {
@@ -59,15 +92,40 @@ Status Unwrap(const uint8_t* blob, size_t length, const uint8_t** raw, size_t* r
   };
   if (length < kEnvelopeHeader) return bad("shorter than its header");
   uint16_t version;
-  uint32_t body, crc;
+  uint32_t raw_length, crc;
   std::memcpy(&version, blob + 4, 2);
-  std::memcpy(&body, blob + 8, 4);
+  std::memcpy(&raw_length, blob + 8, 4);
   std::memcpy(&crc, blob + 12, 4);
-  if (version != 1) return bad("envelope version " + std::to_string(version) + " is not supported");
-  if (body != length - kEnvelopeHeader) return bad("length field does not match the blob");
+  if (version != kEnvelopeVersion) return bad("envelope version " + std::to_string(version) + " is not supported");
+  const size_t body = length - kEnvelopeHeader;
   if (Crc32(blob + kEnvelopeHeader, body) != crc) return bad("checksum mismatch (corrupted)");
-  *raw = blob + kEnvelopeHeader;
-  *raw_length = body;
+  wire::Reader r(blob + kEnvelopeHeader, body);
+  out->raw = r.Take(raw_length);
+  out->raw_length = raw_length;
+  out->identity = wire::GetIdentity(r);
+  const uint32_t count = r.Get<uint32_t>();
+  if (r.failed()) return bad("length field does not match the blob");
+  if (count > kMaxEnvelopeRegions || r.left() != static_cast<size_t>(count) * kEnvelopeRegionBytes) {
+    return bad("region count");
+  }
+  out->regions.reserve(count);
+  for (uint32_t i = 0; i < count; ++i) {
+    RemoteRegion region;
+    region.address = r.Get<uint64_t>();
+    region.length = r.Get<uint64_t>();
+    const uint8_t kind = r.Get<uint8_t>();
+    r.Take(3);
+    region.device = r.Get<uint32_t>();
+    if (kind > static_cast<uint8_t>(MemKind::kFile)) return bad("region " + std::to_string(i) + " kind");
+    region.kind = static_cast<MemKind>(kind);
+    if (region.length == 0 || region.length - 1 > UINT64_MAX - region.address) {
+      return bad("region " + std::to_string(i) + " bounds");
+    }
+    out->regions.push_back(region);
+  }
+  std::sort(out->regions.begin(), out->regions.end(),
+            [](const RemoteRegion& a, const RemoteRegion& b) { return a.address < b.address; });
+  out->enveloped = true;
   return Status::Ok();
 }
 
@@ -114,7 +172,7 @@ struct InFlight {
   PlanState* state;
   uint32_t token;
   uint64_t start_ns;
-  std::string peer;
+  Peer* peer;
 };
 
 class NixlEngine final : public Engine {
@@ -126,6 +184,7 @@ class NixlEngine final : public Engine {
 
   Status Start(const std::string& agent_name, const EngineOptions& options) override {
     name_ = agent_name;
+    identity_ = options.identity;
     // Progress happens in our owner thread's calls (status checks, notification
     // polls); NIXL's own progress and listener threads stay off.
     nixl::AgentConfig config{false, false, 0, nixl::kSyncNone, 1, 0, 0, true};
@@ -162,7 +221,9 @@ class NixlEngine final : public Engine {
     return Status::Ok();
   }
 
-  std::vector<uint8_t> Metadata() override { return Envelope(RawMetadata()); }
+  std::vector<uint8_t> Metadata() override {
+    return Envelope(RawMetadata(), identity_, std::vector<const LocalRegion*>(regions_.begin(), regions_.end()));
+  }
 
   Status Register(LocalRegion* region) override {
     nixl::Status st = WithRegList(region, api_.register_mem);
@@ -198,10 +259,11 @@ class NixlEngine final : public Engine {
   Status LoadPeer(const uint8_t* blob, size_t length, std::unique_ptr<Peer>* out) override {
     // Our own metadata names this agent as the peer of its local backends
     // (FILE through POSIX, a loopback copy): NIXL needs no remote entry.
-    const uint8_t* raw = nullptr;
-    size_t raw_length = 0;
-    Status unwrapped = Unwrap(blob, length, &raw, &raw_length);
-    if (!unwrapped.ok()) return unwrapped;
+    Unwrapped unwrapped;
+    Status s = Unwrap(blob, length, &unwrapped);
+    if (!s.ok()) return s;
+    const uint8_t* raw = unwrapped.raw;
+    const size_t raw_length = unwrapped.raw_length;
     const std::vector<uint8_t> own = RawMetadata();
     if (raw_length == own.size() && std::memcmp(raw, own.data(), raw_length) == 0) {
       auto self = std::make_unique<Peer>();
@@ -219,13 +281,19 @@ class NixlEngine final : public Engine {
     auto peer = std::make_unique<Peer>();
     peer->name = name;
     std::free(name);
-    peer->regions_known = false;  // NIXL's blob is opaque: NIXL checks remote descriptors
+    // A bare NIXL blob is opaque: then NIXL checks remote descriptors at the
+    // first post.
+    peer->regions_known = unwrapped.enveloped;
+    peer->regions = std::move(unwrapped.regions);
+    peer->identity = unwrapped.identity;
+    peer->identity_known = unwrapped.enveloped;
     ++peer_refs_[peer->name];
     *out = std::move(peer);
     return Status::Ok();
   }
 
   void DestroyPeer(Peer* peer) override {
+    failed_.erase(peer);
     if (peer->engine_conn == this) {  // ourselves: nothing loaded in NIXL
       events_->PeerDestroyed(peer);
       return;
@@ -239,8 +307,30 @@ class NixlEngine final : public Engine {
     events_->PeerDestroyed(peer);
   }
 
+  void FailPeer(Peer* peer, Status why) override {
+    if (!failed_.emplace(peer, why).second) return;
+    events_->PeerFailed(peer, why);
+    // Releasing an in-flight request is how NIXL aborts it.
+    for (size_t i = 0; i < in_flight_.size();) {
+      InFlight f = in_flight_[i];
+      if (f.peer != peer) {
+        ++i;
+        continue;
+      }
+      in_flight_[i] = std::move(in_flight_.back());
+      in_flight_.pop_back();
+      DropRequest(f.state);
+      events_->OperationDone(f.token, why, NowNs() - f.start_ns);
+    }
+  }
+
   void Post(Plan& plan, uint32_t token) override {
     const uint64_t start = NowNs();
+    auto failed = failed_.find(plan.peer);
+    if (failed != failed_.end()) {
+      events_->OperationDone(token, failed->second, 0);
+      return;
+    }
     PlanState* state = nullptr;
     Status s = ReadyRequest(plan, &state);
     if (!s.ok()) {
@@ -251,7 +341,7 @@ class NixlEngine final : public Engine {
     if (st == nixl::kSuccess) {
       Complete(token, state, Status::Ok(), NowNs() - start);
     } else if (st == nixl::kInProgress) {
-      in_flight_.push_back(InFlight{state, token, start, plan.peer->name});
+      in_flight_.push_back(InFlight{state, token, start, plan.peer});
     } else {
       events_->OperationDone(token, TransferFailure(plan.peer->name, st), NowNs() - start);
     }
@@ -266,6 +356,11 @@ class NixlEngine final : public Engine {
   }
 
   void Notify(Peer* peer, const std::vector<uint8_t>& message, uint32_t token) override {
+    auto failed = failed_.find(peer);
+    if (failed != failed_.end()) {
+      events_->OperationDone(token, failed->second, 0);
+      return;
+    }
     nixl::Status st = api_.gen_notif(agent_, peer->name.c_str(), message.data(), message.size(), nullptr);
     events_->OperationDone(token,
                            st == nixl::kSuccess ? Status::Ok() : TransferFailure(peer->name, st), 0);
@@ -280,7 +375,7 @@ class NixlEngine final : public Engine {
         ++i;
         continue;
       }
-      Status result = st == nixl::kSuccess ? Status::Ok() : TransferFailure(f.peer, st);
+      Status result = st == nixl::kSuccess ? Status::Ok() : TransferFailure(f.peer->name, st);
       const uint32_t token = f.token;
       PlanState* state = f.state;
       const uint64_t duration = NowNs() - f.start_ns;
@@ -304,9 +399,7 @@ class NixlEngine final : public Engine {
       const uint64_t duration = NowNs() - in_flight_[i].start_ns;
       in_flight_[i] = std::move(in_flight_.back());
       in_flight_.pop_back();
-      api_.release_xfer_req(agent_, state->request);
-      api_.destroy_xfer_req(state->request);
-      state->request = nullptr;
+      DropRequest(state);
       events_->OperationDone(token, Status::Error(Code::kAborted, "the transfer was aborted"), duration);
       return;
     }
@@ -434,10 +527,17 @@ class NixlEngine final : public Engine {
       api_.xfer_dlist_add_desc(raw->local_list, s.local, s.length, s.local_region->device);
       api_.xfer_dlist_add_desc(raw->remote_list, s.remote, s.length, s.remote_device);
     }
+    // NIXL's C API hands back a handle even when it fails, with its inner
+    // pointer never set: releasing that one would free a garbage address.
+    // It is dropped (a few bytes NIXL's C API gives no way to free).
     st = api_.prep_xfer_dlist(agent_, kLocalAgent, raw->local_list, &raw->local, nullptr);
-    if (st != nixl::kSuccess) return NixlError(Code::kNotRegistered, "preparing the local descriptors", st);
+    if (st != nixl::kSuccess) {
+      raw->local = nullptr;
+      return NixlError(Code::kNotRegistered, "preparing the local descriptors", st);
+    }
     st = api_.prep_xfer_dlist(agent_, plan.peer->name.c_str(), raw->remote_list, &raw->remote, nullptr);
     if (st != nixl::kSuccess) {
+      raw->remote = nullptr;
       return NixlError(Code::kNotRegistered,
                        "preparing the remote descriptors against the metadata of peer '" + plan.peer->name +
                            "' (each must lie inside one of its registered regions)",
@@ -471,11 +571,17 @@ class NixlEngine final : public Engine {
     return Status::Ok();
   }
 
+  // Releases the plan's request (aborting it if it is in flight); the plan
+  // makes a new one at its next post.
+  void DropRequest(PlanState* state) {
+    if (state->request == nullptr) return;
+    api_.release_xfer_req(agent_, state->request);
+    api_.destroy_xfer_req(state->request);
+    state->request = nullptr;
+  }
+
   void FreeState(PlanState* state) {
-    if (state->request != nullptr) {
-      api_.release_xfer_req(agent_, state->request);
-      api_.destroy_xfer_req(state->request);
-    }
+    DropRequest(state);
     if (state->local != nullptr) api_.release_xfer_dlist_handle(agent_, state->local);
     if (state->remote != nullptr) api_.release_xfer_dlist_handle(agent_, state->remote);
     if (state->local_list != nullptr) api_.destroy_xfer_dlist(state->local_list);
@@ -520,6 +626,9 @@ class NixlEngine final : public Engine {
   std::unordered_set<LocalRegion*> regions_;
   std::unordered_set<PlanState*> states_;
   std::map<std::string, int> peer_refs_;
+  // Peers known dead (FailPeer), with what their work fails with.
+  std::unordered_map<Peer*, Status> failed_;
+  ProcessIdentity identity_;
   std::vector<InFlight> in_flight_;
   bool shutting_down_ = false;
 };

@@ -63,15 +63,28 @@ struct UcxAllocation {
   const ucp_mem_h memh;
 };
 
+struct UcxOp;
+
+// A loaded peer's endpoint. Lives until the agent destroys the peer (or the
+// engine shuts down), even when its endpoint was closed early because the
+// peer failed: the agent's plans still point at it.
 struct UcxConn {
-  UcxEngine* engine;
-  Peer* peer;
+  enum class Endpoint : uint8_t { kOpen, kClosing, kClosed };
+  UcxEngine* engine = nullptr;
+  Peer* peer = nullptr;
   ucp_ep_h ep = nullptr;
+  Endpoint endpoint = Endpoint::kOpen;
   ucs_status_t failure = UCS_OK;
+  Status failure_status;       // what its operations fail with, once failed
+  bool destroy_requested = false;
   bool report_destroyed = true;
+  UcxOp* ops = nullptr;        // operations not yet reported, newest first
 };
 
-// One posted plan or standalone notification, from post to OperationDone.
+// One posted plan or standalone notification, from post to its UCX
+// callbacks. Reported to the agent once: when it finishes, or earlier when
+// its peer fails (UCX may complete a request on a failed endpoint late, or,
+// seen with keepalive, never).
 struct UcxOp {
   UcxEngine* engine;
   UcxConn* conn;
@@ -79,6 +92,9 @@ struct UcxOp {
   uint64_t start_ns;
   const std::vector<uint8_t>* message;  // sent after the data; may be null
   ucs_status_t status = UCS_OK;         // the first failure
+  bool reported = false;
+  UcxOp* prev = nullptr;  // in conn->ops while not reported
+  UcxOp* next = nullptr;
 };
 
 class UcxEngine final : public Engine {
@@ -92,6 +108,7 @@ class UcxEngine final : public Engine {
 
   Status Start(const std::string& agent_name, const EngineOptions& options) override {
     name_ = agent_name;
+    identity_ = options.identity;
     ucp_config_t* config = nullptr;
     ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
     if (st != UCS_OK) return UcsError(Code::kEngine, "reading the UCX configuration", st);
@@ -219,7 +236,7 @@ class UcxEngine final : public Engine {
 
   std::vector<uint8_t> Metadata() override {
     std::vector<const LocalRegion*> regions(regions_.begin(), regions_.end());
-    return PackUcxMetadata(name_, worker_address_, regions);
+    return PackUcxMetadata(name_, identity_, worker_address_, regions);
   }
 
   Status LoadPeer(const uint8_t* blob, size_t length, std::unique_ptr<Peer>* out) override {
@@ -229,7 +246,11 @@ class UcxEngine final : public Engine {
 
     auto peer = std::make_unique<Peer>();
     peer->name = md.name;
-    auto* conn = new UcxConn{this, peer.get()};
+    peer->identity = md.identity;
+    peer->identity_known = true;
+    auto* conn = new UcxConn;
+    conn->engine = this;
+    conn->peer = peer.get();
     ucp_ep_params_t params{};
     params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                         UCP_EP_PARAM_FIELD_ERR_HANDLER;
@@ -261,9 +282,9 @@ class UcxEngine final : public Engine {
           ucp_rkey_destroy(static_cast<ucp_rkey_h>(unpacked.engine_key));
         }
         peer->regions.clear();
-        conn->report_destroyed = false;
-        DestroyPeer(peer.get());
         conn->peer = nullptr;
+        conn->report_destroyed = false;
+        Destroy(conn);
         return UcsError(Code::kBadMetadata,
                         "unpacking a remote key of peer '" + md.name + "'", st);
       }
@@ -275,21 +296,13 @@ class UcxEngine final : public Engine {
     return Status::Ok();
   }
 
-  void DestroyPeer(Peer* peer) override {
+  void DestroyPeer(Peer* peer) override { Destroy(static_cast<UcxConn*>(peer->engine_conn)); }
+
+  void FailPeer(Peer* peer, Status why) override {
     auto* conn = static_cast<UcxConn*>(peer->engine_conn);
-    ucp_request_param_t param{};
-    param.op_attr_mask =
-        UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-    // A failed endpoint can only be closed by force; a healthy one is
-    // flushed and disconnected politely.
-    param.flags = (conn->failure != UCS_OK || shutting_down_) ? UCP_EP_CLOSE_FLAG_FORCE : 0;
-    param.cb.send = &UcxEngine::OnEndpointClosed;
-    param.user_data = conn;
-    ++closing_;
-    closing_conns_.insert(conn);
-    ucs_status_ptr_t request = ucp_ep_close_nbx(conn->ep, &param);
-    if (!UCS_PTR_IS_PTR(request)) EndpointClosed(conn);
+    if (conn != nullptr) FailConn(conn, UCS_ERR_CONNECTION_RESET, std::move(why));
   }
+
 
   void Post(Plan& plan, uint32_t token) override {
     auto* conn = static_cast<UcxConn*>(plan.peer->engine_conn);
@@ -347,13 +360,10 @@ class UcxEngine final : public Engine {
 
   void Shutdown() override {
     shutting_down_ = true;
-    std::vector<UcxConn*> open;
-    for (UcxConn* conn : conns_) {
-      if (conn->ep != nullptr && !closing_conns_.count(conn)) open.push_back(conn);
-    }
-    for (UcxConn* conn : open) {
+    const std::vector<UcxConn*> all(conns_.begin(), conns_.end());
+    for (UcxConn* conn : all) {
       conn->report_destroyed = false;
-      DestroyPeer(conn->peer);
+      Destroy(conn);
     }
     const auto deadline = std::chrono::steady_clock::now() + kShutdownDeadline;
     while ((live_ops_ > 0 || closing_ > 0) && std::chrono::steady_clock::now() < deadline) {
@@ -365,6 +375,54 @@ class UcxEngine final : public Engine {
   }
 
  private:
+  void Destroy(UcxConn* conn) {
+    conn->destroy_requested = true;
+    switch (conn->endpoint) {
+      case UcxConn::Endpoint::kOpen:
+        CloseEndpoint(conn);
+        break;
+      case UcxConn::Endpoint::kClosing:
+        break;  // EndpointClosed finishes it
+      case UcxConn::Endpoint::kClosed:
+        ForgetConn(conn);
+        break;
+    }
+  }
+
+  // Closes the endpoint (by force once it failed: UCX can flush nothing to a
+  // dead peer); EndpointClosed follows, now or from progress.
+  void CloseEndpoint(UcxConn* conn) {
+    ucp_request_param_t param{};
+    param.op_attr_mask =
+        UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+    // A failed endpoint can only be closed by force; a healthy one is
+    // flushed and disconnected politely.
+    param.flags = (conn->failure != UCS_OK || shutting_down_) ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+    param.cb.send = &UcxEngine::OnEndpointClosed;
+    param.user_data = conn;
+    ++closing_;
+    conn->endpoint = UcxConn::Endpoint::kClosing;
+    ucs_status_ptr_t request = ucp_ep_close_nbx(conn->ep, &param);
+    if (!UCS_PTR_IS_PTR(request)) EndpointClosed(conn);
+  }
+
+  // The peer failed: every operation still waiting on it fails now, new ones
+  // are refused, and its endpoint closes at once, which frees what UCX holds
+  // for it (shared-memory attachments, keys).
+  void FailConn(UcxConn* conn, ucs_status_t status, Status why) {
+    if (conn->failure != UCS_OK) return;
+    conn->failure = status;
+    conn->failure_status = std::move(why);
+    if (conn->peer != nullptr && !shutting_down_) events_->PeerFailed(conn->peer, conn->failure_status);
+    while (conn->ops != nullptr) {
+      UcxOp* op = conn->ops;
+      Unlink(op);
+      op->reported = true;
+      events_->OperationDone(op->token, conn->failure_status, NowNs() - op->start_ns);
+    }
+    if (conn->endpoint == UcxConn::Endpoint::kOpen && !shutting_down_) CloseEndpoint(conn);
+  }
+
   Status PackKey(ucp_mem_h memh, LocalRegion* region) {
     void* key = nullptr;
     size_t key_length = 0;
@@ -399,7 +457,20 @@ class UcxEngine final : public Engine {
     }
     *op = UcxOp{this, conn, token, NowNs(), message};
     ++live_ops_;
+    op->next = conn->ops;
+    if (conn->ops != nullptr) conn->ops->prev = op;
+    conn->ops = op;
     return op;
+  }
+
+  void Unlink(UcxOp* op) {
+    if (op->prev != nullptr) {
+      op->prev->next = op->next;
+    } else {
+      op->conn->ops = op->next;
+    }
+    if (op->next != nullptr) op->next->prev = op->prev;
+    op->prev = op->next = nullptr;
   }
 
   void Flush(UcxOp* op) {
@@ -413,6 +484,11 @@ class UcxEngine final : public Engine {
 
   void AfterFlush(UcxOp* op, ucs_status_t status) {
     if (op->status == UCS_OK) op->status = status;
+    // Reported failed with its peer: nothing more goes out for it.
+    if (op->reported) {
+      Finish(op);
+      return;
+    }
     // The flush means the data is in the peer's memory; only then may the
     // notification that announces it go out.
     if (op->status == UCS_OK && op->message != nullptr) {
@@ -438,14 +514,16 @@ class UcxEngine final : public Engine {
     }
   }
 
+  // UCX is done with the operation; it is reported unless its peer's
+  // failure already reported it.
   void Finish(UcxOp* op) {
-    Status status;
-    if (op->status != UCS_OK) status = OperationFailure(op);
-    const uint64_t duration = NowNs() - op->start_ns;
-    const uint32_t token = op->token;
     --live_ops_;
     spare_ops_.push_back(op);
-    events_->OperationDone(token, std::move(status), duration);
+    if (op->reported) return;
+    Unlink(op);
+    Status status;
+    if (op->status != UCS_OK) status = OperationFailure(op);
+    events_->OperationDone(op->token, std::move(status), NowNs() - op->start_ns);
   }
 
   Status OperationFailure(const UcxOp* op) const {
@@ -455,25 +533,34 @@ class UcxEngine final : public Engine {
       s.message = "the agent was closed before the operation finished";
       return s;
     }
-    if (op->conn->failure != UCS_OK || IsPeerFailure(op->status)) {
-      ucs_status_t why = op->conn->failure != UCS_OK ? op->conn->failure : op->status;
-      return UcsError(Code::kPeerUnreachable, "peer '" + peer + "' is unreachable", why);
+    if (op->conn->failure != UCS_OK) return op->conn->failure_status;
+    if (IsPeerFailure(op->status)) {
+      return UcsError(Code::kPeerUnreachable, "peer '" + peer + "' is unreachable", op->status);
     }
     return UcsError(Code::kEngine, "transfer with peer '" + peer + "'", op->status);
   }
 
+  // The endpoint is closed: the peer's keys go with it. The connection
+  // itself goes once the agent has destroyed the peer.
   void EndpointClosed(UcxConn* conn) {
     --closing_;
-    closing_conns_.erase(conn);
+    conn->endpoint = UcxConn::Endpoint::kClosed;
+    conn->ep = nullptr;
+    if (conn->peer != nullptr) {
+      for (RemoteRegion& r : conn->peer->regions) {
+        if (r.engine_key != nullptr) ucp_rkey_destroy(static_cast<ucp_rkey_h>(r.engine_key));
+        r.engine_key = nullptr;
+      }
+    }
+    if (conn->destroy_requested) ForgetConn(conn);
+  }
+
+  void ForgetConn(UcxConn* conn) {
     conns_.erase(conn);
     Peer* peer = conn->peer;
     const bool report = conn->report_destroyed && !shutting_down_;
     delete conn;
     if (peer == nullptr) return;
-    for (RemoteRegion& r : peer->regions) {
-      if (r.engine_key != nullptr) ucp_rkey_destroy(static_cast<ucp_rkey_h>(r.engine_key));
-      r.engine_key = nullptr;
-    }
     peer->engine_conn = nullptr;
     if (report) events_->PeerDestroyed(peer);
   }
@@ -499,13 +586,9 @@ class UcxEngine final : public Engine {
 
   static void OnEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status) {
     auto* conn = static_cast<UcxConn*>(arg);
-    if (conn->failure != UCS_OK || conn->peer == nullptr) return;
-    conn->failure = status;
-    UcxEngine* self = conn->engine;
-    if (self->shutting_down_) return;
-    self->events_->PeerFailed(
-        conn->peer,
-        UcsError(Code::kPeerUnreachable, "peer '" + conn->peer->name + "' is unreachable", status));
+    if (conn->peer == nullptr) return;
+    conn->engine->FailConn(
+        conn, status, UcsError(Code::kPeerUnreachable, "peer '" + conn->peer->name + "' is unreachable", status));
   }
 
   static ucs_status_t OnNotification(void* arg, const void* header, size_t header_length,
@@ -527,6 +610,7 @@ class UcxEngine final : public Engine {
 
   EngineEvents* const events_;
   std::string name_;
+  ProcessIdentity identity_;
   ucp_context_h context_ = nullptr;
   std::shared_ptr<UcxContext> context_holder_;
   ucp_worker_h worker_ = nullptr;
@@ -534,7 +618,6 @@ class UcxEngine final : public Engine {
   std::vector<uint8_t> worker_address_;
   std::unordered_set<LocalRegion*> regions_;
   std::unordered_set<UcxConn*> conns_;
-  std::unordered_set<UcxConn*> closing_conns_;
   // Ops are recycled: a small transfer should not cost an allocation.
   std::vector<UcxOp*> spare_ops_;
   size_t live_ops_ = 0;

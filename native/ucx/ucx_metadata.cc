@@ -3,10 +3,14 @@
 #include <cstring>
 
 #include "crc32.h"
+#include "wire.h"
 
 namespace kvxfer {
 
 namespace {
+
+using wire::Reader;
+using wire::Writer;
 
 constexpr uint8_t kMagic[4] = {'K', 'V', 'X', 'M'};
 constexpr uint8_t kEngineUcx = 1;
@@ -16,72 +20,20 @@ constexpr uint32_t kMaxKey = 64 * 1024;
 constexpr uint32_t kMaxRegions = 1u << 20;
 constexpr size_t kRegionFixedSize = 8 + 8 + 1 + 3 + 4 + 4;
 
-class Writer {
- public:
-  explicit Writer(std::vector<uint8_t>* out) : out_(out) {}
-  template <typename T>
-  void Put(T value) {
-    uint8_t bytes[sizeof(T)];
-    std::memcpy(bytes, &value, sizeof(T));
-    out_->insert(out_->end(), bytes, bytes + sizeof(T));
-  }
-  void PutBytes(const uint8_t* data, size_t length) {
-    out_->insert(out_->end(), data, data + length);
-  }
-
- private:
-  std::vector<uint8_t>* out_;
-};
-
-// Reads fields from untrusted bytes; any read past the end latches a failure
-// that the caller checks once.
-class Reader {
- public:
-  Reader(const uint8_t* data, size_t length) : data_(data), left_(length) {}
-  template <typename T>
-  T Get() {
-    T value{};
-    if (left_ < sizeof(T)) {
-      failed_ = true;
-      return value;
-    }
-    std::memcpy(&value, data_, sizeof(T));
-    data_ += sizeof(T);
-    left_ -= sizeof(T);
-    return value;
-  }
-  const uint8_t* Take(size_t length) {
-    if (left_ < length) {
-      failed_ = true;
-      return nullptr;
-    }
-    const uint8_t* p = data_;
-    data_ += length;
-    left_ -= length;
-    return p;
-  }
-  size_t left() const { return left_; }
-  bool failed() const { return failed_; }
-
- private:
-  const uint8_t* data_;
-  size_t left_;
-  bool failed_ = false;
-};
-
 Status Bad(const std::string& why) {
   return Status::Error(Code::kBadMetadata, "malformed peer metadata: " + why);
 }
 
 }  // namespace
 
-std::vector<uint8_t> PackUcxMetadata(const std::string& name,
+std::vector<uint8_t> PackUcxMetadata(const std::string& name, const ProcessIdentity& identity,
                                      const std::vector<uint8_t>& worker_address,
                                      const std::vector<const LocalRegion*>& regions) {
   std::vector<uint8_t> blob(kHeaderSize);
   Writer w(&blob);
   w.Put<uint16_t>(static_cast<uint16_t>(name.size()));
   w.PutBytes(reinterpret_cast<const uint8_t*>(name.data()), name.size());
+  wire::PutIdentity(w, identity);
   w.Put<uint32_t>(static_cast<uint32_t>(worker_address.size()));
   w.PutBytes(worker_address.data(), worker_address.size());
   w.Put<uint32_t>(static_cast<uint32_t>(regions.size()));
@@ -130,6 +82,7 @@ Status ParseUcxMetadata(const uint8_t* blob, size_t length, UcxMetadata* out) {
   const uint16_t name_length = r.Get<uint16_t>();
   if (name_length == 0 || name_length > limits::kMaxAgentNameBytes) return Bad("agent name length");
   const uint8_t* name = r.Take(name_length);
+  const ProcessIdentity identity = wire::GetIdentity(r);
   const uint32_t address_length = r.Get<uint32_t>();
   if (address_length == 0 || address_length > kMaxWorkerAddress) return Bad("worker address length");
   const uint8_t* address = r.Take(address_length);
@@ -140,6 +93,7 @@ Status ParseUcxMetadata(const uint8_t* blob, size_t length, UcxMetadata* out) {
   }
   UcxMetadata md;
   md.name.assign(reinterpret_cast<const char*>(name), name_length);
+  md.identity = identity;
   if (md.name.find('\0') != std::string::npos) return Bad("agent name contains NUL");
   md.worker_address = address;
   md.worker_address_length = address_length;

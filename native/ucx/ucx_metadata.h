@@ -11,6 +11,8 @@
 //   8   u32 body length
 //   12  u32 CRC-32 of the body
 //   16  body: u16 name length, name,
+//             identity (identity.h): u64 incarnation, 16 bytes boot id,
+//               u32 pid, u32 reserved, u64 start time, u64 pid namespace,
 //             u32 worker address length, worker address,
 //             u32 region count, regions:
 //               u64 address, u64 length, u8 kind, 3 bytes reserved,
@@ -22,10 +24,11 @@
 #include <vector>
 
 #include "engine.h"
+#include "identity.h"
 
 namespace kvxfer {
 
-constexpr uint16_t kUcxMetadataVersion = 1;
+constexpr uint16_t kUcxMetadataVersion = 2;
 
 struct UcxMetadataRegion {
   uint64_t address;
@@ -38,12 +41,13 @@ struct UcxMetadataRegion {
 
 struct UcxMetadata {
   std::string name;
+  ProcessIdentity identity;
   const uint8_t* worker_address;  // points into the parsed blob
   uint32_t worker_address_length;
   std::vector<UcxMetadataRegion> regions;
 };
 
-std::vector<uint8_t> PackUcxMetadata(const std::string& name,
+std::vector<uint8_t> PackUcxMetadata(const std::string& name, const ProcessIdentity& identity,
                                      const std::vector<uint8_t>& worker_address,
                                      const std::vector<const LocalRegion*>& regions);
 

@@ -1,0 +1,76 @@
+#include "liveness.h"
+
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+namespace kvxfer {
+
+namespace {
+
+int PidfdOpen(uint32_t pid) {
+#ifdef SYS_pidfd_open
+  return static_cast<int>(syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0));
+#else
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+
+}  // namespace
+
+Liveness::~Liveness() {
+  for (auto& [peer, fd] : fds_) close(fd);
+}
+
+Liveness::Watch Liveness::Add(Peer* peer, const ProcessIdentity& self) {
+  Remove(peer);
+  const ProcessIdentity& theirs = peer->identity;
+  if (!peer->identity_known || theirs.pid == 0 || !self.SameProcessSpace(theirs)) return Watch::kUnwatchable;
+  const int fd = PidfdOpen(theirs.pid);
+  if (fd < 0) return errno == ESRCH ? Watch::kGone : Watch::kUnwatchable;
+  // Checked after the pidfd is open: the fd then names this process for
+  // good, and if the start time matches it is the peer's, not a later
+  // process that reused its pid.
+  if (theirs.start_time != 0 && ProcessStartTime(theirs.pid) != theirs.start_time) {
+    close(fd);
+    return Watch::kGone;
+  }
+  fds_.emplace(peer, fd);
+  return Watch::kWatching;
+}
+
+void Liveness::Remove(Peer* peer) {
+  auto it = fds_.find(peer);
+  if (it == fds_.end()) return;
+  close(it->second);
+  fds_.erase(it);
+}
+
+void Liveness::AppendPollFds(std::vector<pollfd>* fds) const {
+  for (const auto& [peer, fd] : fds_) fds->push_back(pollfd{fd, POLLIN, 0});
+}
+
+void Liveness::Collect(std::vector<Peer*>* dead) {
+  if (fds_.empty()) return;
+  std::vector<pollfd> fds;
+  std::vector<Peer*> peers;
+  fds.reserve(fds_.size());
+  for (const auto& [peer, fd] : fds_) {
+    fds.push_back(pollfd{fd, POLLIN, 0});
+    peers.push_back(peer);
+  }
+  int n;
+  do {
+    n = poll(fds.data(), fds.size(), 0);
+  } while (n < 0 && errno == EINTR);
+  if (n <= 0) return;
+  for (size_t i = 0; i < fds.size(); ++i) {
+    if (fds[i].revents == 0) continue;
+    dead->push_back(peers[i]);
+    Remove(peers[i]);
+  }
+}
+
+}  // namespace kvxfer

@@ -1,0 +1,89 @@
+// Little-endian fields in and out of the metadata blobs. Blobs come from
+// peers: Reader trusts nothing, and any read past the end latches a failure
+// that the caller checks once.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "identity.h"
+
+namespace kvxfer::wire {
+
+class Writer {
+ public:
+  explicit Writer(std::vector<uint8_t>* out) : out_(out) {}
+  template <typename T>
+  void Put(T value) {
+    uint8_t bytes[sizeof(T)];
+    std::memcpy(bytes, &value, sizeof(T));
+    out_->insert(out_->end(), bytes, bytes + sizeof(T));
+  }
+  void PutBytes(const uint8_t* data, size_t length) { out_->insert(out_->end(), data, data + length); }
+
+ private:
+  std::vector<uint8_t>* out_;
+};
+
+class Reader {
+ public:
+  Reader(const uint8_t* data, size_t length) : data_(data), left_(length) {}
+  template <typename T>
+  T Get() {
+    T value{};
+    if (left_ < sizeof(T)) {
+      failed_ = true;
+      return value;
+    }
+    std::memcpy(&value, data_, sizeof(T));
+    data_ += sizeof(T);
+    left_ -= sizeof(T);
+    return value;
+  }
+  const uint8_t* Take(size_t length) {
+    if (left_ < length) {
+      failed_ = true;
+      return nullptr;
+    }
+    const uint8_t* p = data_;
+    data_ += length;
+    left_ -= length;
+    return p;
+  }
+  size_t left() const { return left_; }
+  bool failed() const { return failed_; }
+
+ private:
+  const uint8_t* data_;
+  size_t left_;
+  bool failed_ = false;
+};
+
+// 48 bytes: u64 incarnation, 16 bytes boot id, u32 pid, u32 reserved,
+// u64 start time, u64 pid namespace.
+constexpr size_t kIdentityBytes = 48;
+
+inline void PutIdentity(Writer& w, const ProcessIdentity& id) {
+  w.Put<uint64_t>(id.incarnation);
+  w.PutBytes(id.boot_id.data(), id.boot_id.size());
+  w.Put<uint32_t>(id.pid);
+  w.Put<uint32_t>(0);
+  w.Put<uint64_t>(id.start_time);
+  w.Put<uint64_t>(id.pid_namespace);
+}
+
+inline ProcessIdentity GetIdentity(Reader& r) {
+  ProcessIdentity id;
+  id.incarnation = r.Get<uint64_t>();
+  const uint8_t* boot = r.Take(id.boot_id.size());
+  if (boot != nullptr) std::memcpy(id.boot_id.data(), boot, id.boot_id.size());
+  id.pid = r.Get<uint32_t>();
+  r.Get<uint32_t>();
+  id.start_time = r.Get<uint64_t>();
+  id.pid_namespace = r.Get<uint64_t>();
+  return id;
+}
+
+}  // namespace kvxfer::wire
