@@ -1,13 +1,7 @@
 import { ErrorCode, KvxferError, invalidArg, withCallerStack } from './errors';
+import type { OperationOptions } from './types';
 
-/** What every asynchronous call accepts. */
-export interface OperationOptions {
-  /** Rejects with ERR_ABORTED when this signal aborts. */
-  signal?: AbortSignal;
-  /** Rejects with ERR_TIMEOUT after this many milliseconds. */
-  timeoutMs?: number;
-}
-
+/** @internal */
 export function checkBounds(options: OperationOptions | undefined): void {
   if (options === undefined) return;
   if (typeof options !== 'object' || options === null) throw invalidArg('options must be an object');
@@ -18,6 +12,7 @@ export function checkBounds(options: OperationOptions | undefined): void {
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidArg('signal must be an AbortSignal');
 }
 
+/** @internal */
 export function abortedError(what: string, signal: AbortSignal): KvxferError {
   return new KvxferError(ErrorCode.ABORTED, `${what} was aborted`, { cause: signal.reason });
 }
@@ -27,6 +22,7 @@ export function abortedError(what: string, signal: AbortSignal): KvxferError {
  * its timeout, or its abort signal. The operation itself may go on (a posted
  * transfer still pins its memory until the engine lets go); only the caller
  * stops waiting.
+ * @internal
  */
 export class Bounded<T> {
   readonly promise: Promise<T>;

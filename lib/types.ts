@@ -1,0 +1,207 @@
+/**
+ * The public types of kvxfer: what the caller passes in and what comes back.
+ * The classes that take and return them live next to their own code.
+ */
+import type { DescList, DescLike } from './descs';
+
+/** The engine an agent runs on: UCX directly, or NVIDIA NIXL. */
+export type EngineName = 'ucx' | 'nixl';
+
+/**
+ * Where a region's memory is: host memory, GPU memory, or a file
+ * ('file': through NIXL's POSIX backend, for KV offload to storage).
+ */
+export type MemoryKind = 'dram' | 'vram' | 'file';
+
+/** What every asynchronous call accepts. */
+export interface OperationOptions {
+  /** Rejects with ERR_ABORTED when this signal aborts. */
+  signal?: AbortSignal;
+  /** Rejects with ERR_TIMEOUT after this many milliseconds. */
+  timeoutMs?: number;
+}
+
+/** How Agent.create makes an agent; `signal` and `timeoutMs` bound its start. */
+export interface AgentOptions extends OperationOptions {
+  /** Unique among the agents that talk to each other. Default: host-pid-counter. */
+  name?: string;
+  /** 'auto' (default) picks NIXL where it loads, else UCX. */
+  engine?: 'auto' | EngineName;
+  /** UCX_TLS for this agent only, e.g. 'tcp' or 'sm,self' (UCX engine). Default: the environment's. */
+  transports?: string;
+  /** NIXL engine: the backend plugin to create (default 'UCX'). */
+  backend?: string;
+  /** NIXL engine: parameters for the backend, on top of the plugin's defaults. */
+  backendParams?: Record<string, string>;
+  /**
+   * Microseconds the JS thread polls for completions before the event loop
+   * sleeps, while this agent has operations pending (0 to 10,000; default 50;
+   * 0: never). Only when the loop is about to sleep, never past its next
+   * timer, and once per loop turn for all the agents of a thread; the thread
+   * yields its core between looks. A completion
+   * found this way needs no wake-up of a sleeping thread, which on a VM costs
+   * tens of microseconds: with one 1 MiB write in flight on a 2-vCPU VM,
+   * latency goes from 83-92 us to 36 us (kvxfer bench --in-flight 1).
+   */
+  busyPollUs?: number;
+}
+
+/** Memory that is not a JS buffer: a CUDA allocation, or host memory the caller owns. */
+export interface ExternalMemory {
+  /** 'vram' for a device pointer, 'dram' for host memory. */
+  kind: 'dram' | 'vram';
+  /** The first byte. */
+  address: bigint;
+  /** Bytes from `address`. */
+  length: number | bigint;
+  /** The CUDA device of VRAM (default 0). */
+  device?: number;
+}
+
+/**
+ * Part of an open file (NIXL engine, POSIX backend). The region's address is
+ * the offset and its device the descriptor: a transfer names this agent as
+ * its peer and the file's descriptors as the remote side.
+ */
+export interface FileMemory {
+  /** Always 'file'. */
+  kind: 'file';
+  /** An open file descriptor; the caller keeps it open while the region is registered. */
+  fd: number;
+  /** Where in the file the region starts (default 0). */
+  offset?: number | bigint;
+  /** Bytes from `offset`. */
+  length: number | bigint;
+}
+
+/**
+ * What Agent.register takes: JS memory (kept alive by the region), or
+ * memory described by address (VRAM, native host memory, a file).
+ */
+export type Memory = ArrayBufferView | ArrayBuffer | SharedArrayBuffer | ExternalMemory | FileMemory;
+
+/** Where a transfer's bytes are: a list, a region, a slice, or an array of those. */
+export type Descriptors = DescList | DescLike | DescLike[];
+
+/** What Agent.prepare validates into a Transfer. */
+export interface TransferSpec {
+  /** 'write' puts local bytes into the peer's memory; 'read' fetches them. */
+  op: 'write' | 'read';
+  /** This agent's side: registered memory. */
+  local: Descriptors;
+  /** The peer's side, as the peer described it (DescList.decode). */
+  remote: Descriptors;
+  /** The peer's agent name, as loadPeer returned it. */
+  peer: string;
+  /** Sent to the peer once the data is in place there (at most 16 KiB). */
+  notify?: string | Uint8Array;
+  /** The kind of the peer's memory (NIXL engine; default: the local kind). */
+  remoteKind?: MemoryKind;
+}
+
+/** Options of Agent.write and Agent.read, which prepare, post and release in one call. */
+export interface TransferOptions extends OperationOptions {
+  /** Sent to the peer once the data is in place there (at most 16 KiB). */
+  notify?: string | Uint8Array;
+  /** The kind of the peer's memory (NIXL engine; default: the local kind). */
+  remoteKind?: MemoryKind;
+}
+
+/** NIXL's own measurement of one transfer. */
+export interface TransferTelemetry {
+  /** Time NIXL spent posting, in microseconds. */
+  postUs: number;
+  /** Time from post to completion as NIXL measured it, in microseconds. */
+  transferUs: number;
+  /** Bytes NIXL counted. */
+  bytes: number;
+  /** Descriptors NIXL counted. */
+  descriptors: number;
+}
+
+/** What a completed post resolves with. */
+export interface TransferResult {
+  /** Bytes moved. */
+  bytes: number;
+  /** From post to completion, measured on the owner thread. */
+  durationNs: number;
+  /** NIXL's own measurement of this transfer (NIXL engine only). */
+  telemetry?: TransferTelemetry;
+}
+
+/** The engine's prediction of one post of a transfer (Agent.estimate). */
+export interface CostEstimate {
+  /** The expected duration, in microseconds. */
+  durationUs: number;
+  /** How far off the engine says it may be, in microseconds. */
+  errorMarginUs: number;
+  /** How the engine estimated it, in its own words. */
+  method: string;
+}
+
+/** A message from a peer: standalone (Agent.notify) or riding on a transfer. */
+export interface Notification {
+  /** The sender's agent name. */
+  peer: string;
+  /** The payload decoded as UTF-8. */
+  message: string;
+  /** The payload as sent. */
+  data: Uint8Array;
+}
+
+/** Counters for one peer, in AgentStats.peers. */
+export interface PeerStats {
+  /** Transfers with this peer that completed. */
+  transfers: number;
+  /** Bytes those transfers moved. */
+  bytes: number;
+  /** Transfers with this peer that failed. */
+  failures: number;
+  /** The peer was found dead: its transfers fail with ERR_PEER_UNREACHABLE. */
+  failed: boolean;
+}
+
+/** A snapshot of an agent's counters (Agent.stats). */
+export interface AgentStats {
+  /** Transfers that completed. */
+  transfers: number;
+  /** Transfers that failed, refused ones to a dead peer included. */
+  failures: number;
+  /** Bytes written to peers. */
+  bytesWritten: number;
+  /** Bytes read from peers. */
+  bytesRead: number;
+  /** Posts not completed yet. */
+  inFlight: number;
+  /** Standalone notifications sent. */
+  notificationsSent: number;
+  /** Notifications received, standalone or riding on a transfer. */
+  notificationsReceived: number;
+  /** Regions registered now. */
+  regions: number;
+  /** Counters per peer name. */
+  peers: Record<string, PeerStats>;
+  /** Sums of NIXL's per-transfer telemetry (NIXL engine only). */
+  telemetry?: {
+    /** Transfers NIXL measured. */
+    transfers: number;
+    /** Their TransferTelemetry.postUs, summed. */
+    postUs: number;
+    /** Their TransferTelemetry.transferUs, summed. */
+    transferUs: number;
+    /** Their TransferTelemetry.bytes, summed. */
+    bytes: number;
+  };
+  /**
+   * The JS thread's polls for completions before the loop slept (busyPollUs):
+   * how many, how many found one (each a wake-up saved), time spent.
+   */
+  busyPoll: {
+    /** Polls made. */
+    polls: number;
+    /** Polls that found a completion. */
+    found: number;
+    /** Microseconds spent polling. */
+    us: number;
+  };
+}
