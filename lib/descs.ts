@@ -3,15 +3,21 @@ import { LIMITS } from './protocol';
 
 /** One contiguous piece of memory: where, how long, and on which device. */
 export interface Desc {
+  /** The first byte. */
   address: bigint;
+  /** Bytes from `address`. */
   length: number;
+  /** The CUDA device of VRAM; 0 for host memory. */
   device: number;
 }
 
 /** What DescList.from accepts: a Desc, or anything shaped like one (a Region). */
 export interface DescLike {
+  /** The first byte. */
   address: bigint;
+  /** Bytes from `address`, more than 0. */
   length: number | bigint;
+  /** The CUDA device of VRAM (default 0). */
   device?: number;
 }
 
@@ -41,7 +47,9 @@ function checkLength(value: number | bigint, index: number): number {
 export class DescList implements Iterable<Desc> {
   readonly #bytes: Uint8Array;
   readonly #view: DataView;
+  /** Number of descriptors. */
   readonly length: number;
+  /** Sum of the descriptors' lengths. */
   readonly totalBytes: number;
 
   private constructor(bytes: Uint8Array, count: number, totalBytes: number) {
@@ -126,6 +134,7 @@ export class DescList implements Iterable<Desc> {
     return this.#bytes;
   }
 
+  /** The descriptor at `index`; ERR_OUT_OF_RANGE outside the list. */
   get(index: number): Desc {
     if (!Number.isInteger(index) || index < 0 || index >= this.length) {
       throw new KvxferError(ErrorCode.OUT_OF_RANGE, `index ${index} is outside a list of ${this.length}`);
@@ -138,6 +147,7 @@ export class DescList implements Iterable<Desc> {
     };
   }
 
+  /** The descriptors in order. */
   *[Symbol.iterator](): Iterator<Desc> {
     for (let i = 0; i < this.length; i++) yield this.get(i);
   }

@@ -2,11 +2,13 @@ import { ErrorCode } from './protocol';
 
 export { ErrorCode };
 
+/** What a KvxferError carries beyond its code and message. */
 export interface KvxferErrorDetails {
   /** The engine's own name for the failure, e.g. `UCS_ERR_CONNECTION_RESET`. */
   engineStatus?: string;
   /** The engine's own status number. */
   engineCode?: number;
+  /** The error underneath, as `Error.cause`. */
   cause?: unknown;
 }
 
@@ -15,10 +17,14 @@ export interface KvxferErrorDetails {
  * Branch on `code`; `message` is for people.
  */
 export class KvxferError extends Error {
+  /** Stable across releases: branch on it. */
   readonly code: ErrorCode;
+  /** The engine's own name for the failure, e.g. `UCS_ERR_CONNECTION_RESET`. */
   readonly engineStatus?: string;
+  /** The engine's own status number. */
   readonly engineCode?: number;
 
+  /** kvxfer makes these; a caller may too, e.g. to fail a promise the same way. */
   constructor(code: ErrorCode, message: string, details: KvxferErrorDetails = {}) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause });
     this.name = 'KvxferError';

@@ -1,20 +1,37 @@
 import { binding } from './native';
 
+/** What info() says of one engine. */
 export interface EngineInfo {
+  /** An agent can run on it here. */
   available: boolean;
   /** Why the engine cannot be used, when it cannot. */
   reason?: string;
+  /** The engine library's version. */
   version?: string;
   /** UCX: every transport and device UCX can open here. */
-  transports?: { name: string; device: string }[];
-  /** NIXL: the libnixl_capi.so that loaded, and its backend plugins. */
+  transports?: {
+    /** UCX's name for the transport, e.g. 'tcp', 'posix', 'rc_mlx5'. */
+    name: string;
+    /** The device it runs over, e.g. 'eth0', 'memory', 'mlx5_0:1'. */
+    device: string;
+  }[];
+  /** NIXL: the libnixl_capi.so that loaded. */
   path?: string;
+  /** NIXL: the backend plugins it found. */
   plugins?: string[];
 }
 
+/** What info() returns. */
 export interface KvxferInfo {
+  /** kvxfer's own version. */
   version: string;
-  engines: { ucx: EngineInfo; nixl: EngineInfo };
+  /** Each engine, available or not. */
+  engines: {
+    /** UCX, linked into the addon: unavailable only when the addon does not load. */
+    ucx: EngineInfo;
+    /** NIXL, loaded at run time where it is installed. */
+    nixl: EngineInfo;
+  };
 }
 
 /** What this installation can do: engines, UCX version and transports. */
