@@ -38,6 +38,7 @@ export class KvxferError extends Error {
  * Errors of asynchronous operations are created on the owner thread's
  * schedule, far from the caller. This puts the caller's stack (captured
  * cheaply as an Error when the call was made) under the message instead.
+ * @internal
  */
 export function withCallerStack(error: KvxferError, caller: Error | undefined): KvxferError {
   if (caller?.stack !== undefined) {
@@ -47,6 +48,7 @@ export function withCallerStack(error: KvxferError, caller: Error | undefined): 
   return error;
 }
 
+/** @internal */
 export function invalidArg(message: string): KvxferError {
   return new KvxferError(ErrorCode.INVALID_ARG, message);
 }

@@ -6,13 +6,14 @@ import * as path from 'node:path';
 import { ErrorCode, KvxferError } from './errors';
 import { ERROR_CODES, EVENT_KIND, LIMITS, MEM_KIND, XFER_OP } from './protocol';
 
-/** Events delivered in batches from the owner thread. */
+/** What NIXL measured of one transfer. @internal */
 export interface NativeTelemetry {
   postUs: number;
   transferUs: number;
   bytes: number;
   descriptors: number;
 }
+/** Events delivered in batches from the owner thread. @internal */
 export interface NativeOperationEvent {
   kind: 0;
   token: number;
@@ -22,25 +23,30 @@ export interface NativeOperationEvent {
   /** What the engine measured of a transfer (NIXL). */
   telemetry?: NativeTelemetry;
 }
+/** @internal */
 export interface NativeNotificationEvent {
   kind: 1;
   peer: string;
   data: Buffer;
 }
+/** @internal */
 export interface NativePeerFailedEvent {
   kind: 2;
   peer: string;
   error: KvxferError;
 }
+/** @internal */
 export type NativeEvent = NativeOperationEvent | NativeNotificationEvent | NativePeerFailedEvent;
 
 /**
  * `done` holds [token, durationNs] pairs of operations that succeeded: the
  * hot path allocates no object per transfer. `others` holds the rest, in the
  * order they happened.
+ * @internal
  */
 export type NativeEventHandler = (done: Float64Array, others: NativeEvent[]) => void;
 
+/** @internal */
 export interface NativeAgent {
   start(): number;
   /** -> [token, regionId]; the completion's value is the region's address. */
@@ -77,6 +83,7 @@ export interface NativeAgent {
   readonly engine: 'ucx' | 'nixl';
 }
 
+/** @internal */
 export interface NativeAgentOptions {
   engine: 'ucx' | 'nixl';
   transports?: string;
@@ -85,6 +92,7 @@ export interface NativeAgentOptions {
   busyPollUs?: number;
 }
 
+/** @internal */
 export interface NativeNixlStatus {
   available: boolean;
   reason?: string;
@@ -92,12 +100,13 @@ export interface NativeNixlStatus {
   plugins?: string[];
 }
 
+/** @internal */
 export interface NativeUcxInfo {
   version: string;
   transports: { name: string; device: string }[];
 }
 
-/** The addon's copy of native/protocol.h, in lib/protocol.ts's shape. */
+/** The addon's copy of native/protocol.h, in lib/protocol.ts's shape. @internal */
 export interface NativeProtocol {
   ERROR_CODES: readonly string[];
   MEM_KIND: Record<string, number>;
@@ -131,12 +140,13 @@ function explainLoadFailure(error: unknown): KvxferError {
   return new KvxferError(ErrorCode.ENGINE, `kvxfer: ${hint}\n  cause: ${message}`, { cause: error });
 }
 
-/** The library's protocol tables, as lib/protocol.ts has them. */
+/** The library's protocol tables, as lib/protocol.ts has them. @internal */
 export const LIBRARY_PROTOCOL: NativeProtocol = { ERROR_CODES, MEM_KIND, XFER_OP, EVENT_KIND, LIMITS };
 
 /**
  * Where the addon's tables differ from the library's (an addon built from
  * other sources than this JavaScript), one line each; empty when they agree.
+ * @internal
  */
 export function protocolMismatches(native: NativeProtocol | undefined): string[] {
   if (native === undefined) return ['the addon exports no protocol tables'];
@@ -186,7 +196,7 @@ function load(): Binding {
 
 let cached: Binding | undefined;
 
-/** The addon, loaded on first use so that importing kvxfer never throws. */
+/** The addon, loaded on first use so that importing kvxfer never throws. @internal */
 export function binding(): Binding {
   cached ??= load();
   return cached;

@@ -1,0 +1,147 @@
+// Proves the published typings are the public API and nothing else, and that
+// they are right for both kinds of consumer: the package is packed as
+// `npm pack` would publish it, unpacked into a temporary node_modules, and
+// an ES module and a CommonJS consumer (./fixtures) are type-checked against
+// it under module/moduleResolution nodenext with skipLibCheck off, including
+// @ts-expect-error lines that reach for internals. Then every declaration
+// file in the tarball is read for what it exports: the entry's values match
+// what dist/index.js and dist/index.mjs export at run time, and no file
+// exports a name outside the public set.
+import { spawnSync } from 'node:child_process'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+import ts from 'typescript'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url))
+const FIXTURES = fileURLToPath(new URL('./fixtures', import.meta.url))
+
+const PUBLIC_VALUES = ['Agent', 'DescList', 'ErrorCode', 'KvxferError', 'Region', 'Transfer', 'info']
+const PUBLIC_TYPES = [
+  'AgentOptions', 'AgentStats', 'CostEstimate', 'Desc', 'DescLike', 'Descriptors', 'EngineInfo',
+  'EngineName', 'ExternalMemory', 'FileMemory', 'KvxferErrorDetails', 'KvxferInfo', 'Memory',
+  'MemoryKind', 'Notification', 'OperationOptions', 'PeerStats', 'TransferOptions', 'TransferResult',
+  'TransferSpec', 'TransferTelemetry',
+]
+const PUBLIC = [...PUBLIC_VALUES, ...PUBLIC_TYPES].sort()
+
+let tmp: string
+let pkg: string
+/** The declaration files in the tarball, relative to the package. */
+let declarations: string[]
+
+function run(command: string, args: string[], cwd: string): string {
+  const child = spawnSync(command, args, { cwd, encoding: 'utf8', timeout: 60_000 })
+  if (child.status !== 0) {
+    throw new Error(`${command} ${args.join(' ')} exited ${child.status ?? child.signal}\n${child.stdout}\n${child.stderr}`)
+  }
+  return child.stdout
+}
+
+beforeAll(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kvxfer-types-'))
+  const packed = JSON.parse(run('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', tmp], ROOT))
+  declarations = packed[0].files
+    .map((f: { path: string }) => f.path)
+    .filter((p: string) => /\.d\.[cm]?ts$/.test(p))
+    .sort()
+  pkg = path.join(tmp, 'node_modules', 'kvxfer')
+  fs.mkdirSync(pkg, { recursive: true })
+  run('tar', ['-xzf', path.join(tmp, packed[0].filename), '-C', pkg, '--strip-components=1'], tmp)
+  // The consumer's own @types/node, as an installed project would have it.
+  fs.mkdirSync(path.join(tmp, 'node_modules', '@types'))
+  fs.symlinkSync(path.join(ROOT, 'node_modules', '@types', 'node'), path.join(tmp, 'node_modules', '@types', 'node'), 'dir')
+  for (const name of ['consumer.mts', 'consumer.cts']) fs.copyFileSync(path.join(FIXTURES, name), path.join(tmp, name))
+  fs.writeFileSync(path.join(tmp, 'package.json'), JSON.stringify({ name: 'kvxfer-consumer', private: true }))
+}, 60_000)
+
+afterAll(() => {
+  if (tmp !== undefined) fs.rmSync(tmp, { recursive: true, force: true })
+})
+
+const compilerOptions = {
+  module: 'nodenext',
+  moduleResolution: 'nodenext',
+  target: 'es2022',
+  lib: ['es2022', 'esnext.disposable'],
+  types: ['node'],
+  strict: true,
+  skipLibCheck: false,
+  noEmit: true,
+}
+
+describe('the published typings', () => {
+  it('type-check an ES module and a CommonJS consumer under nodenext, internals out of reach', () => {
+    // Every declaration in the tarball, not only those the entry reaches:
+    // none may refer to a declaration that stripInternal removed.
+    const files = ['consumer.mts', 'consumer.cts', ...declarations.map((d) => `node_modules/kvxfer/${d}`)]
+    fs.writeFileSync(path.join(tmp, 'tsconfig.json'), JSON.stringify({ compilerOptions, files }, null, 2))
+    const tsc = path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc')
+    const child = spawnSync(process.execPath, [tsc, '-p', tmp, '--pretty', 'false'], { encoding: 'utf8', timeout: 60_000 })
+    expect(child.stdout + child.stderr, 'tsc output').toBe('')
+    expect(child.status).toBe(0)
+  }, 60_000)
+
+  it('export from the entry exactly the public names; its values are what dist/index.js and dist/index.mjs export', () => {
+    const exports = readExports(['dist/index.d.ts', 'dist/index.d.mts'])
+    expect(exports.get('dist/index.d.ts')!.all).toEqual(PUBLIC)
+    expect(exports.get('dist/index.d.mts')!.all).toEqual([...PUBLIC, 'default'].sort())
+
+    const probe = [
+      "import { createRequire } from 'node:module'",
+      `const cjs = createRequire(import.meta.url)(${JSON.stringify(path.join(pkg, 'dist', 'index.js'))})`,
+      `const esm = await import(${JSON.stringify(pathToFileURL(path.join(pkg, 'dist', 'index.mjs')).href)})`,
+      'console.log(JSON.stringify({ cjs: Object.keys(cjs), esm: Object.keys(esm) }))',
+    ].join('\n')
+    const runtime = JSON.parse(run(process.execPath, ['--input-type=module', '-e', probe], tmp))
+    expect(exports.get('dist/index.d.ts')!.values).toEqual([...runtime.cjs].sort())
+    expect(runtime.esm).toContain('default')
+    expect(exports.get('dist/index.d.mts')!.values).toEqual(runtime.esm.filter((n: string) => n !== 'default').sort())
+    expect([...runtime.cjs].sort()).toEqual(PUBLIC_VALUES)
+  })
+
+  it('declare nothing outside the public set in any file of the tarball', () => {
+    expect(declarations).toContain('dist/index.d.ts')
+    expect(declarations).toContain('dist/index.d.mts')
+    const outside: string[] = []
+    for (const [file, { all }] of readExports(declarations)) {
+      for (const name of all) if (name !== 'default' && !PUBLIC.includes(name)) outside.push(`${file}: ${name}`)
+    }
+    expect(outside).toEqual([])
+  })
+})
+
+interface Exported {
+  /** Every exported name, sorted. */
+  all: string[]
+  /** Those that name a value at run time (not type-only), sorted. */
+  values: string[]
+}
+
+/** What each declaration file exports, as the compiler resolves it. */
+function readExports(files: string[]): Map<string, Exported> {
+  const program = ts.createProgram(
+    files.map((f) => path.join(pkg, f)),
+    { module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext, types: [], noEmit: true },
+  )
+  const checker = program.getTypeChecker()
+  const result = new Map<string, Exported>()
+  for (const file of files) {
+    const source = program.getSourceFile(path.join(pkg, file))
+    if (source === undefined) throw new Error(`${file} is not in the program`)
+    const module = checker.getSymbolAtLocation(source)
+    const symbols = module === undefined ? [] : checker.getExportsOfModule(module)
+    const values = symbols.filter((symbol) => {
+      const typeOnly = symbol.declarations?.some((d) => ts.isExportSpecifier(d) && (d.isTypeOnly || d.parent.parent.isTypeOnly))
+      const target = symbol.flags & ts.SymbolFlags.Alias ? checker.getAliasedSymbol(symbol) : symbol
+      return !typeOnly && (target.flags & ts.SymbolFlags.Value) !== 0
+    })
+    result.set(file, {
+      all: symbols.map((s) => s.name).sort(),
+      values: values.map((s) => s.name).filter((n) => n !== 'default').sort(),
+    })
+  }
+  return result
+}
