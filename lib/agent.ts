@@ -4,6 +4,7 @@ import { AgentCore } from './core';
 import { DescList, type DescLike } from './descs';
 import { invalidArg } from './errors';
 import { binding } from './native';
+import { LIMITS, MEM_KIND, XFER_OP } from './protocol';
 import { toBytes } from './notifications';
 import { Region, toInteger } from './region';
 import { Transfer } from './transfer';
@@ -24,10 +25,6 @@ import type {
   TransferSpec,
 } from './types';
 
-const KIND_CODES: Record<MemoryKind, number> = { dram: 0, vram: 1, file: 2 };
-
-/** Bytes of kvxfer's envelope before a NIXL blob (native/nixl/nixl_engine.cc). */
-const NIXL_ENVELOPE_HEADER = 16;
 let agentCounter = 0;
 /** AgentOptions.busyPollUs when not given: about the wake-up latency of an idle vCPU. */
 const DEFAULT_BUSY_POLL_US = 50;
@@ -137,7 +134,7 @@ export class Agent implements AsyncDisposable {
       (id, address) => Region.adopt(core, { id, address, length, kind, device }),
       () => {
         length = toInteger(external.length, 'length');
-        return core.native.registerAddress(kind === 'vram' ? 1 : 0, external.address, length, device);
+        return core.native.registerAddress(MEM_KIND[kind], external.address, length, device);
       },
     );
   }
@@ -154,7 +151,7 @@ export class Agent implements AsyncDisposable {
         if (!Number.isInteger(file.fd) || file.fd < 0) throw invalidArg('fd must be an open file descriptor');
         offset = BigInt(toInteger(file.offset ?? 0, 'offset'));
         length = toInteger(file.length, 'length');
-        return core.native.registerAddress(KIND_CODES.file, offset, length, file.fd);
+        return core.native.registerAddress(MEM_KIND.file, offset, length, file.fd);
       },
     );
   }
@@ -218,7 +215,10 @@ export class Agent implements AsyncDisposable {
     const blob = core.native.metadata();
     if (format === 'kvxfer') return blob;
     if (this.engine !== 'nixl') throw invalidArg("format 'nixl' needs the NIXL engine");
-    return blob.subarray(NIXL_ENVELOPE_HEADER);
+    // The envelope's header says how long the NIXL blob after it is
+    // (native/nixl/nixl_engine.cc); kvxfer's own section follows it.
+    const length = new DataView(blob.buffer, blob.byteOffset, blob.byteLength).getUint32(8, true);
+    return blob.subarray(LIMITS.NixlEnvelopeBytes, LIMITS.NixlEnvelopeBytes + length);
   }
 
   /** Connects to a peer from its metadata; resolves with the peer's name. Newer metadata replaces older. */
@@ -238,7 +238,7 @@ export class Agent implements AsyncDisposable {
     const core = this.#core;
     core.checkOpen();
     if (spec === null || typeof spec !== 'object') throw invalidArg('prepare() takes { op, local, remote, peer, notify? }');
-    const op = spec.op === 'write' ? 0 : spec.op === 'read' ? 1 : -1;
+    const op = spec.op === 'write' || spec.op === 'read' ? XFER_OP[spec.op] : -1;
     if (op < 0) throw invalidArg(`op must be 'write' or 'read', got ${String(spec.op)}`);
     if (typeof spec.peer !== 'string') throw invalidArg('peer must be the peer agent name (a string)');
     const local = toDescList(spec.local, 'local');
@@ -247,7 +247,7 @@ export class Agent implements AsyncDisposable {
     if (spec.notify !== undefined) notify = toBytes(spec.notify, 'notify');
     let remoteKind: number | undefined;
     if (spec.remoteKind !== undefined) {
-      remoteKind = KIND_CODES[spec.remoteKind];
+      remoteKind = Object.hasOwn(MEM_KIND, spec.remoteKind) ? MEM_KIND[spec.remoteKind] : undefined;
       if (remoteKind === undefined) throw invalidArg("remoteKind must be 'dram', 'vram' or 'file'");
     }
     const caller = new Error();

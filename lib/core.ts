@@ -3,6 +3,7 @@ import { ErrorCode, KvxferError, withCallerStack } from './errors';
 import { binding, type NativeAgent, type NativeAgentOptions, type NativeEvent, type NativeTelemetry } from './native';
 import { Mailbox } from './notifications';
 import type { Region } from './region';
+import { EVENT_KIND } from './protocol';
 import { Stats } from './stats';
 import type { Transfer } from './transfer';
 import type { OperationOptions, TransferResult } from './types';
@@ -119,14 +120,14 @@ export class AgentCore {
 
   handleEvent(event: NativeEvent): void {
     switch (event.kind) {
-      case 0:
+      case EVENT_KIND.Operation:
         this.complete(event.token, event.error, event.value, event.telemetry);
         break;
-      case 1:
+      case EVENT_KIND.Notification:
         this.stats.notificationsReceived++;
         this.mailbox.deliver({ peer: event.peer, message: event.data.toString('utf8'), data: event.data });
         break;
-      case 2:
+      case EVENT_KIND.PeerFailed:
         this.stats.peer(event.peer).failed = true;
         break;
     }

@@ -15,7 +15,7 @@ export interface NativeTelemetry {
 }
 /** Events delivered in batches from the owner thread. @internal */
 export interface NativeOperationEvent {
-  kind: 0;
+  kind: typeof EVENT_KIND.Operation;
   token: number;
   error?: KvxferError;
   /** A loaded peer's name, a registered region's address, a transfer's duration, an estimate. */
@@ -25,13 +25,13 @@ export interface NativeOperationEvent {
 }
 /** @internal */
 export interface NativeNotificationEvent {
-  kind: 1;
+  kind: typeof EVENT_KIND.Notification;
   peer: string;
   data: Buffer;
 }
 /** @internal */
 export interface NativePeerFailedEvent {
-  kind: 2;
+  kind: typeof EVENT_KIND.PeerFailed;
   peer: string;
   error: KvxferError;
 }

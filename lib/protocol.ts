@@ -3,16 +3,27 @@
 
 /** The stable error codes of kvxfer: `KvxferError.code` is one of these. */
 export const ErrorCode = {
+  /** A wrong argument: a type, a count or length mismatch, an empty descriptor, a notification over 16 KiB, a malformed descriptor list. */
   INVALID_ARG: 'ERR_INVALID_ARG',
+  /** A local descriptor in no registered region, or a remote one in none of the peer's. */
   NOT_REGISTERED: 'ERR_NOT_REGISTERED',
+  /** A descriptor, slice or view that starts inside a region and runs past its end. */
   OUT_OF_RANGE: 'ERR_OUT_OF_RANGE',
+  /** A peer name never loaded, forgotten, or replaced by newer metadata. */
   UNKNOWN_PEER: 'ERR_UNKNOWN_PEER',
+  /** A metadata blob that is truncated, corrupted, or from another format version or engine. */
   BAD_METADATA: 'ERR_BAD_METADATA',
+  /** The peer died, or no transport reaches it. */
   PEER_UNREACHABLE: 'ERR_PEER_UNREACHABLE',
+  /** The operation's timeoutMs passed. */
   TIMEOUT: 'ERR_TIMEOUT',
+  /** The operation's signal aborted. */
   ABORTED: 'ERR_ABORTED',
+  /** The agent is closed, or was closed while the operation was pending. */
   CLOSED: 'ERR_CLOSED',
+  /** The resource is in use: a region with unreleased transfers, a transfer still in flight. */
   BUSY: 'ERR_BUSY',
+  /** UCX or NIXL failed; engineStatus and engineCode say how. */
   ENGINE: 'ERR_ENGINE',
 } as const;
 

@@ -33,7 +33,7 @@ Napi::Value KvxferAddon::SetErrorClass(const Napi::CallbackInfo& info) {
 Napi::Object KvxferAddon::Protocol(Napi::Env env) {
   Napi::Object protocol = Napi::Object::New(env);
   Napi::Array codes = Napi::Array::New(env);
-#define KVXFER_ITEM(name, text) codes.Set(codes.Length(), text);
+#define KVXFER_ITEM(name, text, doc) codes.Set(codes.Length(), text);
   KVXFER_ERROR_CODES(KVXFER_ITEM)
 #undef KVXFER_ITEM
   protocol.Set("ERROR_CODES", codes);

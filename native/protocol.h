@@ -13,19 +13,19 @@
 #include <cstdint>
 
 // Stable error codes, in the order of kvxfer::Code (status.h), after kOk:
-// X(enumerator, public name).
-#define KVXFER_ERROR_CODES(X)                  \
-  X(InvalidArg, "ERR_INVALID_ARG")             \
-  X(NotRegistered, "ERR_NOT_REGISTERED")       \
-  X(OutOfRange, "ERR_OUT_OF_RANGE")            \
-  X(UnknownPeer, "ERR_UNKNOWN_PEER")           \
-  X(BadMetadata, "ERR_BAD_METADATA")           \
-  X(PeerUnreachable, "ERR_PEER_UNREACHABLE")   \
-  X(Timeout, "ERR_TIMEOUT")                    \
-  X(Aborted, "ERR_ABORTED")                    \
-  X(Closed, "ERR_CLOSED")                      \
-  X(Busy, "ERR_BUSY")                          \
-  X(Engine, "ERR_ENGINE")
+// X(enumerator, public name, when: the doc comment of ErrorCode's member).
+#define KVXFER_ERROR_CODES(X)                                                                                 \
+  X(InvalidArg, "ERR_INVALID_ARG", "A wrong argument: a type, a count or length mismatch, an empty descriptor, a notification over 16 KiB, a malformed descriptor list.") \
+  X(NotRegistered, "ERR_NOT_REGISTERED", "A local descriptor in no registered region, or a remote one in none of the peer's.") \
+  X(OutOfRange, "ERR_OUT_OF_RANGE", "A descriptor, slice or view that starts inside a region and runs past its end.") \
+  X(UnknownPeer, "ERR_UNKNOWN_PEER", "A peer name never loaded, forgotten, or replaced by newer metadata.") \
+  X(BadMetadata, "ERR_BAD_METADATA", "A metadata blob that is truncated, corrupted, or from another format version or engine.") \
+  X(PeerUnreachable, "ERR_PEER_UNREACHABLE", "The peer died, or no transport reaches it.")                                 \
+  X(Timeout, "ERR_TIMEOUT", "The operation's timeoutMs passed.")                                                     \
+  X(Aborted, "ERR_ABORTED", "The operation's signal aborted.")                                                      \
+  X(Closed, "ERR_CLOSED", "The agent is closed, or was closed while the operation was pending.")                    \
+  X(Busy, "ERR_BUSY", "The resource is in use: a region with unreleased transfers, a transfer still in flight.")     \
+  X(Engine, "ERR_ENGINE", "UCX or NIXL failed; engineStatus and engineCode say how.")
 
 // Memory kinds as registerAddress() and prepare() take them:
 // X(enumerator, value, public name).

@@ -12,7 +12,7 @@ namespace kvxfer {
 
 enum class Code : uint8_t {
   kOk,
-#define KVXFER_ENUMERATOR(name, text) k##name,
+#define KVXFER_ENUMERATOR(name, text, doc) k##name,
   KVXFER_ERROR_CODES(KVXFER_ENUMERATOR)
 #undef KVXFER_ENUMERATOR
 };
@@ -22,7 +22,7 @@ inline const char* CodeName(Code code) {
   switch (code) {
     case Code::kOk:
       return "OK";
-#define KVXFER_CASE(name, text) \
+#define KVXFER_CASE(name, text, doc) \
   case Code::k##name:           \
     return text;
       KVXFER_ERROR_CODES(KVXFER_CASE)

@@ -20,6 +20,24 @@ function fail(message) {
   process.exit(1);
 }
 
+// Macro arguments, split at the commas outside string literals.
+function splitArguments(text) {
+  const parts = [];
+  let current = '';
+  let quoted = false;
+  for (const ch of text) {
+    if (ch === '"') quoted = !quoted;
+    if (ch === ',' && !quoted) {
+      parts.push(current.trim());
+      current = '';
+    } else {
+      current += ch;
+    }
+  }
+  parts.push(current.trim());
+  return parts;
+}
+
 // The X(...) entries of `#define KVXFER_<name>(X) \` and its continuation lines.
 function list(header, name) {
   const lines = header.split('\n');
@@ -30,7 +48,7 @@ function list(header, name) {
     const line = lines[i].trim();
     const entry = /^X\((.*)\)\s*\\?$/.exec(line);
     if (entry === null) fail(`KVXFER_${name}: cannot read '${line}'`);
-    entries.push(entry[1].split(',').map((part) => part.trim()));
+    entries.push(splitArguments(entry[1]));
     if (!line.endsWith('\\')) break;
   }
   return entries;
@@ -52,7 +70,11 @@ const unquote = (text, where) => {
 
 function generate() {
   const header = fs.readFileSync(headerPath, 'utf8');
-  const errorCodes = list(header, 'ERROR_CODES').map(([, text]) => unquote(text, 'ERROR_CODES'));
+  const errorEntries = list(header, 'ERROR_CODES').map(([, text, doc]) => [
+    unquote(text, 'ERROR_CODES'),
+    unquote(doc, 'ERROR_CODES'),
+  ]);
+  const errorCodes = errorEntries.map(([code]) => code);
   const table = (name) =>
     list(header, name).map(([, value, text]) => [unquote(text, name), integer(value, name)]);
   const memKinds = table('MEM_KINDS');
@@ -65,7 +87,9 @@ function generate() {
 // change native/protocol.h and run \`npm run build:ts\`.
 
 /** The stable error codes of kvxfer: \`KvxferError.code\` is one of these. */
-export const ErrorCode = ${object(errorCodes.map((code) => [code.replace(/^ERR_/, ''), code]))} as const;
+export const ErrorCode = {
+${errorEntries.map(([code, doc]) => `  /** ${doc} */\n  ${code.replace(/^ERR_/, '')}: '${code}',`).join('\n')}
+} as const;
 
 /** One of the stable codes in {@link ErrorCode}. */
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

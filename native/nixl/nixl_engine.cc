@@ -97,6 +97,7 @@ Status Unwrap(const uint8_t* blob, size_t length, Unwrapped* out) {
   std::memcpy(&raw_length, blob + 8, 4);
   std::memcpy(&crc, blob + 12, 4);
   if (version != kEnvelopeVersion) return bad("envelope version " + std::to_string(version) + " is not supported");
+  if (blob[6] != 0 || blob[7] != 0) return bad("reserved header bytes are set");
   const size_t body = length - kEnvelopeHeader;
   if (Crc32(blob + kEnvelopeHeader, body) != crc) return bad("checksum mismatch (corrupted)");
   wire::Reader r(blob + kEnvelopeHeader, body);

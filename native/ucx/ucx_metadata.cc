@@ -72,6 +72,7 @@ Status ParseUcxMetadata(const uint8_t* blob, size_t length, UcxMetadata* out) {
     return Bad("made by another engine (id " + std::to_string(blob[6]) +
                "); both agents must use the same engine");
   }
+  if (blob[7] != 0) return Bad("reserved header byte is set");
   uint32_t body_length, crc;
   std::memcpy(&body_length, blob + 8, 4);
   std::memcpy(&crc, blob + 12, 4);
