@@ -86,4 +86,36 @@ inline ProcessIdentity GetIdentity(Reader& r) {
   return id;
 }
 
+// The fixed part of a region entry, the same in every blob: u64 address,
+// u64 length, u8 kind, 3 bytes reserved, u32 device (24 bytes).
+constexpr size_t kRegionFixedBytes = 24;
+
+struct RegionFields {
+  uint64_t address = 0;
+  uint64_t length = 0;
+  uint8_t kind = 0;
+  uint32_t device = 0;
+  // Non-empty and not wrapping around the address space.
+  bool BoundsValid() const { return length != 0 && length - 1 <= UINT64_MAX - address; }
+};
+
+inline void PutRegion(Writer& w, const RegionFields& region) {
+  w.Put<uint64_t>(region.address);
+  w.Put<uint64_t>(region.length);
+  w.Put<uint8_t>(region.kind);
+  w.Put<uint8_t>(0);
+  w.Put<uint16_t>(0);
+  w.Put<uint32_t>(region.device);
+}
+
+inline RegionFields GetRegion(Reader& r) {
+  RegionFields region;
+  region.address = r.Get<uint64_t>();
+  region.length = r.Get<uint64_t>();
+  region.kind = r.Get<uint8_t>();
+  r.Take(3);
+  region.device = r.Get<uint32_t>();
+  return region;
+}
+
 }  // namespace kvxfer::wire

@@ -44,7 +44,6 @@ constexpr int kIdlePollMs = 1;
 constexpr uint8_t kEnvelopeMagic[4] = {'K', 'V', 'X', 'N'};
 constexpr size_t kEnvelopeHeader = limits::kNixlEnvelopeBytes;
 constexpr uint16_t kEnvelopeVersion = 2;
-constexpr size_t kEnvelopeRegionBytes = 24;
 constexpr uint32_t kMaxEnvelopeRegions = 1u << 20;
 
 std::vector<uint8_t> Envelope(const std::vector<uint8_t>& raw, const ProcessIdentity& identity,
@@ -55,12 +54,7 @@ std::vector<uint8_t> Envelope(const std::vector<uint8_t>& raw, const ProcessIden
   wire::PutIdentity(w, identity);
   w.Put<uint32_t>(static_cast<uint32_t>(regions.size()));
   for (const LocalRegion* r : regions) {
-    w.Put<uint64_t>(r->address);
-    w.Put<uint64_t>(r->length);
-    w.Put<uint8_t>(static_cast<uint8_t>(r->kind));
-    w.Put<uint8_t>(0);
-    w.Put<uint16_t>(0);
-    w.Put<uint32_t>(r->device);
+    wire::PutRegion(w, {r->address, r->length, static_cast<uint8_t>(r->kind), r->device});
   }
   const uint32_t length = static_cast<uint32_t>(raw.size());
   const uint32_t crc = Crc32(blob.data() + kEnvelopeHeader, blob.size() - kEnvelopeHeader);
@@ -106,22 +100,19 @@ Status Unwrap(const uint8_t* blob, size_t length, Unwrapped* out) {
   out->identity = wire::GetIdentity(r);
   const uint32_t count = r.Get<uint32_t>();
   if (r.failed()) return bad("length field does not match the blob");
-  if (count > kMaxEnvelopeRegions || r.left() != static_cast<size_t>(count) * kEnvelopeRegionBytes) {
+  if (count > kMaxEnvelopeRegions || r.left() != static_cast<size_t>(count) * wire::kRegionFixedBytes) {
     return bad("region count");
   }
   out->regions.reserve(count);
   for (uint32_t i = 0; i < count; ++i) {
+    const wire::RegionFields fields = wire::GetRegion(r);
+    if (fields.kind > static_cast<uint8_t>(MemKind::kFile)) return bad("region " + std::to_string(i) + " kind");
+    if (!fields.BoundsValid()) return bad("region " + std::to_string(i) + " bounds");
     RemoteRegion region;
-    region.address = r.Get<uint64_t>();
-    region.length = r.Get<uint64_t>();
-    const uint8_t kind = r.Get<uint8_t>();
-    r.Take(3);
-    region.device = r.Get<uint32_t>();
-    if (kind > static_cast<uint8_t>(MemKind::kFile)) return bad("region " + std::to_string(i) + " kind");
-    region.kind = static_cast<MemKind>(kind);
-    if (region.length == 0 || region.length - 1 > UINT64_MAX - region.address) {
-      return bad("region " + std::to_string(i) + " bounds");
-    }
+    region.address = fields.address;
+    region.length = fields.length;
+    region.kind = static_cast<MemKind>(fields.kind);
+    region.device = fields.device;
     out->regions.push_back(region);
   }
   std::sort(out->regions.begin(), out->regions.end(),

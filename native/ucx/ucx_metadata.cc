@@ -18,7 +18,8 @@ constexpr size_t kHeaderSize = 16;
 constexpr uint32_t kMaxWorkerAddress = 64 * 1024;
 constexpr uint32_t kMaxKey = 64 * 1024;
 constexpr uint32_t kMaxRegions = 1u << 20;
-constexpr size_t kRegionFixedSize = 8 + 8 + 1 + 3 + 4 + 4;
+// The fixed part plus the u32 key length.
+constexpr size_t kRegionFixedSize = wire::kRegionFixedBytes + 4;
 
 Status Bad(const std::string& why) {
   return Status::Error(Code::kBadMetadata, "malformed peer metadata: " + why);
@@ -38,12 +39,7 @@ std::vector<uint8_t> PackUcxMetadata(const std::string& name, const ProcessIdent
   w.PutBytes(worker_address.data(), worker_address.size());
   w.Put<uint32_t>(static_cast<uint32_t>(regions.size()));
   for (const LocalRegion* r : regions) {
-    w.Put<uint64_t>(r->address);
-    w.Put<uint64_t>(r->length);
-    w.Put<uint8_t>(static_cast<uint8_t>(r->kind));
-    w.Put<uint8_t>(0);
-    w.Put<uint16_t>(0);
-    w.Put<uint32_t>(r->device);
+    wire::PutRegion(w, {r->address, r->length, static_cast<uint8_t>(r->kind), r->device});
     w.Put<uint32_t>(static_cast<uint32_t>(r->remote_key.size()));
     w.PutBytes(r->remote_key.data(), r->remote_key.size());
   }
@@ -100,19 +96,16 @@ Status ParseUcxMetadata(const uint8_t* blob, size_t length, UcxMetadata* out) {
   md.worker_address_length = address_length;
   md.regions.reserve(region_count);
   for (uint32_t i = 0; i < region_count; ++i) {
+    const wire::RegionFields fields = wire::GetRegion(r);
     UcxMetadataRegion region;
-    region.address = r.Get<uint64_t>();
-    region.length = r.Get<uint64_t>();
-    const uint8_t kind = r.Get<uint8_t>();
-    r.Take(3);
-    region.device = r.Get<uint32_t>();
+    region.address = fields.address;
+    region.length = fields.length;
+    region.device = fields.device;
     region.key_length = r.Get<uint32_t>();
     if (r.failed()) return Bad("truncated region " + std::to_string(i));
-    if (kind > static_cast<uint8_t>(MemKind::kVram)) return Bad("region " + std::to_string(i) + " kind");
-    region.kind = static_cast<MemKind>(kind);
-    if (region.length == 0 || region.length - 1 > UINT64_MAX - region.address) {
-      return Bad("region " + std::to_string(i) + " bounds");
-    }
+    if (fields.kind > static_cast<uint8_t>(MemKind::kVram)) return Bad("region " + std::to_string(i) + " kind");
+    region.kind = static_cast<MemKind>(fields.kind);
+    if (!fields.BoundsValid()) return Bad("region " + std::to_string(i) + " bounds");
     if (region.key_length == 0 || region.key_length > kMaxKey) {
       return Bad("region " + std::to_string(i) + " key length");
     }
