@@ -20,6 +20,7 @@ import type {
   MemoryKind,
   Notification,
   OperationOptions,
+  PeerListener,
   TransferOptions,
   TransferResult,
   TransferSpec,
@@ -229,8 +230,30 @@ export class Agent implements AsyncDisposable {
 
   /** Disconnects from a peer once no prepared transfer uses it. */
   async forgetPeer(name: string): Promise<void> {
-    this.#core.checkOpen();
-    this.#core.native.forgetPeer(name);
+    const core = this.#core;
+    core.checkOpen();
+    core.native.forgetPeer(name);
+    core.failedPeers.delete(name);
+    core.emitPeer({ type: 'forgotten', peer: name });
+  }
+
+  /**
+   * Listens to what happens to peers: loaded, updated, replaced by a new
+   * incarnation, failed (dead or unreachable), forgotten. A listener's
+   * exception goes to `uncaughtException`; it does not stop the agent.
+   */
+  on(event: 'peer', listener: PeerListener): this {
+    if (event !== 'peer') throw invalidArg(`unknown event '${String(event)}'; the agent emits 'peer'`);
+    if (typeof listener !== 'function') throw invalidArg('listener must be a function');
+    this.#core.peerListeners.add(listener);
+    return this;
+  }
+
+  /** Stops a listener added with on(). */
+  off(event: 'peer', listener: PeerListener): this {
+    if (event !== 'peer') throw invalidArg(`unknown event '${String(event)}'; the agent emits 'peer'`);
+    this.#core.peerListeners.delete(listener);
+    return this;
   }
 
   /** Validates a transfer once, so that posting it is cheap. Throws on bad input. */
@@ -310,15 +333,20 @@ export class Agent implements AsyncDisposable {
   /**
    * Notifications as they arrive, each delivered to one consumer: several
    * iterators share one stream, and waitForNotification takes its match
-   * first. `next()` rejects ERR_CLOSED once the agent closes (notifications
-   * that arrived before are still handed out) and ERR_ABORTED when the
-   * signal aborts.
+   * first. With `peer`, only that peer's, and `next()` rejects
+   * ERR_PEER_UNREACHABLE once it fails. `next()` rejects ERR_CLOSED once the
+   * agent closes and ERR_ABORTED when the signal aborts; notifications that
+   * arrived before are still handed out first.
    */
-  notifications(options: { signal?: AbortSignal } = {}): AsyncIterableIterator<Notification> {
+  notifications(options: { peer?: string; signal?: AbortSignal } = {}): AsyncIterableIterator<Notification> {
     return this.#core.mailbox.iterate(options);
   }
 
-  /** Waits for (and consumes) one notification from `peer` with exactly this payload. */
+  /**
+   * Waits for (and consumes) one notification from `peer` with exactly this
+   * payload. Rejects ERR_PEER_UNREACHABLE when that peer fails (a loaded
+   * peer's death is seen at once on one host; see README "Peers and failures").
+   */
   waitForNotification(peer: string, message: string | Uint8Array, options?: OperationOptions): Promise<Notification> {
     return this.#core.mailbox.waitFor(peer, message, options);
   }

@@ -6,7 +6,7 @@ import type { Region } from './region';
 import { EVENT_KIND } from './protocol';
 import { Stats } from './stats';
 import type { Transfer } from './transfer';
-import type { OperationOptions, TransferResult } from './types';
+import type { OperationOptions, PeerEvent, PeerListener, TransferResult } from './types';
 
 interface PendingOperation {
   bounded: Bounded<any>;
@@ -40,6 +40,9 @@ export class AgentCore {
   readonly stats = new Stats();
   closePromise: Promise<void> | undefined;
   closed = false;
+  readonly peerListeners = new Set<PeerListener>();
+  /** Peers the engine reported failed, until they are loaded again or forgotten. */
+  readonly failedPeers = new Map<string, KvxferError>();
 
   constructor(name: string, options: NativeAgentOptions) {
     this.name = name;
@@ -129,7 +132,32 @@ export class AgentCore {
         break;
       case EVENT_KIND.PeerFailed:
         this.stats.peer(event.peer).failed = true;
+        this.failedPeers.set(event.peer, event.error);
+        this.mailbox.peerFailed(event.peer, event.error);
+        this.emitPeer({ type: 'failed', peer: event.peer, error: event.error });
         break;
+      case EVENT_KIND.PeerChanged:
+        this.stats.peer(event.peer).failed = false;
+        this.failedPeers.delete(event.peer);
+        this.emitPeer({ type: event.change, peer: event.peer });
+        break;
+    }
+  }
+
+  /**
+   * Calls every peer listener; one that throws does not keep the others
+   * from hearing, and its error reaches uncaughtException afterwards (the
+   * owner thread's batch is never cut short).
+   */
+  emitPeer(event: PeerEvent): void {
+    for (const listener of [...this.peerListeners]) {
+      try {
+        listener(event);
+      } catch (error) {
+        queueMicrotask(() => {
+          throw error;
+        });
+      }
     }
   }
 
@@ -143,6 +171,7 @@ export class AgentCore {
       const peer = transfer.peerStats;
       if (error === undefined) {
         this.stats.transfers++;
+        if (transfer.notifies) this.stats.notificationsSent++;
         if (transfer.op === 'write') this.stats.bytesWritten += transfer.bytes;
         else this.stats.bytesRead += transfer.bytes;
         peer.transfers++;
@@ -177,6 +206,17 @@ export class AgentCore {
       this.closePromise = Promise.resolve();
       this.closed = true;
       return this.closePromise;
+    }
+    // What is still pending rejects now, as documented: close() waits for
+    // the engine to let go of the memory, the caller need not wait with it.
+    // (An operation the engine finished meanwhile is done, but its outcome
+    // is not reported: the agent is closed.)
+    for (let t = 0; t < this.pending.length; t++) {
+      const op = this.pending[t];
+      if (op === undefined) continue;
+      this.pending[t] = undefined;
+      if (op.transfer !== undefined) this.stats.inFlight--;
+      op.bounded.reject(withCallerStack(closedError(), op.caller));
     }
     const bounded = new Bounded<void>('closing the agent', undefined);
     this.pending[token] = { bounded, caller: undefined, transfer: undefined, onLateSuccess: undefined };

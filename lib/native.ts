@@ -35,8 +35,14 @@ export interface NativePeerFailedEvent {
   peer: string;
   error: KvxferError;
 }
+/** A loadPeer that succeeded, just before its operation event. @internal */
+export interface NativePeerChangedEvent {
+  kind: typeof EVENT_KIND.PeerChanged;
+  peer: string;
+  change: 'loaded' | 'updated' | 'replaced';
+}
 /** @internal */
-export type NativeEvent = NativeOperationEvent | NativeNotificationEvent | NativePeerFailedEvent;
+export type NativeEvent = NativeOperationEvent | NativeNotificationEvent | NativePeerFailedEvent | NativePeerChangedEvent;
 
 /**
  * `done` holds [token, durationNs] pairs of operations that succeeded: the

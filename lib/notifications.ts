@@ -18,6 +18,8 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
 
 interface IteratorWaiter {
   iterator: object;
+  /** Only notifications from this peer; undefined: from any. */
+  peer: string | undefined;
   resolve: (result: IteratorResult<Notification>) => void;
   reject: (error: unknown) => void;
 }
@@ -49,22 +51,44 @@ export class Mailbox {
     const match = this.#matchWaiters.findIndex(
       (w) => w.peer === notification.peer && sameBytes(w.data, notification.data),
     );
+    const taker = match >= 0 ? -1 : this.#iteratorWaiters.findIndex((w) => w.peer === undefined || w.peer === notification.peer);
     if (match >= 0) {
       const [waiter] = this.#matchWaiters.splice(match, 1);
       waiter.bounded.resolve(notification);
-    } else if (this.#iteratorWaiters.length > 0) {
-      this.#iteratorWaiters.shift()!.resolve({ done: false, value: notification });
+    } else if (taker >= 0) {
+      this.#iteratorWaiters.splice(taker, 1)[0]!.resolve({ done: false, value: notification });
     } else {
       this.#inbox.push(notification);
     }
     this.#updateHold();
   }
 
-  iterate(options: { signal?: AbortSignal }): AsyncIterableIterator<Notification> {
+  /**
+   * The peer failed: whoever waits on it alone (waitForNotification, an
+   * iterator of its notifications) rejects with the failure. What it sent
+   * before stays in the inbox, handed out first.
+   */
+  peerFailed(peer: string, error: KvxferError): void {
+    const matchWaiters = this.#matchWaiters;
+    for (let i = matchWaiters.length - 1; i >= 0; i--) {
+      if (matchWaiters[i]!.peer !== peer) continue;
+      matchWaiters.splice(i, 1)[0]!.bounded.reject(error);
+    }
+    const iteratorWaiters = this.#iteratorWaiters;
+    for (let i = iteratorWaiters.length - 1; i >= 0; i--) {
+      if (iteratorWaiters[i]!.peer !== peer) continue;
+      iteratorWaiters.splice(i, 1)[0]!.reject(error);
+    }
+    this.#updateHold();
+  }
+
+  iterate(options: { peer?: string; signal?: AbortSignal }): AsyncIterableIterator<Notification> {
     const core = this.#core;
     core.checkOpen();
-    const signal = options.signal;
+    const { peer, signal } = options;
     if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidArg('signal must be an AbortSignal');
+    if (peer !== undefined && typeof peer !== 'string') throw invalidArg('peer must be a string');
+    const fromPeer = (n: Notification) => peer === undefined || n.peer === peer;
     const mailbox = this;
     const waiters = this.#iteratorWaiters;
     let finished = false;
@@ -72,15 +96,17 @@ export class Mailbox {
       next(): Promise<IteratorResult<Notification>> {
         if (signal?.aborted) return Promise.reject(abortedError('waiting for notifications', signal));
         if (finished) return Promise.resolve({ done: true, value: undefined });
-        const ready = mailbox.#inbox.shift();
-        if (ready !== undefined) return Promise.resolve({ done: false, value: ready });
+        const inbox = mailbox.#inbox;
+        const at = peer === undefined ? (inbox.length > 0 ? 0 : -1) : inbox.findIndex(fromPeer);
+        if (at >= 0) return Promise.resolve({ done: false, value: inbox.splice(at, 1)[0]! });
         try {
           core.checkOpen();
+          mailbox.#checkAlive(peer);
         } catch (error) {
           return Promise.reject(error);
         }
         return new Promise((resolve, reject) => {
-          waiters.push({ iterator, resolve, reject });
+          waiters.push({ iterator, peer, resolve, reject });
           mailbox.#updateHold();
         });
       },
@@ -116,6 +142,7 @@ export class Mailbox {
       const inbox = this.#inbox;
       const ready = inbox.findIndex((n) => n.peer === peer && sameBytes(n.data, data));
       if (ready >= 0) return Promise.resolve(inbox.splice(ready, 1)[0]);
+      this.#checkAlive(peer);
       const waiters = this.#matchWaiters;
       const giveUp = () => {
         const at = waiters.indexOf(waiter);
@@ -139,6 +166,12 @@ export class Mailbox {
     for (const waiter of this.#matchWaiters.splice(0)) waiter.bounded.reject(closedError());
     for (const waiter of this.#iteratorWaiters.splice(0)) waiter.reject(closedError());
     this.#updateHold();
+  }
+
+  /** Waiting on a peer known dead would never end. */
+  #checkAlive(peer: string | undefined): void {
+    const failure = peer === undefined ? undefined : this.#core.failedPeers.get(peer);
+    if (failure !== undefined) throw failure;
   }
 
   /** JS waiting on notifications keeps the process alive; nothing else here does. */

@@ -12,6 +12,8 @@ export class Transfer {
   readonly bytes: number;
   /** Number of descriptors. */
   readonly descriptors: number;
+  /** Whether each post also sends a notification. @internal */
+  readonly notifies: boolean;
   readonly #core: AgentCore;
   /** The native side's name for the prepared transfer. @internal */
   readonly id: number;
@@ -32,6 +34,7 @@ export class Transfer {
     this.peer = spec.peer;
     this.bytes = bytes;
     this.descriptors = descriptors;
+    this.notifies = spec.notify !== undefined;
     this.#caller = caller;
   }
 

@@ -3,6 +3,7 @@
  * The classes that take and return them live next to their own code.
  */
 import type { DescList, DescLike } from './descs';
+import type { KvxferError } from './errors';
 
 /** The engine an agent runs on: UCX directly, or NVIDIA NIXL. */
 export type EngineName = 'ucx' | 'nixl';
@@ -148,6 +149,28 @@ export interface Notification {
   /** The payload as sent. */
   data: Uint8Array;
 }
+
+/**
+ * What happened to a peer, as `agent.on('peer', listener)` reports it:
+ * - `loaded`: its metadata was loaded under a name not loaded before;
+ * - `updated`: newer metadata of the same agent (other regions) replaced the old;
+ * - `replaced`: metadata of another incarnation (a restarted worker) replaced the
+ *   old one, whose in-flight work failed with ERR_PEER_UNREACHABLE;
+ * - `failed`: the peer died or became unreachable: its in-flight transfers,
+ *   notifications and waits on it rejected with `error`, new work with it is
+ *   refused until it is loaded again;
+ * - `forgotten`: forgetPeer() was called.
+ */
+export interface PeerEvent {
+  type: 'loaded' | 'updated' | 'replaced' | 'failed' | 'forgotten';
+  /** The peer's agent name. */
+  peer: string;
+  /** Why the peer failed (`failed` only). */
+  error?: KvxferError;
+}
+
+/** Receives peer events; see PeerEvent. */
+export type PeerListener = (event: PeerEvent) => void;
 
 /** Counters for one peer, in AgentStats.peers. */
 export interface PeerStats {

@@ -117,6 +117,11 @@ class EngineEvents {
                              const Telemetry* telemetry = nullptr) = 0;
   virtual void NotificationReceived(std::string peer, std::vector<uint8_t> message) = 0;
   virtual void PeerFailed(Peer* peer, Status status) = 0;
+  // An operation with the peer failed in a way its death would explain.
+  // True when the peer is now known dead: FailPeer has run for it, and the
+  // operation should fail with the peer's failure. Call it from the engine's
+  // methods, never from inside FailPeer.
+  virtual bool ConfirmPeerFailure(Peer* peer) { return false; }
   // DestroyPeer finished tearing the connection down.
   virtual void PeerDestroyed(Peer* peer) = 0;
 };
@@ -139,13 +144,18 @@ class Engine {
   virtual Status Allocate(LocalRegion* region) = 0;
   virtual void Deregister(LocalRegion* region) = 0;
 
+  // Who an untrusted blob says it is, without connecting: its name and, when
+  // it carries one, its identity. Fails where LoadPeer would fail to parse.
+  virtual Status Describe(const uint8_t* blob, size_t length, std::string* name, ProcessIdentity* identity,
+                          bool* identity_known) = 0;
   // Parses an untrusted blob, connects, and unpacks the peer's keys.
   virtual Status LoadPeer(const uint8_t* blob, size_t length, std::unique_ptr<Peer>* peer) = 0;
   // Starts closing the connection; PeerDestroyed reports the end. Called only
   // once no plan and no notification uses the peer.
   virtual void DestroyPeer(Peer* peer) = 0;
-  // The peer is known dead (its process ended): fail its in-flight work
-  // now, refuse new work, and report PeerFailed. Idempotent.
+  // The peer is known dead (its process ended, or a new incarnation of it
+  // was loaded): fail its in-flight work now, refuse new work, free what
+  // the engine holds for it, and report PeerFailed. Idempotent.
   virtual void FailPeer(Peer* peer, Status why) = 0;
 
   virtual void Post(Plan& plan, uint32_t token) = 0;

@@ -73,4 +73,17 @@ void Liveness::Collect(std::vector<Peer*>* dead) {
   }
 }
 
+bool Liveness::Gone(Peer* peer) {
+  auto it = fds_.find(peer);
+  if (it == fds_.end()) return false;
+  pollfd fd{it->second, POLLIN, 0};
+  int n;
+  do {
+    n = poll(&fd, 1, 0);
+  } while (n < 0 && errno == EINTR);
+  if (n <= 0) return false;
+  Remove(peer);
+  return true;
+}
+
 }  // namespace kvxfer

@@ -32,6 +32,7 @@ class Liveness {
 
   Watch Add(Peer* peer, const ProcessIdentity& self);
   void Remove(Peer* peer);
+  bool Watching(Peer* peer) const { return fds_.count(peer) != 0; }
   bool empty() const { return fds_.empty(); }
 
   // Appends one pollfd per watched peer to `fds`.
@@ -39,6 +40,9 @@ class Liveness {
   // Peers whose process has ended since the last call (each reported once,
   // and no longer watched). Makes one poll(2) with no timeout.
   void Collect(std::vector<Peer*>* dead);
+  // Whether the watched peer's process has ended (then it is no longer
+  // watched). False when not watched.
+  bool Gone(Peer* peer);
 
  private:
   std::unordered_map<Peer*, int> fds_;

@@ -164,8 +164,14 @@ void OwnerThread::Execute(cmd::Deregister& c) {
 
 void OwnerThread::Execute(cmd::LoadPeer& c) {
   ev::PeerLoaded e{c.token, Status(), nullptr};
+  e.status = ReplaceIncarnation(c.blob);
+  if (!e.status.ok()) {
+    Push(std::move(e));
+    return;
+  }
   e.status = engine_->LoadPeer(c.blob.data(), c.blob.size(), &e.peer);
   Peer* peer = e.peer.get();
+  if (e.status.ok()) latest_[peer->name] = peer;
   const Liveness::Watch watch = e.status.ok() ? liveness_.Add(peer, options_.identity) : Liveness::Watch::kUnwatchable;
   Push(std::move(e));
   // Metadata of an agent whose process has ended: loaded, and failed at
@@ -177,8 +183,39 @@ void OwnerThread::Execute(cmd::LoadPeer& c) {
   }
 }
 
+// Metadata of another incarnation under the name of a loaded peer: a
+// restarted worker replaces the old one, whose work then fails at once
+// rather than going to a process that is gone. Two incarnations that both
+// still run (one host, so it can be seen) are two agents sharing a name:
+// refused, since merging them would misdirect transfers and notifications.
+Status OwnerThread::ReplaceIncarnation(const std::vector<uint8_t>& blob) {
+  std::string name;
+  ProcessIdentity identity;
+  bool identity_known = false;
+  // A blob that does not parse is refused by LoadPeer, with its reason.
+  if (!engine_->Describe(blob.data(), blob.size(), &name, &identity, &identity_known).ok()) return Status::Ok();
+  auto it = latest_.find(name);
+  if (it == latest_.end() || !identity_known) return Status::Ok();
+  Peer* loaded = it->second;
+  if (!loaded->identity_known || loaded->identity.incarnation == identity.incarnation) return Status::Ok();
+  const bool loaded_runs = liveness_.Watching(loaded) && !liveness_.Gone(loaded);
+  if (loaded_runs && identity.pid != loaded->identity.pid && options_.identity.SameProcessSpace(identity)) {
+    return Status::Error(Code::kNameInUse,
+                         "peer '" + name + "' is loaded from process " + std::to_string(loaded->identity.pid) +
+                             ", which still runs; this metadata is of another agent with that name (process " +
+                             std::to_string(identity.pid) + "). forgetPeer('" + name + "') first to switch to it");
+  }
+  liveness_.Remove(loaded);
+  engine_->FailPeer(loaded, Status::Error(Code::kPeerUnreachable, "peer '" + name + "' (pid " +
+                                                                      std::to_string(loaded->identity.pid) +
+                                                                      ") was replaced by a new incarnation"));
+  return Status::Ok();
+}
+
 void OwnerThread::Execute(cmd::DestroyPeer& c) {
   ++in_flight_;  // until PeerDestroyed
+  auto latest = latest_.find(c.peer->name);
+  if (latest != latest_.end() && latest->second == c.peer) latest_.erase(latest);
   liveness_.Remove(c.peer);
   engine_->DestroyPeer(c.peer);
 }
@@ -187,11 +224,18 @@ void OwnerThread::CheckLiveness() {
   if (!running() || liveness_.empty()) return;
   dead_scratch_.clear();
   liveness_.Collect(&dead_scratch_);
-  for (Peer* peer : dead_scratch_) {
-    engine_->FailPeer(peer, Status::Error(Code::kPeerUnreachable, "peer '" + peer->name + "' (pid " +
-                                                                       std::to_string(peer->identity.pid) +
-                                                                       ") exited"));
-  }
+  for (Peer* peer : dead_scratch_) FailExited(peer);
+}
+
+void OwnerThread::FailExited(Peer* peer) {
+  engine_->FailPeer(peer, Status::Error(Code::kPeerUnreachable,
+                                        "peer '" + peer->name + "' (pid " + std::to_string(peer->identity.pid) + ") exited"));
+}
+
+bool OwnerThread::ConfirmPeerFailure(Peer* peer) {
+  if (!running() || !liveness_.Gone(peer)) return false;
+  FailExited(peer);
+  return true;
 }
 
 void OwnerThread::Execute(cmd::Post& c) {

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "commands.h"
@@ -66,6 +67,8 @@ class OwnerThread : private EngineEvents {
   void SleepUntilWork(int timeout_ms);
   // Fails the peers whose process has ended (liveness.h).
   void CheckLiveness();
+  void FailExited(Peer* peer);
+  Status ReplaceIncarnation(const std::vector<uint8_t>& blob);
   bool running() const { return state_ == EngineState::kRunning; }
 
   // EngineEvents
@@ -74,6 +77,7 @@ class OwnerThread : private EngineEvents {
   void NotificationReceived(std::string peer, std::vector<uint8_t> message) override;
   void PeerFailed(Peer* peer, Status status) override;
   void PeerDestroyed(Peer* peer) override;
+  bool ConfirmPeerFailure(Peer* peer) override;
 
   const std::string agent_name_;
   const EngineOptions options_;
@@ -102,6 +106,8 @@ class OwnerThread : private EngineEvents {
   std::vector<Completion> ready_;
   uint32_t in_flight_ = 0;
   Liveness liveness_;
+  // The newest loaded Peer of each name, until it is destroyed.
+  std::unordered_map<std::string, Peer*> latest_;
   std::vector<Peer*> dead_scratch_;
   std::vector<pollfd> poll_scratch_;
 

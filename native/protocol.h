@@ -25,7 +25,8 @@
   X(Aborted, "ERR_ABORTED", "The operation's signal aborted.")                                                      \
   X(Closed, "ERR_CLOSED", "The agent is closed, or was closed while the operation was pending.")                    \
   X(Busy, "ERR_BUSY", "The resource is in use: a region with unreleased transfers, a transfer still in flight.")     \
-  X(Engine, "ERR_ENGINE", "UCX or NIXL failed; engineStatus and engineCode say how.")
+  X(Engine, "ERR_ENGINE", "UCX or NIXL failed; engineStatus and engineCode say how.")                               \
+  X(NameInUse, "ERR_NAME_IN_USE", "Metadata of a second live agent under the name of a loaded one: forget the loaded one first.")
 
 // Memory kinds as registerAddress() and prepare() take them:
 // X(enumerator, value, public name).
@@ -43,7 +44,8 @@
 #define KVXFER_EVENT_KINDS(X) \
   X(Operation, 0)             \
   X(Notification, 1)          \
-  X(PeerFailed, 2)
+  X(PeerFailed, 2)            \
+  X(PeerChanged, 3)
 
 // Numbers both sides check or lay out: X(name, value).
 //  DescList*: the packed descriptor list (native/descs.h, lib/descs.ts): a

@@ -72,7 +72,18 @@ void BatchTranslator::operator()(ev::Deregistered& e) {
 void BatchTranslator::operator()(ev::PeerLoaded& e) {
   tables_->Settle(e.token);
   Napi::Object o = OperationResult(e.token, e.status);
-  if (e.status.ok()) o.Set("value", tables_->AdoptPeer(std::move(e.peer))->name());
+  if (e.status.ok()) {
+    AgentTables::PeerChange change;
+    const std::string& name = tables_->AdoptPeer(std::move(e.peer), &change)->name();
+    o.Set("value", name);
+    Napi::Object changed = Napi::Object::New(env_);
+    changed.Set("kind", Kind(env_, EventKind::kPeerChanged));
+    changed.Set("peer", name);
+    changed.Set("change", change == AgentTables::PeerChange::kLoaded    ? "loaded"
+                          : change == AgentTables::PeerChange::kUpdated ? "updated"
+                                                                        : "replaced");
+    Push(changed);
+  }
   Push(o);
 }
 

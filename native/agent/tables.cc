@@ -152,15 +152,23 @@ Status AgentTables::FindPeer(const std::string& name, PeerEntry** out) const {
   return Status::Ok();
 }
 
-PeerEntry* AgentTables::AdoptPeer(std::unique_ptr<Peer> peer) {
+PeerEntry* AgentTables::AdoptPeer(std::unique_ptr<Peer> peer, PeerChange* change) {
   auto entry = std::make_unique<PeerEntry>();
   entry->peer = std::move(peer);
   PeerEntry* raw = entry.get();
   auto old = by_name_.find(raw->name());
+  if (change != nullptr) *change = PeerChange::kLoaded;
   if (old != by_name_.end()) {
     PeerEntry* previous = old->second;
+    const Peer& was = *previous->peer;
+    const Peer& is = *raw->peer;
+    const bool restarted = was.identity_known && is.identity_known && was.identity.incarnation != is.identity.incarnation;
+    if (change != nullptr) {
+      *change = restarted || previous->state == PeerEntry::State::kFailed ? PeerChange::kReplaced : PeerChange::kUpdated;
+    }
     by_name_.erase(old);
-    previous->state = PeerEntry::State::kForgotten;
+    // A failed peer stays failed: its transfers then say why (dead, replaced).
+    if (previous->state == PeerEntry::State::kLive) previous->state = PeerEntry::State::kForgotten;
     ReleasePeer(previous);
   }
   by_name_[raw->name()] = raw;

@@ -179,9 +179,13 @@ class AgentTables {
   // Peers ------------------------------------------------------------------
   // The live peer of that name, or ERR_UNKNOWN_PEER.
   Status FindPeer(const std::string& name, PeerEntry** out) const;
+  // What loading a peer did to the name: kLoaded, it was not loaded;
+  // kUpdated, newer metadata of the same incarnation (new regions);
+  // kReplaced, another incarnation (a restart) or the loaded one had failed.
+  enum class PeerChange : uint8_t { kLoaded, kUpdated, kReplaced };
   // A peer the engine loaded. Newer metadata replaces older of the same name:
   // transfers prepared against the old one keep it until they are released.
-  PeerEntry* AdoptPeer(std::unique_ptr<Peer> peer);
+  PeerEntry* AdoptPeer(std::unique_ptr<Peer> peer, PeerChange* change = nullptr);
   void ForgetPeer(PeerEntry* entry);
   // The engine found the peer dead; null when it is no longer known.
   PeerEntry* PeerFailed(Peer* peer, Status failure);

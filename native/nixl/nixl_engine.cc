@@ -167,6 +167,33 @@ struct InFlight {
   Peer* peer;
 };
 
+// A failed operation held back until its peer's death explains it, or
+// until deadline_ns (ReportFailure).
+struct Suspect {
+  uint32_t token;
+  Peer* peer;
+  uint64_t start_ns;
+  uint64_t deadline_ns;
+  Status failure;
+};
+constexpr uint64_t kSuspectNs = 200'000'000;
+
+// The agent name at the start of a NIXL blob (nixlSerDes: "nixlSerDes|",
+// then the tag "Agent", a native size_t length and the name), read without
+// NIXL: a name NIXL already holds must be invalidated before newer metadata
+// under it loads. False when the blob does not start that way.
+bool PeekNixlAgentName(const uint8_t* raw, size_t length, std::string* name) {
+  static constexpr char kHeader[] = "nixlSerDes|Agent";
+  constexpr size_t kHeaderBytes = sizeof kHeader - 1;
+  if (length < kHeaderBytes + sizeof(size_t) || std::memcmp(raw, kHeader, kHeaderBytes) != 0) return false;
+  size_t name_length;
+  std::memcpy(&name_length, raw + kHeaderBytes, sizeof name_length);
+  const size_t at = kHeaderBytes + sizeof name_length;
+  if (name_length == 0 || name_length > limits::kMaxAgentNameBytes || name_length > length - at) return false;
+  name->assign(reinterpret_cast<const char*>(raw + at), name_length);
+  return true;
+}
+
 class NixlEngine final : public Engine {
  public:
   NixlEngine(EngineEvents* events, const nixl::Api* api) : events_(events), api_(*api) {}
@@ -248,6 +275,19 @@ class NixlEngine final : public Engine {
     region->engine_handle = nullptr;
   }
 
+  Status Describe(const uint8_t* blob, size_t length, std::string* name, ProcessIdentity* identity,
+                  bool* identity_known) override {
+    Unwrapped unwrapped;
+    Status s = Unwrap(blob, length, &unwrapped);
+    if (!s.ok()) return s;
+    if (!PeekNixlAgentName(unwrapped.raw, unwrapped.raw_length, name)) {
+      return Status::Error(Code::kBadMetadata, "loading peer metadata: not NIXL metadata");
+    }
+    *identity = unwrapped.identity;
+    *identity_known = unwrapped.enveloped;
+    return Status::Ok();
+  }
+
   Status LoadPeer(const uint8_t* blob, size_t length, std::unique_ptr<Peer>* out) override {
     // Our own metadata names this agent as the peer of its local backends
     // (FILE through POSIX, a loopback copy): NIXL needs no remote entry.
@@ -265,8 +305,27 @@ class NixlEngine final : public Engine {
       *out = std::move(self);
       return Status::Ok();
     }
+    // NIXL keeps one entry per name and refuses newer metadata with other
+    // connection details (a restarted peer) under a name it holds; a peer
+    // the owner thread failed (dead, or replaced by a new incarnation) gives
+    // its entry up first. Metadata of the same incarnation (new regions)
+    // loads over the entry it has.
+    std::string peeked;
+    if (PeekNixlAgentName(raw, raw_length, &peeked)) {
+      auto held = holder_.find(peeked);
+      if (held != holder_.end() && failed_.count(held->second) != 0) Invalidate(held);
+    }
     char* name = nullptr;
     nixl::Status st = api_.load_remote_md(agent_, raw, raw_length, &name);
+    auto held = holder_.find(peeked);
+    if (st != nixl::kSuccess && held != holder_.end() && !unwrapped.enveloped) {
+      // A bare NIXL blob carries no incarnation: NIXL's refusal is how a
+      // restart shows. The old peer is replaced, its work fails.
+      FailPeer(held->second, Status::Error(Code::kPeerUnreachable,
+                                           "peer '" + peeked + "' was replaced by newer metadata"));
+      Invalidate(held);
+      st = api_.load_remote_md(agent_, raw, raw_length, &name);
+    }
     if (st != nixl::kSuccess || name == nullptr) {
       return NixlError(Code::kBadMetadata, "loading peer metadata (not NIXL metadata, or corrupted)", st);
     }
@@ -279,7 +338,7 @@ class NixlEngine final : public Engine {
     peer->regions = std::move(unwrapped.regions);
     peer->identity = unwrapped.identity;
     peer->identity_known = unwrapped.enveloped;
-    ++peer_refs_[peer->name];
+    holder_[peer->name] = peer.get();
     *out = std::move(peer);
     return Status::Ok();
   }
@@ -291,17 +350,25 @@ class NixlEngine final : public Engine {
       return;
     }
     // Newer metadata under the same name replaces the old Peer object, and
-    // NIXL keeps one entry per name: forget it only with its last object.
-    if (--peer_refs_[peer->name] == 0) {
-      peer_refs_.erase(peer->name);
-      api_.invalidate_remote_md(agent_, peer->name.c_str());
-    }
+    // NIXL keeps one entry per name: it goes with the object that holds it.
+    auto held = holder_.find(peer->name);
+    if (held != holder_.end() && held->second == peer) Invalidate(held);
     events_->PeerDestroyed(peer);
   }
 
   void FailPeer(Peer* peer, Status why) override {
-    if (!failed_.emplace(peer, why).second) return;
+    if (peer->engine_conn == this || !failed_.emplace(peer, why).second) return;
     events_->PeerFailed(peer, why);
+    for (size_t i = 0; i < suspects_.size();) {
+      if (suspects_[i].peer != peer) {
+        ++i;
+        continue;
+      }
+      const Suspect done = std::move(suspects_[i]);
+      suspects_[i] = std::move(suspects_.back());
+      suspects_.pop_back();
+      events_->OperationDone(done.token, why, NowNs() - done.start_ns);
+    }
     // Releasing an in-flight request is how NIXL aborts it.
     for (size_t i = 0; i < in_flight_.size();) {
       InFlight f = in_flight_[i];
@@ -326,7 +393,8 @@ class NixlEngine final : public Engine {
     PlanState* state = nullptr;
     Status s = ReadyRequest(plan, &state);
     if (!s.ok()) {
-      events_->OperationDone(token, std::move(s), 0);
+      // NIXL refuses to prepare against a peer whose connection it lost.
+      ReportFailure(token, plan.peer, std::move(s), start);
       return;
     }
     nixl::Status st = api_.post_xfer_req(agent_, state->request, nullptr);
@@ -335,7 +403,7 @@ class NixlEngine final : public Engine {
     } else if (st == nixl::kInProgress) {
       in_flight_.push_back(InFlight{state, token, start, plan.peer});
     } else {
-      events_->OperationDone(token, TransferFailure(plan.peer->name, st), NowNs() - start);
+      ReportFailure(token, plan.peer, TransferFailure(plan.peer->name, st), start);
     }
   }
 
@@ -353,9 +421,13 @@ class NixlEngine final : public Engine {
       events_->OperationDone(token, failed->second, 0);
       return;
     }
+    const uint64_t start = NowNs();
     nixl::Status st = api_.gen_notif(agent_, peer->name.c_str(), message.data(), message.size(), nullptr);
-    events_->OperationDone(token,
-                           st == nixl::kSuccess ? Status::Ok() : TransferFailure(peer->name, st), 0);
+    if (st == nixl::kSuccess) {
+      events_->OperationDone(token, Status::Ok(), 0);
+    } else {
+      ReportFailure(token, peer, TransferFailure(peer->name, st), start);
+    }
   }
 
   bool Progress() override {
@@ -367,15 +439,22 @@ class NixlEngine final : public Engine {
         ++i;
         continue;
       }
-      Status result = st == nixl::kSuccess ? Status::Ok() : TransferFailure(f.peer->name, st);
       const uint32_t token = f.token;
       PlanState* state = f.state;
+      Peer* peer = f.peer;
       const uint64_t duration = NowNs() - f.start_ns;
       in_flight_[i] = std::move(in_flight_.back());
       in_flight_.pop_back();
-      Complete(token, state, std::move(result), duration);
+      // Out of in_flight_ first: a confirmed death fails the peer's other
+      // requests, which reshuffles it.
+      if (st == nixl::kSuccess) {
+        Complete(token, state, Status::Ok(), duration);
+      } else {
+        ReportFailure(token, peer, TransferFailure(peer->name, st), NowNs() - duration);
+      }
       progressed = true;
     }
+    progressed = SettleSuspects() || progressed;
     if (api_.get_notifs(agent_, notifications_, nullptr) == nixl::kSuccess) {
       progressed = DeliverNotifications() || progressed;
     }
@@ -420,6 +499,8 @@ class NixlEngine final : public Engine {
                              NowNs() - f.start_ns);
     }
     in_flight_.clear();
+    for (Suspect& s : suspects_) events_->OperationDone(s.token, std::move(s.failure), NowNs() - s.start_ns);
+    suspects_.clear();
     for (PlanState* state : states_) FreeState(state);
     states_.clear();
     for (LocalRegion* region : std::vector<LocalRegion*>(regions_.begin(), regions_.end())) Deregister(region);
@@ -581,6 +662,51 @@ class NixlEngine final : public Engine {
     delete state;
   }
 
+  // NIXL forgets the peer and closes its connections.
+  void Invalidate(std::unordered_map<std::string, Peer*>::iterator held) {
+    api_.invalidate_remote_md(agent_, held->first.c_str());
+    holder_.erase(held);
+  }
+
+  // Reports an operation NIXL failed. NIXL folds a lost connection into its
+  // other failures, and sees a killed peer's sockets close a moment before
+  // the process is marked exited (while the kernel tears down its memory:
+  // milliseconds on a loaded host). So a failure with a peer the owner
+  // thread watches waits, up to kSuspectNs, for the death that explains it:
+  // then it fails as the peer's other work does, with the peer's failure.
+  void ReportFailure(uint32_t token, Peer* peer, Status failure, uint64_t start_ns) {
+    if (!shutting_down_ && failed_.count(peer) == 0 && peer->identity_known && !events_->ConfirmPeerFailure(peer)) {
+      suspects_.push_back(Suspect{token, peer, start_ns, NowNs() + kSuspectNs, std::move(failure)});
+      return;
+    }
+    auto failed = failed_.find(peer);
+    events_->OperationDone(token, failed != failed_.end() ? failed->second : std::move(failure), NowNs() - start_ns);
+  }
+
+  bool SettleSuspects() {
+    if (suspects_.empty()) return false;
+    const uint64_t now = NowNs();
+    bool settled = false;
+    for (size_t i = 0; i < suspects_.size();) {
+      if (now < suspects_[i].deadline_ns) {
+        // A confirmed death runs FailPeer, which settles every suspect of
+        // the peer (this one included) and reshuffles the list.
+        if (events_->ConfirmPeerFailure(suspects_[i].peer)) {
+          settled = true;
+        } else {
+          ++i;
+        }
+        continue;
+      }
+      Suspect done = std::move(suspects_[i]);
+      suspects_[i] = std::move(suspects_.back());
+      suspects_.pop_back();
+      events_->OperationDone(done.token, std::move(done.failure), now - done.start_ns);
+      settled = true;
+    }
+    return settled;
+  }
+
   Status TransferFailure(const std::string& peer, nixl::Status st) const {
     if (shutting_down_) return Status::Error(Code::kClosed, "the agent was closed");
     // NIXL's C API folds every backend failure into one status; a transfer
@@ -617,11 +743,14 @@ class NixlEngine final : public Engine {
   nixl::NotifMap notifications_ = nullptr;
   std::unordered_set<LocalRegion*> regions_;
   std::unordered_set<PlanState*> states_;
-  std::map<std::string, int> peer_refs_;
+  // By name, the Peer object whose metadata NIXL holds (NIXL keeps one
+  // entry per name; older objects of the name may live on in plans).
+  std::unordered_map<std::string, Peer*> holder_;
   // Peers known dead (FailPeer), with what their work fails with.
   std::unordered_map<Peer*, Status> failed_;
   ProcessIdentity identity_;
   std::vector<InFlight> in_flight_;
+  std::vector<Suspect> suspects_;
   bool shutting_down_ = false;
 };
 

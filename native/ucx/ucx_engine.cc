@@ -239,6 +239,17 @@ class UcxEngine final : public Engine {
     return PackUcxMetadata(name_, identity_, worker_address_, regions);
   }
 
+  Status Describe(const uint8_t* blob, size_t length, std::string* name, ProcessIdentity* identity,
+                  bool* identity_known) override {
+    UcxMetadata md;
+    Status s = ParseUcxMetadata(blob, length, &md);
+    if (!s.ok()) return s;
+    *name = md.name;
+    *identity = md.identity;
+    *identity_known = true;
+    return Status::Ok();
+  }
+
   Status LoadPeer(const uint8_t* blob, size_t length, std::unique_ptr<Peer>* out) override {
     UcxMetadata md;
     Status s = ParseUcxMetadata(blob, length, &md);

@@ -185,6 +185,32 @@ TEST("peer: newer metadata of the same name replaces the old; old transfers keep
   CHECK_EQ(tables.peer_count(), size_t{1});
 }
 
+TEST("peer: what a load did to the name: loaded, updated (same incarnation), replaced (another, or a failed one)") {
+  RecordingEvents events;
+  AgentTables tables(&events);
+  auto incarnation = [](uint64_t id) {
+    auto peer = MakePeer("decode");
+    peer->identity.incarnation = id;
+    peer->identity_known = true;
+    return peer;
+  };
+  AgentTables::PeerChange change;
+  tables.AdoptPeer(incarnation(1), &change);
+  CHECK(change == AgentTables::PeerChange::kLoaded);
+  tables.AdoptPeer(incarnation(1), &change);
+  CHECK(change == AgentTables::PeerChange::kUpdated);
+  PeerEntry* second = tables.AdoptPeer(incarnation(2), &change);
+  CHECK(change == AgentTables::PeerChange::kReplaced);
+  // The same incarnation loaded again after it failed is a replacement too, and the failed
+  // entry keeps its failure for the transfers that still hold it.
+  XferEntry* held = tables.AddXfer(Xfer(second, {}));
+  tables.PeerFailed(second->peer.get(), Status::Error(Code::kPeerUnreachable, "exited"));
+  tables.AdoptPeer(incarnation(2), &change);
+  CHECK(change == AgentTables::PeerChange::kReplaced);
+  CHECK(second->state == PeerEntry::State::kFailed);
+  CHECK_STATUS(AgentTables::CheckPostable(*held), Code::kPeerUnreachable, "exited");
+}
+
 TEST("peer: unused and replaced is disconnected at once") {
   RecordingEvents events;
   AgentTables tables(&events);

@@ -22,7 +22,7 @@ const PUBLIC_VALUES = ['Agent', 'DescList', 'ErrorCode', 'KvxferError', 'Region'
 const PUBLIC_TYPES = [
   'AgentOptions', 'AgentStats', 'CostEstimate', 'Desc', 'DescLike', 'Descriptors', 'EngineInfo',
   'EngineName', 'ExternalMemory', 'FileMemory', 'KvxferErrorDetails', 'KvxferInfo', 'Memory',
-  'MemoryKind', 'Notification', 'OperationOptions', 'PeerStats', 'TransferOptions', 'TransferResult',
+  'MemoryKind', 'Notification', 'OperationOptions', 'PeerEvent', 'PeerListener', 'PeerStats', 'TransferOptions', 'TransferResult',
   'TransferSpec', 'TransferTelemetry',
 ]
 const PUBLIC = [...PUBLIC_VALUES, ...PUBLIC_TYPES].sort()

@@ -40,6 +40,10 @@ describe('close()', { timeout: 60_000 }, () => {
         }
       })
       console.info(`close() during ${N} writes: ${resolved} resolved, ${N - resolved} rejected ERR_CLOSED`)
+      // Writes still pending when close() is called reject then, as documented: they do not wait
+      // for the engine's teardown (nor resolve after it). No event-loop turn passed between
+      // posting and close(), so none had completed.
+      expect(N - resolved, 'writes pending at close() rejected ERR_CLOSED').toBe(N)
       // b is unaffected
       const rb2 = await b.allocate(4 * KiB)
       expect(rb2.length).toBe(4 * KiB)

@@ -1,0 +1,110 @@
+// A peer SIGKILLed in the middle of a burst of WRITEs posted with no timeoutMs: every promise
+// must settle by itself within FAULT_SETTLE_MS, a failure is a KvxferError ERR_PEER_UNREACHABLE
+// (a write that got there before the death may resolve), writes posted after the death reject,
+// the agent keeps working with another peer, and the dead peer's name can be loaded again.
+// Rounds per case: KVXFER_FAULT_ROUNDS (npm run test:faults runs 100; the suite runs a few).
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { Agent, Region } from '../../dist/index.js'
+import { ENGINES, MiB, closeAll, createAgent, exchangeMetadata, fillBytes, rdesc, settle, sha256, within } from '../fixtures/index.js'
+import { disposeAllPeers, spawnPeer, type Peer, type PeerRegion } from '../fixtures/peers.js'
+import { FAULT_ROUNDS, FAULT_SETTLE_MS, recordFigure, summarize } from './report.js'
+
+const BLOCK = 4 * MiB
+const WRITES = 200
+const KILL_AFTER_MS = 5
+
+type Memory = 'register' | 'allocate'
+const CASES: ReadonlyArray<{ transports: 'sm' | 'tcp'; memory: Memory }> = [
+  { transports: 'sm', memory: 'register' },
+  { transports: 'sm', memory: 'allocate' },
+  { transports: 'tcp', memory: 'register' },
+  { transports: 'tcp', memory: 'allocate' },
+]
+
+describe.each(ENGINES)('%s engine', (engine) => {
+  describe.each(CASES)('SIGKILL mid-transfer over $transports, $memory memory', ({ transports, memory }) => {
+    // 'sm' is UCX's default selection (shared memory, which is what same-host peers use).
+    const agentTransports = transports === 'tcp' ? 'tcp' : undefined
+    let agent: Agent
+    let local: Region
+    // A second peer that stays alive: the agent must keep working with it.
+    let witness: Peer
+    let witnessRegion: PeerRegion
+    let witnessName: string
+    const settleTimes: number[] = []
+
+    beforeAll(async () => {
+      agent = await createAgent(`kill-${transports}-${memory}`, { engine, transports: agentTransports })
+      local = memory === 'register' ? await agent.register(Buffer.alloc(BLOCK)) : await agent.allocate(BLOCK)
+      witness = await spawnPeer({ engine, transports: agentTransports })
+      witnessRegion = memory === 'register' ? await witness.register(BLOCK) : await witness.allocate(BLOCK)
+      witnessName = await exchangeMetadata(agent, witness)
+    }, 60_000)
+
+    afterAll(async () => {
+      summarize(`kill ${engine} ${transports} ${memory}`, settleTimes)
+      await closeAll(agent)
+      await disposeAllPeers()
+    }, 60_000)
+
+    it(`${FAULT_ROUNDS} rounds: ${WRITES} x 4 MiB WRITEs, the peer killed ${KILL_AFTER_MS} ms after posting`, { timeout: 60_000 + FAULT_ROUNDS * 15_000 }, async () => {
+      // The victim of the next round starts while this one runs: spawning dominates a round.
+      let next = spawnVictim()
+      // A failed round leaves the next victim to afterAll's cleanup, which kills it.
+      next.catch(() => {})
+      for (let round = 0; round < FAULT_ROUNDS; round++) {
+        const { peer, region } = await next
+        // Every victim has the one name: each round loads it again, replacing the dead one.
+        const name = await agent.loadPeer(await peer.metadata())
+        if (round + 1 < FAULT_ROUNDS) {
+          next = spawnVictim()
+          next.catch(() => {})
+        }
+
+        const writes = Array.from({ length: WRITES }, () => settle(agent.write(local, rdesc(region, 0, BLOCK), name)))
+        await new Promise((resolve) => setTimeout(resolve, KILL_AFTER_MS))
+        const killedAt = performance.now()
+        const exited = peer.kill('SIGKILL')
+        const outcomes = await within(Promise.all(writes), FAULT_SETTLE_MS + 10_000, `round ${round}: the writes to a killed peer`)
+        const settleMs = performance.now() - killedAt
+        settleTimes.push(settleMs)
+        await exited
+
+        let resolved = 0
+        for (const outcome of outcomes) {
+          if (outcome.ok) {
+            resolved++
+            continue
+          }
+          expect((outcome.error as { code?: string }).code, `round ${round}: ${String(outcome.error)}`).toBe('ERR_PEER_UNREACHABLE')
+        }
+        recordFigure({ case: `kill/${engine}/${transports}/${memory}`, round, settleMs, resolved, rejected: WRITES - resolved })
+        expect(settleMs, `round ${round}: all ${WRITES} writes settled`).toBeLessThan(FAULT_SETTLE_MS)
+
+        // The peer is gone: a new write is refused, whatever the transport.
+        const after = await within(settle(agent.write(local, rdesc(region, 0, BLOCK), name)), FAULT_SETTLE_MS, 'a write after the death')
+        expect(after.ok, `round ${round}: a write after the peer's death resolved`).toBe(false)
+        expect((after as { error: { code?: string } }).error.code).toBe('ERR_PEER_UNREACHABLE')
+
+        // The agent still works with a live peer, bytes checked there.
+        const want = sha256(fillBytes(local.view(), round + 1))
+        await agent.write(local, rdesc(witnessRegion, 0, BLOCK), witnessName)
+        expect(await witness.hash(witnessRegion)).toBe(want)
+      }
+      // The name of the last dead peer loads again, and works (a restarted worker keeps its name).
+      const reborn = await spawnVictim()
+      const name = await agent.loadPeer(await reborn.peer.metadata())
+      const want = sha256(fillBytes(local.view(), 99))
+      await agent.write(local, rdesc(reborn.region, 0, BLOCK), name)
+      expect(await reborn.peer.hash(reborn.region)).toBe(want)
+      await reborn.peer.dispose()
+    })
+
+    /** A peer under the one name every round reuses, not loaded yet. */
+    async function spawnVictim(): Promise<{ peer: Peer; region: PeerRegion }> {
+      const peer = await spawnPeer({ engine, transports: agentTransports, name: `kill-victim-${engine}-${transports}-${memory}` })
+      const region = memory === 'register' ? await peer.register(BLOCK) : await peer.allocate(BLOCK)
+      return { peer, region }
+    }
+  })
+})
