@@ -134,6 +134,12 @@ struct NotificationReceived {
   std::string peer;
   std::vector<uint8_t> message;
 };
+// A peer deregistered regions (wire.h): refuse descriptors into them.
+struct RegionsRevoked {
+  std::string peer;
+  uint64_t incarnation;
+  std::vector<wire::RegionFields> regions;
+};
 // The peer is gone: its in-flight work fails, new work is refused.
 struct PeerFailed {
   Peer* peer;
@@ -146,8 +152,8 @@ struct Closed {
 }  // namespace ev
 
 using Event = std::variant<ev::Started, ev::Registered, ev::Deregistered, ev::PeerLoaded, ev::PeerDestroyed,
-                           ev::OperationDone, ev::Estimated, ev::NotificationReceived, ev::PeerFailed,
-                           ev::Closed>;
+                           ev::OperationDone, ev::Estimated, ev::NotificationReceived, ev::RegionsRevoked,
+                           ev::PeerFailed, ev::Closed>;
 
 // A transfer or notification that succeeded without telemetry: the common
 // case, kept out of Event so the hot path moves 16 bytes, not a Status.

@@ -15,6 +15,7 @@
 #include "identity.h"
 #include "protocol.h"
 #include "status.h"
+#include "wire.h"
 
 namespace kvxfer {
 
@@ -47,6 +48,9 @@ struct RemoteRegion {
   MemKind kind = MemKind::kDram;
   uint32_t device = 0;
   void* engine_key = nullptr;
+  // Its owner deregistered it (a revocation came): descriptors into it are
+  // refused. JS thread only.
+  bool revoked = false;
 };
 
 struct Peer {
@@ -59,6 +63,9 @@ struct Peer {
   // blob (NIXL's): then the engine checks remote descriptors itself.
   std::vector<RemoteRegion> regions;
   bool regions_known = true;
+  // How many of `regions` were revoked so far: a prepared transfer checks
+  // its segments again when this moved. JS thread only.
+  uint32_t revocations = 0;
   void* engine_conn = nullptr;
 };
 
@@ -116,6 +123,9 @@ class EngineEvents {
   virtual void OperationDone(uint32_t token, Status status, uint64_t duration_ns,
                              const Telemetry* telemetry = nullptr) = 0;
   virtual void NotificationReceived(std::string peer, std::vector<uint8_t> message) = 0;
+  // The peer `peer` (its incarnation `incarnation`) deregistered these
+  // regions. Untrusted: the agent applies it to that peer's regions alone.
+  virtual void RegionsRevoked(std::string peer, uint64_t incarnation, std::vector<wire::RegionFields> regions) = 0;
   virtual void PeerFailed(Peer* peer, Status status) = 0;
   // An operation with the peer failed in a way its death would explain.
   // True when the peer is now known dead: FailPeer has run for it, and the
@@ -142,6 +152,8 @@ class Engine {
   // fastest (UCX: a shared-memory segment a same-host peer maps and copies
   // into directly), registers it, and sets address and memory.
   virtual Status Allocate(LocalRegion* region) = 0;
+  // Also tells the loaded peers (kvxfer agents) that the region is gone:
+  // their RegionsRevoked.
   virtual void Deregister(LocalRegion* region) = 0;
 
   // Who an untrusted blob says it is, without connecting: its name and, when

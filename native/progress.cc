@@ -285,6 +285,10 @@ void OwnerThread::NotificationReceived(std::string peer, std::vector<uint8_t> me
   Push(ev::NotificationReceived{std::move(peer), std::move(message)});
 }
 
+void OwnerThread::RegionsRevoked(std::string peer, uint64_t incarnation, std::vector<wire::RegionFields> regions) {
+  Push(ev::RegionsRevoked{std::move(peer), incarnation, std::move(regions)});
+}
+
 void OwnerThread::PeerFailed(Peer* peer, Status status) { Push(ev::PeerFailed{peer, std::move(status)}); }
 
 void OwnerThread::PeerDestroyed(Peer* peer) {

@@ -118,4 +118,44 @@ inline RegionFields GetRegion(Reader& r) {
   return region;
 }
 
+// A revocation: the sender deregistered these regions, and a peer must
+// refuse descriptors into them. "KVRV", u16 version 1, u16 reserved, the
+// sender's u64 incarnation (a revocation applies to the incarnation that
+// published the regions), u32 count, u32 reserved, then count region
+// entries. The same bytes travel in a UCX active message and in a NIXL
+// notification (after kRevocationMarker).
+constexpr uint8_t kRevocationMagic[4] = {'K', 'V', 'R', 'V'};
+constexpr uint16_t kRevocationVersion = 1;
+constexpr size_t kMaxRevokedRegions = 1024;
+
+inline std::vector<uint8_t> PackRevocation(uint64_t incarnation, const std::vector<RegionFields>& regions) {
+  std::vector<uint8_t> out;
+  Writer w(&out);
+  w.PutBytes(kRevocationMagic, sizeof kRevocationMagic);
+  w.Put<uint16_t>(kRevocationVersion);
+  w.Put<uint16_t>(0);
+  w.Put<uint64_t>(incarnation);
+  w.Put<uint32_t>(static_cast<uint32_t>(regions.size()));
+  w.Put<uint32_t>(0);
+  for (const RegionFields& r : regions) PutRegion(w, r);
+  return out;
+}
+
+// False for anything but a well-formed revocation, which comes from a peer.
+inline bool ParseRevocation(const uint8_t* data, size_t length, uint64_t* incarnation,
+                            std::vector<RegionFields>* regions) {
+  Reader r(data, length);
+  const uint8_t* magic = r.Take(sizeof kRevocationMagic);
+  if (magic == nullptr || std::memcmp(magic, kRevocationMagic, sizeof kRevocationMagic) != 0) return false;
+  if (r.Get<uint16_t>() != kRevocationVersion) return false;
+  r.Get<uint16_t>();
+  *incarnation = r.Get<uint64_t>();
+  const uint32_t count = r.Get<uint32_t>();
+  r.Get<uint32_t>();
+  if (r.failed() || count > kMaxRevokedRegions || r.left() != count * kRegionFixedBytes) return false;
+  regions->clear();
+  for (uint32_t i = 0; i < count; ++i) regions->push_back(GetRegion(r));
+  return !r.failed();
+}
+
 }  // namespace kvxfer::wire

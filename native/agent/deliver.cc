@@ -125,6 +125,8 @@ void BatchTranslator::operator()(ev::NotificationReceived& e) {
   Push(o);
 }
 
+void BatchTranslator::operator()(ev::RegionsRevoked& e) { tables_->RevokeRegions(e.peer, e.incarnation, e.regions); }
+
 void BatchTranslator::operator()(ev::PeerFailed& e) {
   PeerEntry* entry = tables_->PeerFailed(e.peer, e.status);
   if (entry == nullptr) return;

@@ -37,6 +37,7 @@ class BatchTranslator {
   void operator()(ev::OperationDone& e);
   void operator()(ev::Estimated& e);
   void operator()(ev::NotificationReceived& e);
+  void operator()(ev::RegionsRevoked& e);
   void operator()(ev::PeerFailed& e);
   void operator()(ev::Closed& e);
 

@@ -56,6 +56,7 @@ Status BuildPlan(const PlanRequest& request, RegionTable& regions, PeerEntry& pe
   plan.segments.reserve(local.count());
   out->regions.clear();
   out->peer = &peer;
+  out->revocations_checked = peer.peer->revocations;
   const std::vector<RemoteRegion>& remote_regions = peer.peer->regions;
   const bool check_remote = peer.peer->regions_known;
   const uint32_t mark = regions.NewPlanMark();
@@ -76,6 +77,7 @@ Status BuildPlan(const PlanRequest& request, RegionTable& regions, PeerEntry& pe
       rr = FindContaining(remote_regions, r, [](const RemoteRegion& x) -> const RemoteRegion& { return x; },
                           &partial);
       if (rr == nullptr) return RemoteMiss(peer, i, r, partial);
+      if (rr->revoked) return RevokedRegion(peer.name(), r.address);
     }
     if (lr->plan_mark != mark) {
       lr->plan_mark = mark;

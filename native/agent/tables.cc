@@ -1,6 +1,7 @@
 #include "agent/tables.h"
 
 #include <algorithm>
+#include <cstdio>
 
 namespace kvxfer {
 
@@ -220,7 +221,39 @@ Status AgentTables::CheckPostable(const XferEntry& xfer) {
   if (xfer.state == XferEntry::State::kBusy) {
     return Status::Error(Code::kBusy, "the transfer is already in flight; wait for it or prepare another");
   }
-  return xfer.peer->Usable();
+  Status usable = xfer.peer->Usable();
+  if (!usable.ok()) return usable;
+  const Peer& peer = *xfer.peer->peer;
+  // Revocations are rare: the segments are looked at again only after one.
+  if (xfer.revocations_checked != peer.revocations) {
+    for (const Segment& s : xfer.plan->segments) {
+      if (s.remote_region != nullptr && s.remote_region->revoked) return RevokedRegion(peer.name, s.remote);
+    }
+    xfer.revocations_checked = peer.revocations;
+  }
+  return Status::Ok();
+}
+
+Status RevokedRegion(const std::string& peer, uint64_t address) {
+  char hex[24];
+  snprintf(hex, sizeof hex, "0x%llx", static_cast<unsigned long long>(address));
+  return Status::Error(Code::kNotRegistered, std::string("remote address ") + hex + " is in a region peer '" + peer +
+                                                 "' has deregistered");
+}
+
+void AgentTables::RevokeRegions(const std::string& name, uint64_t incarnation,
+                                const std::vector<wire::RegionFields>& regions) {
+  for (auto& [raw, entry] : peers_) {
+    Peer& peer = *entry->peer;
+    if (peer.name != name || !peer.identity_known || peer.identity.incarnation != incarnation) continue;
+    for (RemoteRegion& r : peer.regions) {
+      for (const wire::RegionFields& gone : regions) {
+        if (r.revoked || r.address != gone.address || r.length != gone.length || r.device != gone.device) continue;
+        r.revoked = true;
+        ++peer.revocations;
+      }
+    }
+  }
 }
 
 void AgentTables::FinishXfer(XferEntry* xfer) {

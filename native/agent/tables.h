@@ -91,6 +91,8 @@ struct XferEntry {
   std::unique_ptr<Plan> plan = std::make_unique<Plan>();
   PeerEntry* peer = nullptr;
   std::vector<RegionEntry*> regions;  // each once
+  // The peer's revocation count its segments were last checked against.
+  mutable uint32_t revocations_checked = 0;
 };
 
 // A standalone notification owns its message until the engine is done.
@@ -101,6 +103,9 @@ struct PendingNotify {
 
 // What a token's completion settles on this side.
 using PendingOp = std::variant<std::monostate, XferEntry*, RegionEntry*, PendingNotify>;
+
+// Why a descriptor into a revoked region of `peer` is refused.
+Status RevokedRegion(const std::string& peer, uint64_t address);
 
 class TableEvents {
  public:
@@ -191,6 +196,10 @@ class AgentTables {
   PeerEntry* PeerFailed(Peer* peer, Status failure);
   // The engine tore the connection down.
   void PeerDestroyed(Peer* peer);
+  // Peer `name`, incarnation `incarnation`, deregistered these regions: its
+  // loaded entries (old ones that transfers still hold too) refuse
+  // descriptors into them from now on.
+  void RevokeRegions(const std::string& name, uint64_t incarnation, const std::vector<wire::RegionFields>& regions);
   void HoldPeer(PeerEntry* entry) { ++entry->users; }
   void ReleasePeer(PeerEntry* entry);
 
@@ -199,7 +208,8 @@ class AgentTables {
   XferEntry* AddXfer(std::unique_ptr<XferEntry> xfer);
   // The unreleased transfer `id`, or ERR_INVALID_ARG.
   Status FindXfer(uint32_t id, XferEntry** out) const;
-  // Whether `xfer` may be posted now (not in flight, its peer usable).
+  // Whether `xfer` may be posted now (not in flight, its peer usable, none
+  // of its remote regions revoked).
   static Status CheckPostable(const XferEntry& xfer);
   // The transfer is handed to the owner thread until FinishXfer.
   void MarkBusy(XferEntry* xfer) { xfer->state = XferEntry::State::kBusy; }

@@ -178,6 +178,11 @@ struct Suspect {
 };
 constexpr uint64_t kSuspectNs = 200'000'000;
 
+// Starts a NIXL notification that carries a revocation (wire.h) between
+// kvxfer agents rather than an application's message: 16 fixed bytes no
+// text starts with.
+constexpr uint8_t kRevocationMarker[16] = {0x00, 0xff, 'k', 'v', 'x', 'f', 'e', 'r', '-', 'r', 'e', 'v', 'o', 'k', 'e', 0x00};
+
 // The agent name at the start of a NIXL blob (nixlSerDes: "nixlSerDes|",
 // then the tag "Agent", a native size_t length and the name), read without
 // NIXL: a name NIXL already holds must be invalidated before newer metadata
@@ -273,6 +278,22 @@ class NixlEngine final : public Engine {
     if (regions_.erase(region) == 0) return;
     WithRegList(region, api_.deregister_mem);
     region->engine_handle = nullptr;
+    if (!shutting_down_) Revoke(*region);
+  }
+
+  // Peers holding our old metadata could still write into the region: tell
+  // the kvxfer peers we loaded (NIXL has no message of its own for it; a
+  // notification with kvxfer's marker is one a kvxfer peer takes for itself).
+  void Revoke(const LocalRegion& region) {
+    std::vector<uint8_t> message(kRevocationMarker, kRevocationMarker + sizeof kRevocationMarker);
+    const std::vector<uint8_t> revocation = wire::PackRevocation(
+        identity_.incarnation,
+        {wire::RegionFields{region.address, region.length, static_cast<uint8_t>(region.kind), region.device}});
+    message.insert(message.end(), revocation.begin(), revocation.end());
+    for (const auto& [name, peer] : holder_) {
+      if (!peer->identity_known || failed_.count(peer) != 0) continue;
+      api_.gen_notif(agent_, name.c_str(), message.data(), message.size(), nullptr);
+    }
   }
 
   Status Describe(const uint8_t* blob, size_t length, std::string* name, ProcessIdentity* identity,
@@ -727,6 +748,14 @@ class NixlEngine final : public Engine {
         size_t length = 0;
         if (api_.notif_map_get_notif(notifications_, agent, n, &data, &length) != nixl::kSuccess) continue;
         const auto* bytes = static_cast<const uint8_t*>(data);
+        uint64_t incarnation = 0;
+        std::vector<wire::RegionFields> revoked;
+        if (length > sizeof kRevocationMarker && std::memcmp(bytes, kRevocationMarker, sizeof kRevocationMarker) == 0 &&
+            wire::ParseRevocation(bytes + sizeof kRevocationMarker, length - sizeof kRevocationMarker, &incarnation,
+                                  &revoked)) {
+          events_->RegionsRevoked(agent, incarnation, std::move(revoked));
+          continue;
+        }
         events_->NotificationReceived(agent, std::vector<uint8_t>(bytes, bytes + length));
       }
     }

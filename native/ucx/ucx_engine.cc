@@ -19,6 +19,7 @@ namespace kvxfer {
 namespace {
 
 constexpr unsigned kNotifyAmId = 7;
+constexpr unsigned kRevokeAmId = 8;
 constexpr auto kShutdownDeadline = std::chrono::seconds(5);
 
 uint64_t NowNs() {
@@ -167,6 +168,10 @@ class UcxEngine final : public Engine {
     am.flags = UCP_AM_FLAG_WHOLE_MSG;
     st = ucp_worker_set_am_recv_handler(worker_, &am);
     if (st != UCS_OK) return Fail(UcsError(Code::kEngine, "installing the notification handler", st));
+    am.id = kRevokeAmId;
+    am.cb = &UcxEngine::OnRevocation;
+    st = ucp_worker_set_am_recv_handler(worker_, &am);
+    if (st != UCS_OK) return Fail(UcsError(Code::kEngine, "installing the revocation handler", st));
     return Status::Ok();
   }
 
@@ -232,6 +237,9 @@ class UcxEngine final : public Engine {
     // Allocated memory is unmapped by its last holder, not here.
     if (!region->memory) ucp_mem_unmap(context_, static_cast<ucp_mem_h>(region->engine_handle));
     region->engine_handle = nullptr;
+    // A peer holding our old metadata could still write there (by cma, into
+    // a registered Buffer that lives on): tell the peers we reach.
+    if (!shutting_down_) Revoke(*region);
   }
 
   std::vector<uint8_t> Metadata() override {
@@ -523,6 +531,46 @@ class UcxEngine final : public Engine {
       op->status = UCS_PTR_STATUS(request);
       Finish(op);
     }
+  }
+
+  void Revoke(const LocalRegion& region) {
+    const std::vector<uint8_t> message = wire::PackRevocation(
+        identity_.incarnation,
+        {wire::RegionFields{region.address, region.length, static_cast<uint8_t>(region.kind), region.device}});
+    for (UcxConn* conn : conns_) {
+      if (conn->endpoint != UcxConn::Endpoint::kOpen || conn->failure != UCS_OK || conn->peer == nullptr) continue;
+      // Owned by the send until it completes.
+      auto* copy = new std::vector<uint8_t>(message);
+      ucp_request_param_t param{};
+      param.op_attr_mask =
+          UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+      param.flags = UCP_AM_SEND_FLAG_EAGER;
+      param.cb.send = &UcxEngine::OnRevocationSent;
+      param.user_data = copy;
+      ucs_status_ptr_t request = ucp_am_send_nbx(conn->ep, kRevokeAmId, name_.data(), name_.size(), copy->data(),
+                                                 copy->size(), &param);
+      if (!UCS_PTR_IS_PTR(request)) delete copy;
+    }
+  }
+
+  static void OnRevocationSent(void* request, ucs_status_t, void* user_data) {
+    ucp_request_free(request);
+    delete static_cast<std::vector<uint8_t>*>(user_data);
+  }
+
+  static ucs_status_t OnRevocation(void* arg, const void* header, size_t header_length, void* data, size_t length,
+                                   const ucp_am_recv_param_t* param) {
+    auto* self = static_cast<UcxEngine*>(arg);
+    uint64_t incarnation = 0;
+    std::vector<wire::RegionFields> regions;
+    if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || header_length == 0 ||
+        header_length > limits::kMaxAgentNameBytes ||
+        !wire::ParseRevocation(static_cast<const uint8_t*>(data), length, &incarnation, &regions)) {
+      return UCS_OK;
+    }
+    self->events_->RegionsRevoked(std::string(static_cast<const char*>(header), header_length), incarnation,
+                                  std::move(regions));
+    return UCS_OK;
   }
 
   // UCX is done with the operation; it is reported unless its peer's

@@ -165,6 +165,48 @@ describe.each(ENGINES)('%s engine', (engine) => {
     })
   })
 
+  describe('a peer that deregisters', { timeout: 60_000 }, () => {
+    afterEach(() => disposeAllPeers(), 30_000)
+
+    it('its deregistered Buffer is refused ERR_NOT_REGISTERED to new and to prepared transfers, and is never written', async () => {
+      const agent = await createAgent('revoked', { engine })
+      try {
+        const peer = await spawnPeer({ engine })
+        const buffer = await peer.register(MiB, 'Buffer')
+        const other = await peer.register(MiB, 'Buffer')
+        const name = await exchangeMetadata(agent, peer)
+        const local = await agent.allocate(MiB)
+        fillBytes(local.view(), 6)
+        const prepared = agent.prepare({ op: 'write', local, remote: rdesc(buffer, 0, MiB), peer: name })
+        const untouched = await peer.poison(buffer, 6)
+
+        // The peer deregisters; its metadata as we loaded it still lists the region, and the
+        // Buffer stays alive in the peer (JS owns it). The revocation reaches us by itself.
+        await peer.deregister(buffer, true)
+        await eventually('the revocation', () => {
+          try {
+            agent.prepare({ op: 'write', local, remote: rdesc(buffer, 0, MiB), peer: name }).release()
+            return false
+          } catch (error) {
+            expectKvxferError(error, 'ERR_NOT_REGISTERED')
+            return true
+          }
+        }, 2_000)
+        const e = await rejectsWith(() => prepared.post(), 'ERR_NOT_REGISTERED')
+        expect(e.message).toContain('deregistered')
+        prepared.release()
+        await rejectsWith(() => agent.write(local, rdesc(buffer, 0, MiB), name), 'ERR_NOT_REGISTERED')
+        expect(await peer.hashMemory(buffer), 'the deregistered Buffer was written').toBe(untouched)
+        // The peer's other region still takes writes.
+        const want = sha256(local.view())
+        await agent.write(local, rdesc(other, 0, MiB), name)
+        expect(await peer.hash(other)).toBe(want)
+      } finally {
+        await closeAll(agent)
+      }
+    })
+  })
+
   describe('stats', () => {
     it('notificationsSent counts the notification of a transfer as well as notify()', async () => {
       const a = await createAgent('stats-a', { engine })

@@ -251,3 +251,10 @@ TEST("plan: random regions and descriptors agree with a linear scan") {
     }
   }
 }
+
+TEST("plan: a descriptor into a region its owner revoked is not registered") {
+  Fixture f;
+  AddRegistered(f.tables.regions(), 0x10000, 8192);
+  f.peer->peer->regions[0].revoked = true;
+  CHECK_STATUS(f.Build({{0x10000, 4096, 0}}, {{0x900000, 4096, 0}}), Code::kNotRegistered, "has deregistered");
+}

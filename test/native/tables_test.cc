@@ -211,6 +211,27 @@ TEST("peer: what a load did to the name: loaded, updated (same incarnation), rep
   CHECK_STATUS(AgentTables::CheckPostable(*held), Code::kPeerUnreachable, "exited");
 }
 
+TEST("peer: a revoked region refuses new plans and prepared transfers, for that incarnation only") {
+  RecordingEvents events;
+  AgentTables tables(&events);
+  auto peer = MakePeer("decode", {kvxfer::RemoteRegion{0x1000, 0x1000}, kvxfer::RemoteRegion{0x4000, 0x1000}});
+  peer->identity.incarnation = 7;
+  peer->identity_known = true;
+  PeerEntry* entry = tables.AdoptPeer(std::move(peer));
+  auto xfer = Xfer(entry, {});
+  xfer->plan->segments.push_back(kvxfer::Segment{0, 0x1800, 16, 0, nullptr, &entry->peer->regions[0]});
+  XferEntry* held = tables.AddXfer(std::move(xfer));
+  CHECK(AgentTables::CheckPostable(*held).ok());
+  // Another incarnation's revocation, or one of a region not published, changes nothing.
+  tables.RevokeRegions("decode", 8, {kvxfer::wire::RegionFields{0x1000, 0x1000, 0, 0}});
+  tables.RevokeRegions("decode", 7, {kvxfer::wire::RegionFields{0x1000, 0x800, 0, 0}});
+  CHECK(AgentTables::CheckPostable(*held).ok());
+  tables.RevokeRegions("decode", 7, {kvxfer::wire::RegionFields{0x1000, 0x1000, 0, 0}});
+  CHECK_STATUS(AgentTables::CheckPostable(*held), Code::kNotRegistered, "has deregistered");
+  CHECK(!entry->peer->regions[1].revoked);
+  CHECK_EQ(entry->peer->revocations, uint32_t{1});
+}
+
 TEST("peer: unused and replaced is disconnected at once") {
   RecordingEvents events;
   AgentTables tables(&events);
