@@ -79,6 +79,7 @@ export class Agent implements AsyncDisposable {
       backend: options.backend,
       backendParams: options.backendParams,
       busyPollUs: options.busyPollUs === undefined ? DEFAULT_BUSY_POLL_US : options.busyPollUs,
+      peerTimeoutMs: options.peerTimeoutMs,
     });
     try {
       await core.submit<void>('starting the agent', () => core.native.start(), options);

@@ -96,6 +96,7 @@ export interface NativeAgentOptions {
   backend?: string;
   backendParams?: Record<string, string>;
   busyPollUs?: number;
+  peerTimeoutMs?: number;
 }
 
 /** @internal */

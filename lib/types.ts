@@ -45,6 +45,16 @@ export interface AgentOptions extends OperationOptions {
    * latency goes from 83-92 us to 36 us (kvxfer bench --in-flight 1).
    */
   busyPollUs?: number;
+  /**
+   * A peer with transfers or notifications in flight that finishes none of
+   * them for this long is declared unreachable: its work rejects
+   * ERR_PEER_UNREACHABLE and a `failed` peer event is emitted. This is what
+   * catches a peer on another host that went silent (a cut link, a frozen
+   * host), which no transport reports in good time; a dead process on this
+   * host is seen at once regardless. Keep it above the duration of your
+   * longest single transfer. 0: never. Default 10000.
+   */
+  peerTimeoutMs?: number;
 }
 
 /** Memory that is not a JS buffer: a CUDA allocation, or host memory the caller owns. */

@@ -100,6 +100,9 @@ struct EngineOptions {
   std::string transports;      // UCX_TLS for this agent only; empty: environment
   std::string backend;         // NIXL: the backend plugin (default UCX)
   std::vector<std::pair<std::string, std::string>> backend_params;
+  // A peer with work in flight and nothing finished for this long is
+  // declared unreachable (liveness.h, StallWatch); 0: never.
+  uint64_t peer_timeout_ms = 10000;
 };
 
 // What NIXL measured of one transfer.

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <ctime>
 
 namespace kvxfer {
 
@@ -84,6 +85,49 @@ bool Liveness::Gone(Peer* peer) {
   if (n <= 0) return false;
   Remove(peer);
   return true;
+}
+
+void StallWatch::Started(uint32_t token, Peer* peer, uint64_t now_ns) {
+  Watch& watch = peers_[peer];
+  watch.peer = peer;
+  if (watch.in_flight++ == 0) {
+    watch.moved_ns = now_ns;
+    watch.reported = false;
+  }
+  if (token >= by_token_.size()) by_token_.resize(token + 1, nullptr);
+  by_token_[token] = &watch;
+}
+
+void StallWatch::Finished(uint32_t token, uint64_t now_ns) {
+  if (token >= by_token_.size() || by_token_[token] == nullptr) return;
+  Watch* watch = by_token_[token];
+  by_token_[token] = nullptr;
+  --watch->in_flight;
+  watch->moved_ns = now_ns;
+  watch->reported = false;
+}
+
+void StallWatch::Forget(Peer* peer) {
+  auto it = peers_.find(peer);
+  if (it == peers_.end()) return;
+  for (Watch*& slot : by_token_) {
+    if (slot == &it->second) slot = nullptr;
+  }
+  peers_.erase(it);
+}
+
+void StallWatch::Collect(uint64_t now_ns, std::vector<Peer*>* stalled) {
+  for (auto& [peer, watch] : peers_) {
+    if (watch.in_flight == 0 || watch.reported || now_ns - watch.moved_ns < timeout_ns_) continue;
+    watch.reported = true;
+    stalled->push_back(peer);
+  }
+}
+
+uint64_t CoarseNowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
 }  // namespace kvxfer

@@ -48,4 +48,42 @@ class Liveness {
   std::unordered_map<Peer*, int> fds_;
 };
 
+// Peers whose work stopped moving. Across hosts nothing else reports a peer
+// that went silent (a cut link, a frozen host) in good time: TCP retries
+// unacknowledged data for minutes, and UCX's keepalive does not cover an
+// endpoint busy with data. So a peer with work in flight and no operation
+// finished for `timeout_ns` is declared unreachable. Owner thread only.
+class StallWatch {
+ public:
+  // 0: never.
+  explicit StallWatch(uint64_t timeout_ns) : timeout_ns_(timeout_ns) {}
+  StallWatch(const StallWatch&) = delete;
+  StallWatch& operator=(const StallWatch&) = delete;
+
+  bool enabled() const { return timeout_ns_ != 0; }
+  uint64_t timeout_ns() const { return timeout_ns_; }
+  // A transfer or notification `token` with `peer` was handed to the engine.
+  void Started(uint32_t token, Peer* peer, uint64_t now_ns);
+  // Its OperationDone: the peer's work moved.
+  void Finished(uint32_t token, uint64_t now_ns);
+  void Forget(Peer* peer);
+  // Peers with work in flight and nothing finished for the timeout; each is
+  // reported once, until its work moves again.
+  void Collect(uint64_t now_ns, std::vector<Peer*>* stalled);
+
+ private:
+  struct Watch {
+    Peer* peer = nullptr;
+    uint32_t in_flight = 0;
+    uint64_t moved_ns = 0;  // the last completion, or the start of the oldest in flight
+    bool reported = false;
+  };
+  const uint64_t timeout_ns_;
+  std::unordered_map<Peer*, Watch> peers_;  // node-based: Watch pointers stay valid
+  std::vector<Watch*> by_token_;           // tokens are small slot numbers
+};
+
+// A cheap clock for the stall watch: coarse (milliseconds), never the hot path's cost.
+uint64_t CoarseNowNs();
+
 }  // namespace kvxfer

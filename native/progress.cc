@@ -217,6 +217,7 @@ void OwnerThread::Execute(cmd::DestroyPeer& c) {
   auto latest = latest_.find(c.peer->name);
   if (latest != latest_.end() && latest->second == c.peer) latest_.erase(latest);
   liveness_.Remove(c.peer);
+  stalls_.Forget(c.peer);
   engine_->DestroyPeer(c.peer);
 }
 
@@ -232,6 +233,21 @@ void OwnerThread::FailExited(Peer* peer) {
                                         "peer '" + peer->name + "' (pid " + std::to_string(peer->identity.pid) + ") exited"));
 }
 
+void OwnerThread::CheckStalls() {
+  constexpr uint64_t kStallCheckNs = 100000000;
+  const uint64_t now = CoarseNowNs();
+  if (now - stalls_checked_ns_ < kStallCheckNs) return;
+  stalls_checked_ns_ = now;
+  dead_scratch_.clear();
+  stalls_.Collect(now, &dead_scratch_);
+  for (Peer* peer : dead_scratch_) {
+    engine_->FailPeer(peer, Status::Error(Code::kPeerUnreachable,
+                                          "peer '" + peer->name + "' finished nothing for " +
+                                              std::to_string(stalls_.timeout_ns() / 1000000) +
+                                              " ms with work in flight (peerTimeoutMs)"));
+  }
+}
+
 bool OwnerThread::ConfirmPeerFailure(Peer* peer) {
   if (!running() || !liveness_.Gone(peer)) return false;
   FailExited(peer);
@@ -240,6 +256,7 @@ bool OwnerThread::ConfirmPeerFailure(Peer* peer) {
 
 void OwnerThread::Execute(cmd::Post& c) {
   ++in_flight_;
+  if (stalls_.enabled()) stalls_.Started(c.token, c.plan->peer, CoarseNowNs());
   engine_->Post(*c.plan, c.token);
 }
 
@@ -259,6 +276,7 @@ void OwnerThread::Execute(cmd::ReleasePlan& c) {
 
 void OwnerThread::Execute(cmd::Notify& c) {
   ++in_flight_;
+  if (stalls_.enabled()) stalls_.Started(c.token, c.peer, CoarseNowNs());
   engine_->Notify(c.peer, *c.message, c.token);
 }
 
@@ -272,6 +290,7 @@ void OwnerThread::Execute(cmd::Close& c) {
 void OwnerThread::OperationDone(uint32_t token, Status status, uint64_t duration_ns,
                                 const Telemetry* telemetry) {
   --in_flight_;
+  if (stalls_.enabled()) stalls_.Finished(token, CoarseNowNs());
   if (status.ok() && telemetry == nullptr) {
     ready_.push_back(Completion{token, duration_ns});
     return;
@@ -339,6 +358,7 @@ void OwnerThread::Run() {
       while (engine_->Progress()) did_work = true;
     }
     if (++passes % kPassesPerLivenessCheck == 0) CheckLiveness();
+    if (in_flight_ > 0 && stalls_.enabled() && running()) CheckStalls();
     PublishCompletions();
     if (did_work) {
       idle_timing = false;

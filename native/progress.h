@@ -68,6 +68,9 @@ class OwnerThread : private EngineEvents {
   // Fails the peers whose process has ended (liveness.h).
   void CheckLiveness();
   void FailExited(Peer* peer);
+  // Fails the peers whose work stopped moving (StallWatch); looks at most
+  // every kStallCheckNs.
+  void CheckStalls();
   Status ReplaceIncarnation(const std::vector<uint8_t>& blob);
   bool running() const { return state_ == EngineState::kRunning; }
 
@@ -107,6 +110,8 @@ class OwnerThread : private EngineEvents {
   std::vector<Completion> ready_;
   uint32_t in_flight_ = 0;
   Liveness liveness_;
+  StallWatch stalls_{options_.peer_timeout_ms * 1000000};
+  uint64_t stalls_checked_ns_ = 0;
   // The newest loaded Peer of each name, until it is destroyed.
   std::unordered_map<std::string, Peer*> latest_;
   std::vector<Peer*> dead_scratch_;

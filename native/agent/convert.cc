@@ -120,6 +120,12 @@ AgentConfig ToAgentConfig(Napi::Env env, Napi::Object o) {
     }
     config.busy_poll_ns = static_cast<uint64_t>(us * 1000);
   }
+  Napi::Value peer_timeout = o.Get("peerTimeoutMs");
+  if (!peer_timeout.IsUndefined()) {
+    const double ms = peer_timeout.IsNumber() ? peer_timeout.As<Napi::Number>().DoubleValue() : -1;
+    if (!(ms >= 0 && ms <= 86400000.0)) Throw(env, Code::kInvalidArg, "peerTimeoutMs must be a number from 0 to 86400000");
+    options.peer_timeout_ms = static_cast<uint64_t>(ms);
+  }
   return config;
 }
 
