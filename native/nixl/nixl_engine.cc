@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <memory>
 #include <unordered_map>
 #include <unordered_set>
@@ -19,6 +18,7 @@
 
 #include "crc32.h"
 #include "engine.h"
+#include "ucx/ucx_defaults.h"
 #include "wire.h"
 #include "nixl/nixl_api.h"
 
@@ -218,19 +218,34 @@ class NixlEngine final : public Engine {
     nixl::MemList mems = nullptr;
     nixl::Params params = nullptr;
     st = api_.get_plugin_params(agent_, backend.c_str(), &mems, &params);
-    // `transports` is UCX_TLS for this agent: NIXL's UCX backend takes UCX
-    // settings as its engine_config parameter.
-    bool has_engine_config = false;
-    for (const auto& [key, value] : options.backend_params) has_engine_config |= key == "engine_config";
-    if (st == nixl::kSuccess && backend == "UCX" && !options.transports.empty() && !has_engine_config) {
-      api_.params_add(params, "engine_config", ("TLS=" + options.transports).c_str());
-    }
     if (st != nixl::kSuccess) {
       return Fail(NixlError(Code::kEngine,
                             "finding NIXL's '" + backend + "' backend plugin (is NIXL_PLUGIN_DIR right?)",
                             st));
     }
-    for (const auto& [key, value] : options.backend_params) api_.params_add(params, key.c_str(), value.c_str());
+    // NIXL's UCX backend takes UCX settings as its engine_config parameter,
+    // KEY=value pairs split at commas: kvxfer's defaults, `transports` as
+    // TLS, then the application's own engine_config, which wins.
+    std::string engine_config;
+    if (backend == "UCX") {
+      if (options.transports.find(',') != std::string::npos) {
+        api_.destroy_mem_list(mems);
+        api_.destroy_params(params);
+        return Fail(Status::Error(Code::kInvalidArg,
+                                  "on the NIXL engine `transports` names one UCX transport (NIXL splits its "
+                                  "engine_config at commas); set UCX_TLS in the environment for a list"));
+      }
+      for (const auto& [key, value] : UcxDefaults(options.transports)) engine_config += key + "=" + value + ",";
+      if (!options.transports.empty()) engine_config += "TLS=" + options.transports + ",";
+    }
+    for (const auto& [key, value] : options.backend_params) {
+      if (key == "engine_config") {
+        engine_config += value;
+      } else {
+        api_.params_add(params, key.c_str(), value.c_str());
+      }
+    }
+    if (!engine_config.empty()) api_.params_add(params, "engine_config", engine_config.c_str());
     st = api_.create_backend(agent_, backend.c_str(), params, &backend_);
     api_.destroy_mem_list(mems);
     api_.destroy_params(params);

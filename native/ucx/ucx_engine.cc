@@ -1,6 +1,8 @@
 #include "ucx/ucx_engine.h"
 
 #include <algorithm>
+#include <cctype>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -10,8 +12,10 @@
 #include <vector>
 
 #include "engine.h"
+#include "ucx/ucx_defaults.h"
 #include "ucx/ucx_metadata.h"
 
+#include <ucs/config/global_opts.h>
 #include <uct/api/uct.h>
 
 namespace kvxfer {
@@ -129,6 +133,11 @@ class UcxEngine final : public Engine {
     const bool has_rma_rails = major > 1 || (major == 1 && minor >= 14);  // 1.13 has no such key
     if (has_rma_rails && std::getenv("UCX_MAX_RMA_RAILS") == nullptr) {
       ucp_config_modify(config, "MAX_RMA_RAILS", "2");
+    }
+    // Transport settings reach UCX's transports through the context's
+    // configuration (applied when each transport reads its own).
+    for (const auto& [key, value] : UcxDefaults(options.transports)) {
+      ucp_config_modify(config, key.c_str(), value.c_str());
     }
     ucp_params_t params{};
     params.field_mask =
@@ -730,22 +739,74 @@ Status UcsError(Code code, const std::string& what, ucs_status_t status) {
                         static_cast<int>(status));
 }
 
-void PrepareUcxEnvironment() {
-  // Peer error handling is on for every endpoint, and UCX then drops its
-  // shared-memory transports unless they are told to report peer failures,
-  // which is off by default: a same-host transfer would fall back to TCP.
-  // ucp_config_modify cannot reach these transport keys in every release,
-  // so they go into the environment, once per process, before any agent
-  // reads its configuration; a value the user set wins.
-  static std::once_flag once;
-  std::call_once(once, [] {
-    // A UCX_TLS without shared memory would leave them unused, and UCX warns
-    // about unused variables the user never set.
-    const char* tls = std::getenv("UCX_TLS");
-    if (tls != nullptr && tls[0] != '^' && !std::strstr(tls, "sm") && !std::strstr(tls, "posix") &&
-        !std::strstr(tls, "sysv") && !std::strstr(tls, "all")) {
-      return;
+namespace {
+
+// Reads the interface configuration of UCX's shared-memory transports once,
+// so that UCX counts the environment variables set for them as used: an
+// agent whose transports leave shared memory out (`transports: 'tcp'`)
+// would otherwise make UCX warn that they are unused.
+void ReadSharedMemoryConfig(uct_component_h component) {
+  uct_component_attr_t attr{};
+  attr.field_mask = UCT_COMPONENT_ATTR_FIELD_NAME | UCT_COMPONENT_ATTR_FIELD_MD_RESOURCE_COUNT;
+  if (uct_component_query(component, &attr) != UCS_OK) return;
+  std::vector<uct_md_resource_desc_t> resources(attr.md_resource_count);
+  attr.field_mask = UCT_COMPONENT_ATTR_FIELD_MD_RESOURCES;
+  attr.md_resources = resources.data();
+  if (resources.empty() || uct_component_query(component, &attr) != UCS_OK) return;
+  for (const uct_md_resource_desc_t& resource : resources) {
+    const std::string name = resource.md_name;
+    if (name != "posix" && name != "sysv") continue;
+    uct_md_config_t* md_config = nullptr;
+    if (uct_md_config_read(component, nullptr, nullptr, &md_config) != UCS_OK) continue;
+    uct_md_h md = nullptr;
+    if (uct_md_open(component, resource.md_name, md_config, &md) == UCS_OK) {
+      uct_iface_config_t* iface_config = nullptr;
+      if (uct_md_iface_config_read(md, resource.md_name, nullptr, nullptr, &iface_config) == UCS_OK) {
+        uct_config_release(iface_config);
+      }
+      uct_md_close(md);
     }
+    uct_config_release(md_config);
+  }
+}
+
+// KVXFER_LOG_LEVEL (error, warn, info, debug, trace) is the one knob for
+// UCX's and NIXL's logs, where UCX_LOG_LEVEL and NIXL_LOG_LEVEL are not set.
+// UCX read its environment when it loaded, before us: its level is set in
+// place. NIXL reads NIXL_LOG_LEVEL when it is loaded, later.
+void ApplyLogLevel() {
+  const char* level = std::getenv("KVXFER_LOG_LEVEL");
+  if (level == nullptr || level[0] == '\0') return;
+  std::string lower(level), upper(level);
+  for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  bool known = false;
+  for (const char* name : {"error", "warn", "info", "debug", "trace"}) known |= lower == name;
+  if (!known) {
+    std::fprintf(stderr, "kvxfer: KVXFER_LOG_LEVEL=%s is not one of error, warn, info, debug, trace; ignored\n",
+                 level);
+    return;
+  }
+  if (std::getenv("UCX_LOG_LEVEL") == nullptr) ucs_global_opts_set_value("LOG_LEVEL", lower.c_str());
+  setenv("NIXL_LOG_LEVEL", upper.c_str(), 0);
+}
+
+}  // namespace
+
+void PrepareUcxEnvironment() {
+  static std::once_flag log_level;
+  std::call_once(log_level, ApplyLogLevel);
+  // Peer error handling is on for every endpoint, and UCX then drops its
+  // shared-memory transports unless they are told to report peer failures
+  // (off by default): same-host transfers would fall back to TCP. UCX 1.13
+  // takes these transport keys only from the environment (ucp_config_modify
+  // leaves them "invalid"), so they go there, once per process, before any
+  // agent reads its configuration; a value the user set wins, and a UCX_TLS
+  // without shared memory leaves them out.
+  static std::once_flag environment;
+  std::call_once(environment, [] {
+    const char* tls = std::getenv("UCX_TLS");
+    if (!AllowsSharedMemory(tls == nullptr ? "" : tls)) return;
     setenv("UCX_POSIX_ERROR_HANDLING", "y", 0);
     setenv("UCX_SYSV_ERROR_HANDLING", "y", 0);
   });
@@ -757,7 +818,9 @@ void PrepareUcxEnvironment() {
   std::call_once(modules, [] {
     uct_component_h* components = nullptr;
     unsigned count = 0;
-    if (uct_query_components(&components, &count) == UCS_OK) uct_release_component_list(components);
+    if (uct_query_components(&components, &count) != UCS_OK) return;
+    for (unsigned i = 0; i < count; ++i) ReadSharedMemoryConfig(components[i]);
+    uct_release_component_list(components);
   });
 }
 

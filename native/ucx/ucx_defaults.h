@@ -1,0 +1,21 @@
+// The UCX settings kvxfer changes from UCX's own defaults, for one agent. No
+// UCX headers: the NIXL engine, which reaches UCX only through NIXL, uses
+// them too.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace kvxfer {
+
+// KEY (UCX_KEY without its prefix) and value, for ucp_config_modify or
+// NIXL's engine_config. `transports` is the agent's UCX_TLS (empty: the
+// environment's). A setting the user made in the environment (UCX_KEY) is
+// left out: theirs wins.
+std::vector<std::pair<std::string, std::string>> UcxDefaults(const std::string& transports);
+
+// Whether a UCX_TLS value leaves shared-memory transports in.
+bool AllowsSharedMemory(const std::string& tls);
+
+}  // namespace kvxfer
