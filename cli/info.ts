@@ -25,7 +25,7 @@ export function infoCommand(args: string[]): number {
     lines.push(`  ${name.padEnd(5)} ${e.available ? `available${e.version ? `, version ${e.version}` : ''}` : `not available: ${why}`}`);
   }
   const ucx = base.engines.ucx;
-  lines.push('', `UCX ${ucx.version ?? '(not loaded)'}${process.env.UCX_TLS ? `, UCX_TLS=${process.env.UCX_TLS}` : ''}`);
+  lines.push('', `UCX ${ucx.version ?? '(not loaded)'}${ucx.threads === false ? ', without thread support' : ''}${process.env.UCX_TLS ? `, UCX_TLS=${process.env.UCX_TLS}` : ''}`);
   if (ucx.transports !== undefined) {
     const byName = new Map<string, string[]>();
     for (const t of ucx.transports) byName.set(t.name, [...(byName.get(t.name) ?? []), t.device]);

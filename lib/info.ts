@@ -15,6 +15,8 @@ export interface EngineInfo {
     /** The device it runs over, e.g. 'eth0', 'memory', 'mlx5_0:1'. */
     device: string;
   }[];
+  /** UCX: built with thread support (what NIXL's own agents, with their progress threads, need). */
+  threads?: boolean;
   /** NIXL: the libnixl_capi.so that loaded. */
   path?: string;
   /** NIXL: the backend plugins it found. */
@@ -43,7 +45,7 @@ export function info(): KvxferInfo {
     return {
       version,
       engines: {
-        ucx: { available: true, version: native.ucx.version, transports: native.ucx.transports },
+        ucx: { available: true, version: native.ucx.version, threads: native.ucx.threads, transports: native.ucx.transports },
         nixl: { ...native.nixl },
       },
     };

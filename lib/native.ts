@@ -110,6 +110,7 @@ export interface NativeNixlStatus {
 /** @internal */
 export interface NativeUcxInfo {
   version: string;
+  threads: boolean;
   transports: { name: string; device: string }[];
 }
 

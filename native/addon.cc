@@ -74,6 +74,7 @@ Napi::Value KvxferAddon::Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object ucx = Napi::Object::New(env);
   ucx.Set("version", UcxVersion());
+  ucx.Set("threads", UcxThreads());
   Napi::Array transports = Napi::Array::New(env);
   for (const UcxTransport& t : UcxTransports()) {
     Napi::Object o = Napi::Object::New(env);

@@ -13,6 +13,7 @@
 
 #include "engine.h"
 #include "ucx/ucx_defaults.h"
+#include "ucx/ucx_info.h"
 #include "ucx/ucx_metadata.h"
 
 #include <ucs/config/global_opts.h>
@@ -745,29 +746,13 @@ namespace {
 // so that UCX counts the environment variables set for them as used: an
 // agent whose transports leave shared memory out (`transports: 'tcp'`)
 // would otherwise make UCX warn that they are unused.
-void ReadSharedMemoryConfig(uct_component_h component) {
-  uct_component_attr_t attr{};
-  attr.field_mask = UCT_COMPONENT_ATTR_FIELD_NAME | UCT_COMPONENT_ATTR_FIELD_MD_RESOURCE_COUNT;
-  if (uct_component_query(component, &attr) != UCS_OK) return;
-  std::vector<uct_md_resource_desc_t> resources(attr.md_resource_count);
-  attr.field_mask = UCT_COMPONENT_ATTR_FIELD_MD_RESOURCES;
-  attr.md_resources = resources.data();
-  if (resources.empty() || uct_component_query(component, &attr) != UCS_OK) return;
-  for (const uct_md_resource_desc_t& resource : resources) {
-    const std::string name = resource.md_name;
-    if (name != "posix" && name != "sysv") continue;
-    uct_md_config_t* md_config = nullptr;
-    if (uct_md_config_read(component, nullptr, nullptr, &md_config) != UCS_OK) continue;
-    uct_md_h md = nullptr;
-    if (uct_md_open(component, resource.md_name, md_config, &md) == UCS_OK) {
-      uct_iface_config_t* iface_config = nullptr;
-      if (uct_md_iface_config_read(md, resource.md_name, nullptr, nullptr, &iface_config) == UCS_OK) {
-        uct_config_release(iface_config);
-      }
-      uct_md_close(md);
-    }
-    uct_config_release(md_config);
-  }
+void ReadSharedMemoryConfig() {
+  ForEachUcxMd(
+      [](uct_component_h, const char* md_name, uct_md_h md) {
+        uct_iface_config_t* config = nullptr;
+        if (uct_md_iface_config_read(md, md_name, nullptr, nullptr, &config) == UCS_OK) uct_config_release(config);
+      },
+      [](const char* md_name) { return std::strcmp(md_name, "posix") == 0 || std::strcmp(md_name, "sysv") == 0; });
 }
 
 // KVXFER_LOG_LEVEL (error, warn, info, debug, trace) is the one knob for
@@ -813,15 +798,10 @@ void PrepareUcxEnvironment() {
   // UCX dlopens its transport modules on first use. Left to an agent's
   // owner thread, that happens while V8 runs on the JS thread, and a core
   // dump of a rare crash at agent start caught V8's GC faulting just then.
-  // Listing the components loads them all, here, once, on the JS thread.
+  // Listing the components (to read the shared-memory configuration) loads
+  // them all, here, once, on the JS thread.
   static std::once_flag modules;
-  std::call_once(modules, [] {
-    uct_component_h* components = nullptr;
-    unsigned count = 0;
-    if (uct_query_components(&components, &count) != UCS_OK) return;
-    for (unsigned i = 0; i < count; ++i) ReadSharedMemoryConfig(components[i]);
-    uct_release_component_list(components);
-  });
+  std::call_once(modules, ReadSharedMemoryConfig);
 }
 
 std::unique_ptr<Engine> CreateUcxEngine(EngineEvents* events) {

@@ -1,5 +1,8 @@
 #pragma once
 
+#include <uct/api/uct.h>
+
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -11,7 +14,14 @@ struct UcxTransport {
 };
 
 std::string UcxVersion();
+// Whether this UCX was built with thread support (NIXL's own agents need it).
+bool UcxThreads();
 // Every transport and device UCX can open on this machine, ignoring UCX_TLS.
 std::vector<UcxTransport> UcxTransports();
+// Opens every memory domain of every UCX component in turn (those `want`
+// accepts, when given), with its default configuration, and hands it to
+// `visit` (then closes it).
+void ForEachUcxMd(const std::function<void(uct_component_h component, const char* md_name, uct_md_h md)>& visit,
+                  const std::function<bool(const char* md_name)>& want = nullptr);
 
 }  // namespace kvxfer

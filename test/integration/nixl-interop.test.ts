@@ -11,7 +11,7 @@
 //  - a standalone genNotif from C++ reaches kvxfer, and agent.notify reaches C++ (getNotifs).
 // Once over the default transports and once with UCX_TLS=tcp in both processes.
 // Skipped, with the reason in the title, when NIXL does not load, its headers (nixl.h) or
-// libnixl.so are not under its prefix, or there is no g++.
+// libnixl.so are not under its prefix, there is no g++, or the UCX in use has no thread support.
 import { execFile, execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -45,6 +45,11 @@ function findToolchain(): Toolchain | string {
     execFileSync('g++', ['--version'], { stdio: 'ignore', timeout: 20_000 })
   } catch {
     return 'no C++ compiler (g++ --version failed)'
+  }
+  // The C++ peer is a NIXL agent with its progress thread, which needs a UCX built with threads
+  // (NIXL's README builds it with contrib/configure-release-mt).
+  if (info().engines.ucx.threads === false) {
+    return `the UCX in use (${info().engines.ucx.version}) was built without threads, which NIXL's C++ agents need`
   }
   return { prefix, libDir }
 }
