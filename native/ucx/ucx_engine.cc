@@ -424,9 +424,12 @@ class UcxEngine final : public Engine {
     ucp_request_param_t param{};
     param.op_attr_mask =
         UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-    // A failed endpoint can only be closed by force; a healthy one is
-    // flushed and disconnected politely.
-    param.flags = (conn->failure != UCS_OK || shutting_down_) ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+    // A failed endpoint can only be closed by force. A healthy one is
+    // flushed and disconnected politely, at shutdown too: cut off with puts
+    // in flight over an emulated (active-message) RMA lane, as over tcp, the
+    // peer's UCX aborts its process when it cannot acknowledge them
+    // (ucp_progress_rma_cmpl, UCX 1.13 to 1.22). Shutdown bounds the wait.
+    param.flags = conn->failure != UCS_OK ? UCP_EP_CLOSE_FLAG_FORCE : 0;
     param.cb.send = &UcxEngine::OnEndpointClosed;
     param.user_data = conn;
     ++closing_;
