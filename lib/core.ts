@@ -136,6 +136,14 @@ export class AgentCore {
         this.mailbox.peerFailed(event.peer, event.error);
         this.emitPeer({ type: 'failed', peer: event.peer, error: event.error });
         break;
+      case EVENT_KIND.NameConflict:
+        this.stats.notificationsReceived++;
+        this.emitPeer({
+          type: 'conflict',
+          peer: event.peer,
+          notification: { peer: event.peer, message: event.data.toString('utf8'), data: event.data },
+        });
+        break;
       case EVENT_KIND.PeerChanged:
         this.stats.peer(event.peer).failed = false;
         this.failedPeers.delete(event.peer);

@@ -41,8 +41,19 @@ export interface NativePeerChangedEvent {
   peer: string;
   change: 'loaded' | 'updated' | 'replaced';
 }
+/** A notification from another agent than the loaded one of that name. @internal */
+export interface NativeNameConflictEvent {
+  kind: typeof EVENT_KIND.NameConflict;
+  peer: string;
+  data: Buffer;
+}
 /** @internal */
-export type NativeEvent = NativeOperationEvent | NativeNotificationEvent | NativePeerFailedEvent | NativePeerChangedEvent;
+export type NativeEvent =
+  | NativeOperationEvent
+  | NativeNotificationEvent
+  | NativePeerFailedEvent
+  | NativePeerChangedEvent
+  | NativeNameConflictEvent;
 
 /**
  * `done` holds [token, durationNs] pairs of operations that succeeded: the

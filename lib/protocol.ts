@@ -54,6 +54,7 @@ export const EVENT_KIND = {
   Notification: 1,
   PeerFailed: 2,
   PeerChanged: 3,
+  NameConflict: 4,
 } as const;
 
 /** @internal Layouts and limits both sides check (see native/protocol.h). */

@@ -169,14 +169,21 @@ export interface Notification {
  * - `failed`: the peer died or became unreachable: its in-flight transfers,
  *   notifications and waits on it rejected with `error`, new work with it is
  *   refused until it is loaded again;
- * - `forgotten`: forgetPeer() was called.
+ * - `forgotten`: forgetPeer() was called;
+ * - `conflict`: a notification came from another agent under the name of the
+ *   live peer loaded (another incarnation: a second agent with that name, or
+ *   a restart not loaded yet). It is not delivered as the loaded peer's; it
+ *   is here, in `notification`. (UCX engine: NIXL's notifications carry only
+ *   a name.)
  */
 export interface PeerEvent {
-  type: 'loaded' | 'updated' | 'replaced' | 'failed' | 'forgotten';
+  type: 'loaded' | 'updated' | 'replaced' | 'failed' | 'forgotten' | 'conflict';
   /** The peer's agent name. */
   peer: string;
   /** Why the peer failed (`failed` only). */
   error?: KvxferError;
+  /** The notification that came from the other agent (`conflict` only). */
+  notification?: Notification;
 }
 
 /** Receives peer events; see PeerEvent. */

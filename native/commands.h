@@ -132,6 +132,7 @@ struct Estimated {
 };
 struct NotificationReceived {
   std::string peer;
+  uint64_t incarnation;  // the sender's; 0: the engine does not carry it
   std::vector<uint8_t> message;
 };
 // A peer deregistered regions (wire.h): refuse descriptors into them.

@@ -125,7 +125,8 @@ class EngineEvents {
   // A posted plan or a standalone notification finished.
   virtual void OperationDone(uint32_t token, Status status, uint64_t duration_ns,
                              const Telemetry* telemetry = nullptr) = 0;
-  virtual void NotificationReceived(std::string peer, std::vector<uint8_t> message) = 0;
+  // `incarnation` is the sender's, where the engine carries it (0: not known).
+  virtual void NotificationReceived(std::string peer, uint64_t incarnation, std::vector<uint8_t> message) = 0;
   // The peer `peer` (its incarnation `incarnation`) deregistered these
   // regions. Untrusted: the agent applies it to that peer's regions alone.
   virtual void RegionsRevoked(std::string peer, uint64_t incarnation, std::vector<wire::RegionFields> regions) = 0;

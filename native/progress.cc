@@ -300,8 +300,8 @@ void OwnerThread::OperationDone(uint32_t token, Status status, uint64_t duration
   Push(std::move(e));
 }
 
-void OwnerThread::NotificationReceived(std::string peer, std::vector<uint8_t> message) {
-  Push(ev::NotificationReceived{std::move(peer), std::move(message)});
+void OwnerThread::NotificationReceived(std::string peer, uint64_t incarnation, std::vector<uint8_t> message) {
+  Push(ev::NotificationReceived{std::move(peer), incarnation, std::move(message)});
 }
 
 void OwnerThread::RegionsRevoked(std::string peer, uint64_t incarnation, std::vector<wire::RegionFields> regions) {

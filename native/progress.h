@@ -77,7 +77,7 @@ class OwnerThread : private EngineEvents {
   // EngineEvents
   void OperationDone(uint32_t token, Status status, uint64_t duration_ns,
                      const Telemetry* telemetry) override;
-  void NotificationReceived(std::string peer, std::vector<uint8_t> message) override;
+  void NotificationReceived(std::string peer, uint64_t incarnation, std::vector<uint8_t> message) override;
   void RegionsRevoked(std::string peer, uint64_t incarnation, std::vector<wire::RegionFields> regions) override;
   void PeerFailed(Peer* peer, Status status) override;
   void PeerDestroyed(Peer* peer) override;

@@ -45,7 +45,8 @@
   X(Operation, 0)             \
   X(Notification, 1)          \
   X(PeerFailed, 2)            \
-  X(PeerChanged, 3)
+  X(PeerChanged, 3)           \
+  X(NameConflict, 4)
 
 // Numbers both sides check or lay out: X(name, value).
 //  DescList*: the packed descriptor list (native/descs.h, lib/descs.ts): a

@@ -119,7 +119,13 @@ void BatchTranslator::operator()(ev::Estimated& e) {
 
 void BatchTranslator::operator()(ev::NotificationReceived& e) {
   Napi::Object o = Napi::Object::New(env_);
-  o.Set("kind", Kind(env_, EventKind::kNotification));
+  // From another incarnation than the live peer loaded under that name: a
+  // second agent with the name. Reported, not merged with the loaded one's.
+  PeerEntry* loaded = nullptr;
+  const bool conflict = e.incarnation != 0 && tables_->FindPeer(e.peer, &loaded).ok() &&
+                        loaded->state == PeerEntry::State::kLive && loaded->peer->identity_known &&
+                        loaded->peer->identity.incarnation != e.incarnation;
+  o.Set("kind", Kind(env_, conflict ? EventKind::kNameConflict : EventKind::kNotification));
   o.Set("peer", e.peer);
   o.Set("data", Napi::Buffer<uint8_t>::Copy(env_, e.message.data(), e.message.size()));
   Push(o);

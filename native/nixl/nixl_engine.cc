@@ -771,7 +771,7 @@ class NixlEngine final : public Engine {
           events_->RegionsRevoked(agent, incarnation, std::move(revoked));
           continue;
         }
-        events_->NotificationReceived(agent, std::vector<uint8_t>(bytes, bytes + length));
+        events_->NotificationReceived(agent, 0, std::vector<uint8_t>(bytes, bytes + length));
       }
     }
     if (agents > 0) api_.notif_map_clear(notifications_);

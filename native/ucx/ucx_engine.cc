@@ -33,6 +33,15 @@ uint64_t NowNs() {
       .count();
 }
 
+// The header of kvxfer's active messages (UcxEngine::am_header_); false for
+// one no kvxfer peer sends.
+bool ParseAmHeader(const void* header, size_t length, std::string* name, uint64_t* incarnation) {
+  if (length <= sizeof(uint64_t) || length - sizeof(uint64_t) > limits::kMaxAgentNameBytes) return false;
+  std::memcpy(incarnation, header, sizeof(uint64_t));
+  name->assign(static_cast<const char*>(header) + sizeof(uint64_t), length - sizeof(uint64_t));
+  return true;
+}
+
 bool IsPeerFailure(ucs_status_t s) {
   switch (s) {
     case UCS_ERR_UNREACHABLE:
@@ -115,6 +124,10 @@ class UcxEngine final : public Engine {
   Status Start(const std::string& agent_name, const EngineOptions& options) override {
     name_ = agent_name;
     identity_ = options.identity;
+    am_header_.clear();
+    wire::Writer header(&am_header_);
+    header.Put<uint64_t>(identity_.incarnation);
+    header.PutBytes(reinterpret_cast<const uint8_t*>(name_.data()), name_.size());
     ucp_config_t* config = nullptr;
     ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
     if (st != UCS_OK) return UcsError(Code::kEngine, "reading the UCX configuration", st);
@@ -538,7 +551,7 @@ class UcxEngine final : public Engine {
     param.cb.send = &UcxEngine::OnNotificationSent;
     param.user_data = op;
     ucs_status_ptr_t request =
-        ucp_am_send_nbx(op->conn->ep, kNotifyAmId, name_.data(), name_.size(),
+        ucp_am_send_nbx(op->conn->ep, kNotifyAmId, am_header_.data(), am_header_.size(),
                         op->message->data(), op->message->size(), &param);
     if (!UCS_PTR_IS_PTR(request)) {
       op->status = UCS_PTR_STATUS(request);
@@ -560,7 +573,7 @@ class UcxEngine final : public Engine {
       param.flags = UCP_AM_SEND_FLAG_EAGER;
       param.cb.send = &UcxEngine::OnRevocationSent;
       param.user_data = copy;
-      ucs_status_ptr_t request = ucp_am_send_nbx(conn->ep, kRevokeAmId, name_.data(), name_.size(), copy->data(),
+      ucs_status_ptr_t request = ucp_am_send_nbx(conn->ep, kRevokeAmId, am_header_.data(), am_header_.size(), copy->data(),
                                                  copy->size(), &param);
       if (!UCS_PTR_IS_PTR(request)) delete copy;
     }
@@ -574,15 +587,15 @@ class UcxEngine final : public Engine {
   static ucs_status_t OnRevocation(void* arg, const void* header, size_t header_length, void* data, size_t length,
                                    const ucp_am_recv_param_t* param) {
     auto* self = static_cast<UcxEngine*>(arg);
-    uint64_t incarnation = 0;
+    std::string peer;
+    uint64_t sender = 0, incarnation = 0;
     std::vector<wire::RegionFields> regions;
-    if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || header_length == 0 ||
-        header_length > limits::kMaxAgentNameBytes ||
-        !wire::ParseRevocation(static_cast<const uint8_t*>(data), length, &incarnation, &regions)) {
+    if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || !ParseAmHeader(header, header_length, &peer, &sender) ||
+        !wire::ParseRevocation(static_cast<const uint8_t*>(data), length, &incarnation, &regions) ||
+        incarnation != sender) {
       return UCS_OK;
     }
-    self->events_->RegionsRevoked(std::string(static_cast<const char*>(header), header_length), incarnation,
-                                  std::move(regions));
+    self->events_->RegionsRevoked(std::move(peer), incarnation, std::move(regions));
     return UCS_OK;
   }
 
@@ -667,22 +680,24 @@ class UcxEngine final : public Engine {
                                      void* data, size_t length,
                                      const ucp_am_recv_param_t* param) {
     auto* self = static_cast<UcxEngine*>(arg);
+    std::string peer;
+    uint64_t incarnation = 0;
     // kvxfer sends notifications eagerly, so a rendezvous message or one
     // with a bad header did not come from a kvxfer peer: drop it.
-    if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || header_length == 0 ||
-        header_length > limits::kMaxAgentNameBytes || length > limits::kMaxNotificationBytes) {
+    if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || length > limits::kMaxNotificationBytes ||
+        !ParseAmHeader(header, header_length, &peer, &incarnation)) {
       return UCS_OK;
     }
-    std::string peer(static_cast<const char*>(header), header_length);
     const auto* bytes = static_cast<const uint8_t*>(data);
-    self->events_->NotificationReceived(std::move(peer),
-                                        std::vector<uint8_t>(bytes, bytes + length));
+    self->events_->NotificationReceived(std::move(peer), incarnation, std::vector<uint8_t>(bytes, bytes + length));
     return UCS_OK;
   }
 
   EngineEvents* const events_;
   std::string name_;
   ProcessIdentity identity_;
+  // Leads every active message kvxfer sends: u64 incarnation, then the name.
+  std::vector<uint8_t> am_header_;
   ucp_context_h context_ = nullptr;
   std::shared_ptr<UcxContext> context_holder_;
   ucp_worker_h worker_ = nullptr;

@@ -4,7 +4,7 @@
 // the agent keeps working with another peer, and the dead peer's name can be loaded again.
 // Rounds per case: KVXFER_FAULT_ROUNDS (npm run test:faults runs 100; the suite runs a few).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import type { Agent, Region } from '../../dist/index.js'
+import type { Agent, PeerEvent, Region } from '../../dist/index.js'
 import { ENGINES, MiB, closeAll, createAgent, exchangeMetadata, fillBytes, rdesc, settle, sha256, within } from '../fixtures/index.js'
 import { disposeAllPeers, spawnPeer, type Peer, type PeerRegion } from '../fixtures/peers.js'
 import { FAULT_ROUNDS, FAULT_SETTLE_MS, recordFigure, summarize } from './report.js'
@@ -12,6 +12,8 @@ import { FAULT_ROUNDS, FAULT_SETTLE_MS, recordFigure, summarize } from './report
 const BLOCK = 4 * MiB
 const WRITES = 200
 const KILL_AFTER_MS = 5
+/** How soon after a same-host peer's exit the agent refuses work with it. */
+const DETECT_MS = 1_000
 
 type Memory = 'register' | 'allocate'
 const CASES: ReadonlyArray<{ transports: 'sm' | 'tcp'; memory: Memory }> = [
@@ -61,6 +63,11 @@ describe.each(ENGINES)('%s engine', (engine) => {
           next.catch(() => {})
         }
 
+        let failedSeen = false
+        const onPeer = (event: PeerEvent) => {
+          if (event.type === 'failed' && event.peer === name) failedSeen = true
+        }
+        agent.on('peer', onPeer)
         const writes = Array.from({ length: WRITES }, () => settle(agent.write(local, rdesc(region, 0, BLOCK), name)))
         await new Promise((resolve) => setTimeout(resolve, KILL_AFTER_MS))
         const killedAt = performance.now()
@@ -81,10 +88,23 @@ describe.each(ENGINES)('%s engine', (engine) => {
         recordFigure({ case: `kill/${engine}/${transports}/${memory}`, round, settleMs, resolved, rejected: WRITES - resolved })
         expect(settleMs, `round ${round}: all ${WRITES} writes settled`).toBeLessThan(FAULT_SETTLE_MS)
 
-        // The peer is gone: a new write is refused, whatever the transport.
-        const after = await within(settle(agent.write(local, rdesc(region, 0, BLOCK), name)), FAULT_SETTLE_MS, 'a write after the death')
-        expect(after.ok, `round ${round}: a write after the peer's death resolved`).toBe(false)
-        expect((after as { error: { code?: string } }).error.code).toBe('ERR_PEER_UNREACHABLE')
+        // The peer is gone: new writes are refused, whatever the transport, from the moment the
+        // agent knows (its 'failed' event), which is within DETECT_MS of the exit. One posted
+        // before that may still land in the dead peer's orphaned segment and resolve.
+        const exitedAt = performance.now()
+        for (;;) {
+          const knew = failedSeen
+          const after = await within(settle(agent.write(local, rdesc(region, 0, BLOCK), name)), FAULT_SETTLE_MS, 'a write after the death')
+          if (!after.ok) {
+            expect((after as { error: { code?: string } }).error.code).toBe('ERR_PEER_UNREACHABLE')
+            break
+          }
+          expect(knew, `round ${round}: a write resolved after the agent reported the peer failed`).toBe(false)
+          expect(performance.now() - exitedAt, `round ${round}: writes after the exit still resolve`).toBeLessThan(DETECT_MS)
+          await new Promise((resolve) => setTimeout(resolve, 1))
+        }
+        expect(failedSeen, `round ${round}: a 'failed' peer event`).toBe(true)
+        agent.off('peer', onPeer)
 
         // The agent still works with a live peer, bytes checked there.
         const want = sha256(fillBytes(local.view(), round + 1))

@@ -23,6 +23,9 @@ describe.each(ENGINES)('%s engine', (engine) => {
     expect(end.fds, 'open fds').toBe(warm.fds)
     // V8 may map a heap page or two more on its own.
     expect(end.maps - warm.maps, 'mappings').toBeLessThanOrEqual(4)
-    expect(end.rssMiB - warm.rssMiB, 'RSS growth (MiB)').toBeLessThan(Math.max(4, warm.rssMiB * 0.05))
+    // malloc arenas and the V8 heap move by a few MiB either way (measured: within 3 MiB, with
+    // no trend, over 10^5 cycles). Under 8 MiB: at 10^5 cycles a leak of 100 bytes a cycle
+    // fails it; the suite's 3,000 cycles catch about 3 KB a cycle (the old leak was 50 KB).
+    expect(end.rssMiB - warm.rssMiB, 'RSS growth (MiB)').toBeLessThan(8)
   })
 })

@@ -149,6 +149,21 @@ describe.each(ENGINES)('%s engine', (engine) => {
         await agent.loadPeer(await one.metadata())
         const e = await rejectsWith(async () => agent.loadPeer(await two.metadata()), 'ERR_NAME_IN_USE')
         expect(e.message).toContain(`forgetPeer('${name}')`)
+        if (engine === 'ucx') {
+          // The second one's notifications are reported as a conflict, not delivered as the first's.
+          // (NIXL's notifications carry only a name.)
+          const events = recordPeerEvents(agent)
+          await one.loadPeer(agent.metadata())
+          await two.loadPeer(agent.metadata())
+          await two.notify(agent.name, 'from-two')
+          await one.notify(agent.name, 'from-one')
+          await agent.waitForNotification(name, 'from-one')
+          await eventually('the conflict event', () => events.some((ev) => ev.type === 'conflict'))
+          const conflict = events.find((ev) => ev.type === 'conflict')!
+          expect(conflict.peer).toBe(name)
+          expect(conflict.notification?.message).toBe('from-two')
+          await rejectsWith(() => agent.waitForNotification(name, 'from-two', { timeoutMs: 200 }), 'ERR_TIMEOUT')
+        }
         const local = await agent.allocate(MiB)
         const want = sha256(fillBytes(local.view(), 5))
         await agent.write(local, rdesc(r1, 0, MiB), name)
