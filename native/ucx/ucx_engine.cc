@@ -543,16 +543,21 @@ class UcxEngine final : public Engine {
     Finish(op);
   }
 
-  void SendNotification(UcxOp* op) {
+  // One of kvxfer's active messages, eager, after am_header_; `done` runs
+  // unless it completes at once (then the status says how).
+  ucs_status_ptr_t SendAm(ucp_ep_h ep, unsigned id, const std::vector<uint8_t>& data, ucp_send_nbx_callback_t done,
+                          void* user_data) {
     ucp_request_param_t param{};
     param.op_attr_mask =
         UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
     param.flags = UCP_AM_SEND_FLAG_EAGER;
-    param.cb.send = &UcxEngine::OnNotificationSent;
-    param.user_data = op;
-    ucs_status_ptr_t request =
-        ucp_am_send_nbx(op->conn->ep, kNotifyAmId, am_header_.data(), am_header_.size(),
-                        op->message->data(), op->message->size(), &param);
+    param.cb.send = done;
+    param.user_data = user_data;
+    return ucp_am_send_nbx(ep, id, am_header_.data(), am_header_.size(), data.data(), data.size(), &param);
+  }
+
+  void SendNotification(UcxOp* op) {
+    ucs_status_ptr_t request = SendAm(op->conn->ep, kNotifyAmId, *op->message, &UcxEngine::OnNotificationSent, op);
     if (!UCS_PTR_IS_PTR(request)) {
       op->status = UCS_PTR_STATUS(request);
       Finish(op);
@@ -567,15 +572,7 @@ class UcxEngine final : public Engine {
       if (conn->endpoint != UcxConn::Endpoint::kOpen || conn->failure != UCS_OK || conn->peer == nullptr) continue;
       // Owned by the send until it completes.
       auto* copy = new std::vector<uint8_t>(message);
-      ucp_request_param_t param{};
-      param.op_attr_mask =
-          UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-      param.flags = UCP_AM_SEND_FLAG_EAGER;
-      param.cb.send = &UcxEngine::OnRevocationSent;
-      param.user_data = copy;
-      ucs_status_ptr_t request = ucp_am_send_nbx(conn->ep, kRevokeAmId, am_header_.data(), am_header_.size(), copy->data(),
-                                                 copy->size(), &param);
-      if (!UCS_PTR_IS_PTR(request)) delete copy;
+      if (!UCS_PTR_IS_PTR(SendAm(conn->ep, kRevokeAmId, *copy, &UcxEngine::OnRevocationSent, copy))) delete copy;
     }
   }
 
