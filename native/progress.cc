@@ -241,10 +241,17 @@ void OwnerThread::CheckStalls() {
   dead_scratch_.clear();
   stalls_.Collect(now, &dead_scratch_);
   for (Peer* peer : dead_scratch_) {
-    engine_->FailPeer(peer, Status::Error(Code::kPeerUnreachable,
-                                          "peer '" + peer->name + "' finished nothing for " +
-                                              std::to_string(stalls_.timeout_ns() / 1000000) +
-                                              " ms with work in flight (peerTimeoutMs)"));
+    const bool watched = liveness_.Watching(peer);
+    if (watched && liveness_.Gone(peer)) {
+      FailExited(peer);
+      continue;
+    }
+    std::string why = "peer '" + peer->name + "' finished nothing for " +
+                      std::to_string(stalls_.timeout_ns() / 1000000) + " ms with work in flight (peerTimeoutMs)";
+    // Alive on this host and silent: what a receive queue stopped by a peer
+    // killed mid-message looks like (README, "Peers and failures").
+    if (watched) why += "; its process runs on this host, so the shared-memory path between the two is stuck";
+    engine_->FailPeer(peer, Status::Error(Code::kPeerUnreachable, why));
   }
 }
 
