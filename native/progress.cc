@@ -248,9 +248,10 @@ void OwnerThread::CheckStalls() {
     }
     std::string why = "peer '" + peer->name + "' finished nothing for " +
                       std::to_string(stalls_.timeout_ns() / 1000000) + " ms with work in flight (peerTimeoutMs)";
-    // Alive on this host and silent: what a receive queue stopped by a peer
-    // killed mid-message looks like (README, "Peers and failures").
-    if (watched) why += "; its process runs on this host, so the shared-memory path between the two is stuck";
+    // Alive on this host and silent: a stuck path rather than a dead peer
+    // (over shared memory, a receive queue stopped by a peer killed
+    // mid-message: README, "Peers and failures").
+    if (watched) why += "; its process still runs on this host";
     engine_->FailPeer(peer, Status::Error(Code::kPeerUnreachable, why));
   }
 }
