@@ -2,6 +2,7 @@ import * as os from 'node:os';
 import { checkBounds } from './bounds';
 import { AgentCore } from './core';
 import { DescList, type DescLike } from './descs';
+import { fetchPeer, listen, type FetchPeerOptions, type ListenOptions, type SideChannel } from './discovery/side-channel';
 import { invalidArg } from './errors';
 import { binding } from './native';
 import { LIMITS, MEM_KIND, XFER_OP } from './protocol';
@@ -227,6 +228,46 @@ export class Agent implements AsyncDisposable {
   loadPeer(metadata: Uint8Array, options?: OperationOptions): Promise<string> {
     if (!(metadata instanceof Uint8Array)) return Promise.reject(invalidArg('metadata must be a Uint8Array'));
     return this.#core.submit<string>('loading peer metadata', () => this.#core.native.loadPeer(metadata), options);
+  }
+
+  /**
+   * Serves this agent's metadata on a TCP side channel: a peer's fetchPeer()
+   * gets it and sends its own in the same exchange (both can transfer
+   * afterwards). With `secret`, only a peer that proves it knows it is
+   * served (HMAC over fresh nonces and both blobs). Closed with the agent.
+   */
+  async listen(options: ListenOptions = {}): Promise<SideChannel> {
+    const core = this.#core;
+    core.checkOpen();
+    const channel = await listen(this, options);
+    core.sideChannels.add(channel);
+    const close = channel.close.bind(channel);
+    return {
+      host: channel.host,
+      port: channel.port,
+      stats: channel.stats,
+      close: () => {
+        core.sideChannels.delete(channel);
+        return close();
+      },
+    };
+  }
+
+  /**
+   * Fetches a peer's metadata from its side channel (listen()), sends ours in
+   * the same exchange, loads it and resolves the peer's name. Rejects
+   * ERR_UNAUTHORIZED when either side does not prove the secret,
+   * ERR_BAD_METADATA for anything but a well-formed exchange, ERR_TIMEOUT
+   * after `timeoutMs` (default 10000), ERR_PEER_UNREACHABLE when nothing
+   * listens there.
+   */
+  fetchPeer(options: FetchPeerOptions): Promise<string> {
+    try {
+      this.#core.checkOpen();
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return fetchPeer(this, options);
   }
 
   /** Disconnects from a peer once no prepared transfer uses it. */

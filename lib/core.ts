@@ -41,6 +41,8 @@ export class AgentCore {
   closePromise: Promise<void> | undefined;
   closed = false;
   readonly peerListeners = new Set<PeerListener>();
+  /** Side channels the agent listens on (lib/discovery): closed with it. */
+  readonly sideChannels = new Set<{ close(): Promise<void> }>();
   /** Peers the engine reported failed, until they are loaded again or forgotten. */
   readonly failedPeers = new Map<string, KvxferError>();
 
@@ -235,6 +237,8 @@ export class AgentCore {
       this.regions.clear();
     });
     this.mailbox.close(closedError);
+    for (const channel of this.sideChannels) void channel.close();
+    this.sideChannels.clear();
     return this.closePromise;
   }
 }

@@ -4,5 +4,6 @@ export { Transfer } from './transfer';
 export { DescList, type Desc, type DescLike } from './descs';
 export { ErrorCode, KvxferError, type KvxferErrorDetails } from './errors';
 export { info, type EngineInfo, type KvxferInfo } from './info';
+export type { FetchPeerOptions, ListenOptions, SideChannel } from './discovery/side-channel';
 // Every declaration in types.ts is public; it holds no values.
 export * from './types';

@@ -21,8 +21,8 @@ const FIXTURES = fileURLToPath(new URL('./fixtures', import.meta.url))
 const PUBLIC_VALUES = ['Agent', 'DescList', 'ErrorCode', 'KvxferError', 'Region', 'Transfer', 'info']
 const PUBLIC_TYPES = [
   'AgentOptions', 'AgentStats', 'CostEstimate', 'Desc', 'DescLike', 'Descriptors', 'EngineInfo',
-  'EngineName', 'ExternalMemory', 'FileMemory', 'KvxferErrorDetails', 'KvxferInfo', 'Memory',
-  'MemoryKind', 'Notification', 'OperationOptions', 'PeerEvent', 'PeerListener', 'PeerStats', 'TransferOptions', 'TransferResult',
+  'EngineName', 'ExternalMemory', 'FileMemory', 'FetchPeerOptions', 'KvxferErrorDetails', 'KvxferInfo', 'ListenOptions', 'Memory',
+  'MemoryKind', 'Notification', 'OperationOptions', 'PeerEvent', 'PeerListener', 'PeerStats', 'SideChannel', 'TransferOptions', 'TransferResult',
   'TransferSpec', 'TransferTelemetry',
 ]
 const PUBLIC = [...PUBLIC_VALUES, ...PUBLIC_TYPES].sort()
