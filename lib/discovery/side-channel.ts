@@ -31,6 +31,7 @@ const HEADER_BYTES = 12;
 /** Far above any metadata blob (a UCX blob is a few KiB plus ~100 bytes a region). */
 const MAX_FRAME_BYTES = 16 * 1024 * 1024;
 const NONCE_BYTES = 32;
+const MAX_CONNECTIONS = 512;
 const MAC_BYTES = 32;
 const FLAG_SECRET = 1;
 
@@ -263,6 +264,9 @@ export async function listen(agent: SideChannelAgent, options: ListenOptions = {
       },
     );
   });
+  // Each exchange holds a socket and up to a frame's worth of memory until its
+  // deadline: past this many at once, new connections are dropped.
+  server.maxConnections = MAX_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
     server.once('error', (error) =>
       reject(new KvxferError(ErrorCode.INVALID_ARG, `cannot listen on ${host}:${port}: ${error.message}`, { cause: error })),
