@@ -240,6 +240,10 @@ export class Agent implements AsyncDisposable {
     const core = this.#core;
     core.checkOpen();
     const channel = await listen(this, options);
+    if (core.closePromise !== undefined) {
+      await channel.close();
+      core.checkOpen();
+    }
     core.sideChannels.add(channel);
     const close = channel.close.bind(channel);
     return {

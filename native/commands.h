@@ -45,6 +45,11 @@ struct LoadPeer {
   uint32_t token;
   std::vector<uint8_t> blob;
 };
+// The application forgot the peer: its name is free for another agent.
+// Not answered.
+struct ForgetName {
+  Peer* peer;
+};
 // No plan or notification uses the peer any more; answered by
 // ev::PeerDestroyed once the connection is down.
 struct DestroyPeer {
@@ -86,7 +91,7 @@ struct Close {
 
 // std::monostate is an empty queue slot; it is never sent.
 using Command = std::variant<std::monostate, cmd::Start, cmd::Register, cmd::Allocate, cmd::Deregister,
-                             cmd::LoadPeer, cmd::DestroyPeer, cmd::Post, cmd::Cancel, cmd::Estimate,
+                             cmd::LoadPeer, cmd::ForgetName, cmd::DestroyPeer, cmd::Post, cmd::Cancel, cmd::Estimate,
                              cmd::ReleasePlan, cmd::Notify, cmd::Close>;
 
 namespace ev {

@@ -136,6 +136,8 @@ class EngineEvents {
   // operation should fail with the peer's failure. Call it from the engine's
   // methods, never from inside FailPeer.
   virtual bool ConfirmPeerFailure(Peer* peer) { return false; }
+  // Whether the owner thread watches the peer's process (one host).
+  virtual bool WatchesPeer(Peer* peer) { return false; }
   // DestroyPeer finished tearing the connection down.
   virtual void PeerDestroyed(Peer* peer) = 0;
 };
@@ -166,6 +168,9 @@ class Engine {
                           bool* identity_known) = 0;
   // Parses an untrusted blob, connects, and unpacks the peer's keys.
   virtual Status LoadPeer(const uint8_t* blob, size_t length, std::unique_ptr<Peer>* peer) = 0;
+  // The application forgot the peer (its connection may live on while
+  // prepared transfers hold it): its name may be loaded for another agent.
+  virtual void PeerForgotten(Peer* peer) {}
   // Starts closing the connection; PeerDestroyed reports the end. Called only
   // once no plan and no notification uses the peer.
   virtual void DestroyPeer(Peer* peer) = 0;

@@ -212,6 +212,12 @@ Status OwnerThread::ReplaceIncarnation(const std::vector<uint8_t>& blob) {
   return Status::Ok();
 }
 
+void OwnerThread::Execute(cmd::ForgetName& c) {
+  auto latest = latest_.find(c.peer->name);
+  if (latest != latest_.end() && latest->second == c.peer) latest_.erase(latest);
+  if (running()) engine_->PeerForgotten(c.peer);
+}
+
 void OwnerThread::Execute(cmd::DestroyPeer& c) {
   ++in_flight_;  // until PeerDestroyed
   auto latest = latest_.find(c.peer->name);

@@ -54,6 +54,7 @@ class OwnerThread : private EngineEvents {
   void Execute(cmd::Allocate& c);
   void Execute(cmd::Deregister& c);
   void Execute(cmd::LoadPeer& c);
+  void Execute(cmd::ForgetName& c);
   void Execute(cmd::DestroyPeer& c);
   void Execute(cmd::Post& c);
   void Execute(cmd::Cancel& c);
@@ -82,6 +83,7 @@ class OwnerThread : private EngineEvents {
   void PeerFailed(Peer* peer, Status status) override;
   void PeerDestroyed(Peer* peer) override;
   bool ConfirmPeerFailure(Peer* peer) override;
+  bool WatchesPeer(Peer* peer) override { return liveness_.Watching(peer); }
 
   const std::string agent_name_;
   const EngineOptions options_;

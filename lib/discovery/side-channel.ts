@@ -104,20 +104,52 @@ function badFrame(why: string): KvxferError {
   return new KvxferError(ErrorCode.BAD_METADATA, `side channel: ${why}`);
 }
 
-/** Splits the byte stream into frames; a malformed or oversized one fails the reader for good. */
+/**
+ * Splits the byte stream into frames; a malformed or oversized one fails the
+ * reader for good. It never holds more than one frame's worth: more bytes
+ * than the largest frame, or bytes when no frame is due, fail it and close
+ * the socket.
+ */
 class FrameReader {
-  #buffered: Buffer = Buffer.alloc(0);
+  readonly #chunks: Buffer[] = [];
+  #bytes = 0;
+  #frames = 0;
   #waiting: ((frame: { type: Frame; payload: Buffer }) => void) | undefined;
   #failWaiting: ((error: KvxferError) => void) | undefined;
   #error: KvxferError | undefined;
 
   constructor(socket: Socket) {
     socket.on('data', (chunk: Buffer) => {
-      this.#buffered = this.#buffered.length === 0 ? chunk : Buffer.concat([this.#buffered, chunk]);
+      // Past the exchange (or a failure), nothing more is read.
+      if (this.#error !== undefined) {
+        socket.destroy();
+        return;
+      }
+      this.#chunks.push(chunk);
+      this.#bytes += chunk.length;
+      if (this.#bytes > HEADER_BYTES + MAX_FRAME_BYTES) {
+        this.fail(badFrame('the other side sent more than a frame can hold'));
+        socket.destroy();
+        return;
+      }
       this.#deliver();
     });
-    socket.on('end', () => this.fail(badFrame('the other side closed the connection mid-exchange')));
+    // A connection that ends before any frame was dropped (a listener at its
+    // limit, or closing); one that ends mid-exchange broke the protocol.
+    const ended = () =>
+      this.fail(
+        this.#frames === 0
+          ? new KvxferError(ErrorCode.PEER_UNREACHABLE, 'side channel: the other side closed the connection')
+          : badFrame('the other side closed the connection mid-exchange'),
+      );
+    socket.on('end', ended);
+    socket.on('close', ended);
     socket.on('error', (error) => this.fail(new KvxferError(ErrorCode.PEER_UNREACHABLE, `side channel: ${error.message}`, { cause: error })));
+  }
+
+  /** No more frames are due: anything the other side sends now is refused. */
+  done(): void {
+    this.fail(badFrame('the exchange is over'));
   }
 
   /** The next frame, which must be of `type` (or ERROR, which becomes a rejection). */
@@ -142,9 +174,10 @@ class FrameReader {
   }
 
   #deliver(): void {
-    if (this.#waiting === undefined || this.#error !== undefined) return;
-    const b = this.#buffered;
-    if (b.length < HEADER_BYTES) return;
+    if (this.#error !== undefined || this.#waiting === undefined || this.#bytes < HEADER_BYTES) return;
+    const b = this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks, this.#bytes);
+    this.#chunks.length = 0;
+    this.#chunks.push(b);
     if (!b.subarray(0, 4).equals(MAGIC)) return this.fail(badFrame('not a kvxfer side channel (bad magic)'));
     const version = b.readUInt8(4);
     if (version !== SIDE_CHANNEL_VERSION) {
@@ -155,8 +188,12 @@ class FrameReader {
     if (length > MAX_FRAME_BYTES) return this.fail(badFrame(`a frame of ${length} bytes is over the ${MAX_FRAME_BYTES}-byte cap`));
     if (b.length < HEADER_BYTES + length) return;
     const frame = { type: b.readUInt8(5) as Frame, payload: b.subarray(HEADER_BYTES, HEADER_BYTES + length) };
-    this.#buffered = b.subarray(HEADER_BYTES + length);
-    const waiting = this.#waiting;
+    const rest = b.subarray(HEADER_BYTES + length);
+    this.#chunks.length = 0;
+    this.#bytes = rest.length;
+    if (rest.length > 0) this.#chunks.push(rest);
+    this.#frames++;
+    const waiting = this.#waiting!;
     this.#waiting = this.#failWaiting = undefined;
     waiting(frame);
   }
@@ -235,6 +272,7 @@ export async function listen(agent: SideChannelAgent, options: ListenOptions = {
     await agent.loadPeer(clientBlob, { timeoutMs: exchangeTimeoutMs });
     const serverBlob = agent.metadata();
     const macS = secret === undefined ? undefined : mac(secret, 'kvxfer-sc1 server', nonceC, nonceS, sha256(serverBlob), sha256(clientBlob));
+    frames.done();
     send(socket, Frame.Server, withMac(macS), serverBlob);
     socket.end();
   };
@@ -272,6 +310,11 @@ export async function listen(agent: SideChannelAgent, options: ListenOptions = {
       reject(new KvxferError(ErrorCode.INVALID_ARG, `cannot listen on ${host}:${port}: ${error.message}`, { cause: error })),
     );
     server.listen(port, host, () => resolve());
+  });
+  // Past listen(), an error (EMFILE from accept) must not go unhandled; the
+  // listener keeps going.
+  server.on('error', () => {
+    counts.refused++;
   });
   const address = server.address();
   const bound = typeof address === 'object' && address !== null ? address.port : port;
@@ -329,6 +372,7 @@ export function fetchPeer(agent: SideChannelAgent, options: FetchPeerOptions): P
       if (secret !== undefined && !sameMac(macS, mac(secret, 'kvxfer-sc1 server', nonceC, nonceS, sha256(serverBlob), sha256(clientBlob)))) {
         throw unauthorized(`the listener at ${host}:${port} does not know the secret`);
       }
+      frames.done();
       s.end();
       return agent.loadPeer(serverBlob);
     };

@@ -262,7 +262,11 @@ PeerEntry* NativeAgent::FindPeer(Napi::Env env, const Napi::Value& name) {
 Napi::Value NativeAgent::ForgetPeer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   CheckOpen(env);
-  tables_.ForgetPeer(FindPeer(env, info[0]));
+  PeerEntry* entry = FindPeer(env, info[0]);
+  // The owner thread stops counting it as the name's agent now, though its
+  // connection may stay up while prepared transfers hold it.
+  owner_->Submit(cmd::ForgetName{entry->peer.get()});
+  tables_.ForgetPeer(entry);
   return env.Undefined();
 }
 

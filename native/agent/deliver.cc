@@ -135,7 +135,9 @@ void BatchTranslator::operator()(ev::RegionsRevoked& e) { tables_->RevokeRegions
 
 void BatchTranslator::operator()(ev::PeerFailed& e) {
   PeerEntry* entry = tables_->PeerFailed(e.peer, e.status);
-  if (entry == nullptr) return;
+  // An older object of the name (held by prepared transfers) failing says
+  // nothing of the peer JS knows by that name now.
+  if (entry == nullptr || !tables_->IsCurrent(entry)) return;
   Napi::Object o = Napi::Object::New(env_);
   o.Set("kind", Kind(env_, EventKind::kPeerFailed));
   o.Set("peer", entry->name());

@@ -194,6 +194,12 @@ class AgentTables {
   void ForgetPeer(PeerEntry* entry);
   // The engine found the peer dead; null when it is no longer known.
   PeerEntry* PeerFailed(Peer* peer, Status failure);
+  // Whether `entry` is the one its name leads to (not forgotten, not
+  // superseded by newer metadata).
+  bool IsCurrent(const PeerEntry* entry) const {
+    auto it = by_name_.find(entry->name());
+    return it != by_name_.end() && it->second == entry;
+  }
   // The engine tore the connection down.
   void PeerDestroyed(Peer* peer);
   // Peer `name`, incarnation `incarnation`, deregistered these regions: its

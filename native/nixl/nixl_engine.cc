@@ -343,24 +343,26 @@ class NixlEngine final : public Engine {
     }
     // NIXL keeps one entry per name and refuses newer metadata with other
     // connection details (a restarted peer) under a name it holds; a peer
-    // the owner thread failed (dead, or replaced by a new incarnation) gives
-    // its entry up first. Metadata of the same incarnation (new regions)
-    // loads over the entry it has.
+    // the owner thread failed (dead, or replaced by a new incarnation) or
+    // the application forgot gives its entry up first. Metadata of the same
+    // incarnation (new regions) loads over the entry it has.
     std::string peeked;
     if (PeekNixlAgentName(raw, raw_length, &peeked)) {
       auto held = holder_.find(peeked);
-      if (held != holder_.end() && failed_.count(held->second) != 0) Invalidate(held);
+      if (held != holder_.end() && (failed_.count(held->second) != 0 || forgotten_.count(held->second) != 0)) {
+        Invalidate(held);
+      }
     }
     char* name = nullptr;
     nixl::Status st = api_.load_remote_md(agent_, raw, raw_length, &name);
-    auto held = holder_.find(peeked);
-    if (st != nixl::kSuccess && held != holder_.end() && !unwrapped.enveloped) {
-      // A bare NIXL blob carries no incarnation: NIXL's refusal is how a
-      // restart shows. The old peer is replaced, its work fails.
-      FailPeer(held->second, Status::Error(Code::kPeerUnreachable,
-                                           "peer '" + peeked + "' was replaced by newer metadata"));
-      Invalidate(held);
-      st = api_.load_remote_md(agent_, raw, raw_length, &name);
+    if (st != nixl::kSuccess && holder_.count(peeked) != 0 && !unwrapped.enveloped) {
+      // A bare NIXL blob carries no incarnation, and NIXL refuses other
+      // connection details under a name it holds: a restart, or a corrupted
+      // blob. Only the caller can tell, so the live peer is left alone.
+      return NixlError(Code::kBadMetadata,
+                       "loading peer metadata: NIXL holds other metadata under '" + peeked +
+                           "' (a restarted agent, or a corrupted blob); forgetPeer('" + peeked + "') first to replace it",
+                       st);
     }
     if (st != nixl::kSuccess || name == nullptr) {
       return NixlError(Code::kBadMetadata, "loading peer metadata (not NIXL metadata, or corrupted)", st);
@@ -379,8 +381,11 @@ class NixlEngine final : public Engine {
     return Status::Ok();
   }
 
+  void PeerForgotten(Peer* peer) override { forgotten_.insert(peer); }
+
   void DestroyPeer(Peer* peer) override {
     failed_.erase(peer);
+    forgotten_.erase(peer);
     if (peer->engine_conn == this) {  // ourselves: nothing loaded in NIXL
       events_->PeerDestroyed(peer);
       return;
@@ -711,7 +716,10 @@ class NixlEngine final : public Engine {
   // thread watches waits, up to kSuspectNs, for the death that explains it:
   // then it fails as the peer's other work does, with the peer's failure.
   void ReportFailure(uint32_t token, Peer* peer, Status failure, uint64_t start_ns) {
-    if (!shutting_down_ && failed_.count(peer) == 0 && peer->identity_known && !events_->ConfirmPeerFailure(peer)) {
+    // Not a refusal of the plan itself (mixed memory kinds and the like).
+    const bool transfer_failure = failure.code != Code::kInvalidArg;
+    if (!shutting_down_ && transfer_failure && failed_.count(peer) == 0 && events_->WatchesPeer(peer) &&
+        !events_->ConfirmPeerFailure(peer)) {
       suspects_.push_back(Suspect{token, peer, start_ns, NowNs() + kSuspectNs, std::move(failure)});
       return;
     }
@@ -792,6 +800,8 @@ class NixlEngine final : public Engine {
   std::unordered_map<std::string, Peer*> holder_;
   // Peers known dead (FailPeer), with what their work fails with.
   std::unordered_map<Peer*, Status> failed_;
+  // Peers the application forgot that prepared transfers still hold.
+  std::unordered_set<Peer*> forgotten_;
   ProcessIdentity identity_;
   std::vector<InFlight> in_flight_;
   std::vector<Suspect> suspects_;

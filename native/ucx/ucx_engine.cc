@@ -33,12 +33,20 @@ uint64_t NowNs() {
       .count();
 }
 
-// The header of kvxfer's active messages (UcxEngine::am_header_); false for
-// one no kvxfer peer sends.
+// The header of kvxfer's active messages (UcxEngine::am_header_): u8
+// version, u64 incarnation, the sender's name. False for one no kvxfer peer
+// of this version sends.
+constexpr uint8_t kAmHeaderVersion = 1;
+constexpr size_t kAmHeaderFixedBytes = 1 + sizeof(uint64_t);
+
 bool ParseAmHeader(const void* header, size_t length, std::string* name, uint64_t* incarnation) {
-  if (length <= sizeof(uint64_t) || length - sizeof(uint64_t) > limits::kMaxAgentNameBytes) return false;
-  std::memcpy(incarnation, header, sizeof(uint64_t));
-  name->assign(static_cast<const char*>(header) + sizeof(uint64_t), length - sizeof(uint64_t));
+  const auto* bytes = static_cast<const uint8_t*>(header);
+  if (length <= kAmHeaderFixedBytes || length - kAmHeaderFixedBytes > limits::kMaxAgentNameBytes ||
+      bytes[0] != kAmHeaderVersion) {
+    return false;
+  }
+  std::memcpy(incarnation, bytes + 1, sizeof(uint64_t));
+  name->assign(reinterpret_cast<const char*>(bytes + kAmHeaderFixedBytes), length - kAmHeaderFixedBytes);
   return true;
 }
 
@@ -126,6 +134,7 @@ class UcxEngine final : public Engine {
     identity_ = options.identity;
     am_header_.clear();
     wire::Writer header(&am_header_);
+    header.Put<uint8_t>(kAmHeaderVersion);
     header.Put<uint64_t>(identity_.incarnation);
     header.PutBytes(reinterpret_cast<const uint8_t*>(name_.data()), name_.size());
     ucp_config_t* config = nullptr;
@@ -414,6 +423,17 @@ class UcxEngine final : public Engine {
     const std::vector<LocalRegion*> registered(regions_.begin(), regions_.end());
     for (LocalRegion* region : registered) Deregister(region);
     Teardown();
+    // Endpoints still closing at the deadline (a silent peer) went with the
+    // worker; what kvxfer held for them goes now.
+    for (UcxConn* conn : conns_) {
+      for (UcxOp* op = conn->ops; op != nullptr;) {
+        UcxOp* next = op->next;
+        delete op;
+        op = next;
+      }
+      delete conn;
+    }
+    conns_.clear();
   }
 
  private:
@@ -693,7 +713,7 @@ class UcxEngine final : public Engine {
   EngineEvents* const events_;
   std::string name_;
   ProcessIdentity identity_;
-  // Leads every active message kvxfer sends: u64 incarnation, then the name.
+  // Leads every active message kvxfer sends (ParseAmHeader).
   std::vector<uint8_t> am_header_;
   ucp_context_h context_ = nullptr;
   std::shared_ptr<UcxContext> context_holder_;

@@ -168,12 +168,15 @@ describe.each(ENGINES)('%s engine', (engine) => {
         const want = sha256(fillBytes(local.view(), 5))
         await agent.write(local, rdesc(r1, 0, MiB), name)
         expect(await one.hash(r1)).toBe(want)
-        // Forgetting the first is how to switch to the second.
+        // Forgetting the first is how to switch to the second, even while a transfer prepared
+        // against the first still holds its connection.
+        const held = agent.prepare({ op: 'write', local, remote: rdesc(r1, 0, MiB), peer: name })
         await agent.forgetPeer(name)
         const r2 = await two.allocate(MiB)
         expect(await agent.loadPeer(await two.metadata())).toBe(name)
         await agent.write(local, rdesc(r2, 0, MiB), name)
         expect(await two.hash(r2)).toBe(want)
+        held.release()
       } finally {
         await closeAll(agent)
       }

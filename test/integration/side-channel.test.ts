@@ -6,7 +6,7 @@
 import { connect, createServer, type Socket } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
 import type { Agent } from '../../dist/index.js'
-import { ENGINES, MiB, closeAll, createAgent, fillBytes, rdesc, rejectsWith, sha256, within } from '../fixtures/index.js'
+import { ENGINES, MiB, closeAll, createAgent, expectKvxferError, fillBytes, rdesc, rejectsWith, settle, sha256, within } from '../fixtures/index.js'
 import { disposeAllPeers, spawnPeer } from '../fixtures/peers.js'
 
 /** Sends `bytes` to a listener and resolves with what it answers before closing. */
@@ -106,6 +106,13 @@ describe.each(ENGINES)('%s engine', (engine) => {
       }
     }
     expect(channel.stats()).toEqual({ served: 0, refused: cases.length })
+    // A client that says nothing is cut off at exchangeTimeoutMs, and counted.
+    const silent = connect({ host: '127.0.0.1', port: channel.port })
+    silent.on('error', () => {})
+    await within(new Promise((resolve) => silent.on('close', resolve)), 10_000, 'the listener cutting off a silent client')
+    const until = Date.now() + 2_000
+    while (channel.stats().refused === cases.length && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 10))
+    expect(channel.stats()).toEqual({ served: 0, refused: cases.length + 1 })
     const client = await agent('sc-after')
     expect(await client.fetchPeer({ host: channel.host, port: channel.port })).toBe(server.name)
   })
@@ -150,7 +157,12 @@ describe.each(ENGINES)('%s engine', (engine) => {
     await rejectsWith(() => client.fetchPeer({ host: '', port: 1 }), 'ERR_INVALID_ARG')
     await rejectsWith(() => client.fetchPeer({ host: '127.0.0.1', port: channel.port, secret: '' }), 'ERR_INVALID_ARG')
     await rejectsWith(() => server.listen({ port: 70_000 }), 'ERR_INVALID_ARG')
+    // listen() and close() racing: the listener does not outlive the agent.
+    const racing = settle(server.listen())
     await server.close()
+    const raced = await racing
+    expect(raced.ok, 'listen() racing close() resolved').toBe(false)
+    expectKvxferError((raced as { error: unknown }).error, 'ERR_CLOSED')
     await rejectsWith(() => client.fetchPeer({ host: channel.host, port: channel.port }), 'ERR_PEER_UNREACHABLE')
   })
 })
