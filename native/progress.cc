@@ -4,6 +4,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 
@@ -171,7 +172,10 @@ void OwnerThread::Execute(cmd::LoadPeer& c) {
   }
   e.status = engine_->LoadPeer(c.blob.data(), c.blob.size(), &e.peer);
   Peer* peer = e.peer.get();
-  if (e.status.ok()) latest_[peer->name] = peer;
+  if (e.status.ok()) {
+    latest_[peer->name] = peer;
+    loaded_[peer->name].push_back(peer);
+  }
   const Liveness::Watch watch = e.status.ok() ? liveness_.Add(peer, options_.identity) : Liveness::Watch::kUnwatchable;
   Push(std::move(e));
   // Metadata of an agent whose process has ended: loaded, and failed at
@@ -205,10 +209,16 @@ Status OwnerThread::ReplaceIncarnation(const std::vector<uint8_t>& blob) {
                              ", which still runs; this metadata is of another agent with that name (process " +
                              std::to_string(identity.pid) + "). forgetPeer('" + name + "') first to switch to it");
   }
-  liveness_.Remove(loaded);
-  engine_->FailPeer(loaded, Status::Error(Code::kPeerUnreachable, "peer '" + name + "' (pid " +
-                                                                      std::to_string(loaded->identity.pid) +
-                                                                      ") was replaced by a new incarnation"));
+  // Every object of the old incarnation: older ones of it may still carry
+  // work for prepared transfers.
+  const uint64_t old_incarnation = loaded->identity.incarnation;
+  for (Peer* old : loaded_[name]) {
+    if (!old->identity_known || old->identity.incarnation != old_incarnation) continue;
+    liveness_.Remove(old);
+    engine_->FailPeer(old, Status::Error(Code::kPeerUnreachable, "peer '" + name + "' (pid " +
+                                                                     std::to_string(old->identity.pid) +
+                                                                     ") was replaced by a new incarnation"));
+  }
   return Status::Ok();
 }
 
@@ -222,6 +232,12 @@ void OwnerThread::Execute(cmd::DestroyPeer& c) {
   ++in_flight_;  // until PeerDestroyed
   auto latest = latest_.find(c.peer->name);
   if (latest != latest_.end() && latest->second == c.peer) latest_.erase(latest);
+  auto loaded = loaded_.find(c.peer->name);
+  if (loaded != loaded_.end()) {
+    std::vector<Peer*>& objects = loaded->second;
+    objects.erase(std::remove(objects.begin(), objects.end(), c.peer), objects.end());
+    if (objects.empty()) loaded_.erase(loaded);
+  }
   liveness_.Remove(c.peer);
   stalls_.Forget(c.peer);
   engine_->DestroyPeer(c.peer);

@@ -116,6 +116,8 @@ class OwnerThread : private EngineEvents {
   uint64_t stalls_checked_ns_ = 0;
   // The newest loaded Peer of each name, until it is destroyed.
   std::unordered_map<std::string, Peer*> latest_;
+  // Every Peer object of each name not destroyed yet, newest last.
+  std::unordered_map<std::string, std::vector<Peer*>> loaded_;
   std::vector<Peer*> dead_scratch_;
   std::vector<pollfd> poll_scratch_;
 
