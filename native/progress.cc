@@ -173,8 +173,9 @@ void OwnerThread::Execute(cmd::LoadPeer& c) {
   e.status = engine_->LoadPeer(c.blob.data(), c.blob.size(), &e.peer);
   Peer* peer = e.peer.get();
   if (e.status.ok()) {
-    latest_[peer->name] = peer;
-    loaded_[peer->name].push_back(peer);
+    NamedPeers& named = names_[peer->name];
+    named.objects.push_back(peer);
+    named.forgotten = false;
   }
   const Liveness::Watch watch = e.status.ok() ? liveness_.Add(peer, options_.identity) : Liveness::Watch::kUnwatchable;
   Push(std::move(e));
@@ -198,9 +199,9 @@ Status OwnerThread::ReplaceIncarnation(const std::vector<uint8_t>& blob) {
   bool identity_known = false;
   // A blob that does not parse is refused by LoadPeer, with its reason.
   if (!engine_->Describe(blob.data(), blob.size(), &name, &identity, &identity_known).ok()) return Status::Ok();
-  auto it = latest_.find(name);
-  if (it == latest_.end() || !identity_known) return Status::Ok();
-  Peer* loaded = it->second;
+  auto it = names_.find(name);
+  Peer* loaded = it == names_.end() ? nullptr : it->second.current();
+  if (loaded == nullptr || !identity_known) return Status::Ok();
   if (!loaded->identity_known || loaded->identity.incarnation == identity.incarnation) return Status::Ok();
   const bool loaded_runs = liveness_.Watching(loaded) && !liveness_.Gone(loaded);
   if (loaded_runs && identity.pid != loaded->identity.pid && options_.identity.SameProcessSpace(identity)) {
@@ -212,7 +213,7 @@ Status OwnerThread::ReplaceIncarnation(const std::vector<uint8_t>& blob) {
   // Every object of the old incarnation: older ones of it may still carry
   // work for prepared transfers.
   const uint64_t old_incarnation = loaded->identity.incarnation;
-  for (Peer* old : loaded_[name]) {
+  for (Peer* old : it->second.objects) {
     if (!old->identity_known || old->identity.incarnation != old_incarnation) continue;
     liveness_.Remove(old);
     engine_->FailPeer(old, Status::Error(Code::kPeerUnreachable, "peer '" + name + "' (pid " +
@@ -223,20 +224,21 @@ Status OwnerThread::ReplaceIncarnation(const std::vector<uint8_t>& blob) {
 }
 
 void OwnerThread::Execute(cmd::ForgetName& c) {
-  auto latest = latest_.find(c.peer->name);
-  if (latest != latest_.end() && latest->second == c.peer) latest_.erase(latest);
+  auto it = names_.find(c.peer->name);
+  if (it != names_.end() && it->second.current() == c.peer) it->second.forgotten = true;
   if (running()) engine_->PeerForgotten(c.peer);
 }
 
 void OwnerThread::Execute(cmd::DestroyPeer& c) {
   ++in_flight_;  // until PeerDestroyed
-  auto latest = latest_.find(c.peer->name);
-  if (latest != latest_.end() && latest->second == c.peer) latest_.erase(latest);
-  auto loaded = loaded_.find(c.peer->name);
-  if (loaded != loaded_.end()) {
-    std::vector<Peer*>& objects = loaded->second;
+  auto named = names_.find(c.peer->name);
+  if (named != names_.end()) {
+    std::vector<Peer*>& objects = named->second.objects;
+    // The newest going means the name stands for no agent now, not for an
+    // older object of it.
+    if (!objects.empty() && objects.back() == c.peer) named->second.forgotten = true;
     objects.erase(std::remove(objects.begin(), objects.end(), c.peer), objects.end());
-    if (objects.empty()) loaded_.erase(loaded);
+    if (objects.empty()) names_.erase(named);
   }
   liveness_.Remove(c.peer);
   stalls_.Forget(c.peer);

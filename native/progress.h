@@ -114,10 +114,14 @@ class OwnerThread : private EngineEvents {
   Liveness liveness_;
   StallWatch stalls_{options_.peer_timeout_ms * 1000000};
   uint64_t stalls_checked_ns_ = 0;
-  // The newest loaded Peer of each name, until it is destroyed.
-  std::unordered_map<std::string, Peer*> latest_;
-  // Every Peer object of each name not destroyed yet, newest last.
-  std::unordered_map<std::string, std::vector<Peer*>> loaded_;
+  // Every Peer object of each name not destroyed yet, newest last; the
+  // newest is the agent the name stands for, unless it was forgotten.
+  struct NamedPeers {
+    std::vector<Peer*> objects;
+    bool forgotten = false;
+    Peer* current() const { return forgotten || objects.empty() ? nullptr : objects.back(); }
+  };
+  std::unordered_map<std::string, NamedPeers> names_;
   std::vector<Peer*> dead_scratch_;
   std::vector<pollfd> poll_scratch_;
 
