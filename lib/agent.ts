@@ -239,22 +239,13 @@ export class Agent implements AsyncDisposable {
   async listen(options: ListenOptions = {}): Promise<SideChannel> {
     const core = this.#core;
     core.checkOpen();
-    const channel = await listen(this, options);
+    const channel: SideChannel = await listen(this, options, () => core.sideChannels.delete(channel));
     if (core.closePromise !== undefined) {
       await channel.close();
       core.checkOpen();
     }
     core.sideChannels.add(channel);
-    const close = channel.close.bind(channel);
-    return {
-      host: channel.host,
-      port: channel.port,
-      stats: channel.stats,
-      close: () => {
-        core.sideChannels.delete(channel);
-        return close();
-      },
-    };
+    return channel;
   }
 
   /**

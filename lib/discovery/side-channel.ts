@@ -246,8 +246,8 @@ function unauthorized(message: string): KvxferError {
   return new KvxferError(ErrorCode.UNAUTHORIZED, message);
 }
 
-/** Agent.listen. @internal */
-export async function listen(agent: SideChannelAgent, options: ListenOptions = {}): Promise<SideChannel> {
+/** Agent.listen; `onClose` runs once, when the channel closes. @internal */
+export async function listen(agent: SideChannelAgent, options: ListenOptions = {}, onClose?: () => void): Promise<SideChannel> {
   if (options === null || typeof options !== 'object') throw invalidArg('listen() takes { host?, port?, secret? }');
   const host = options.host ?? '127.0.0.1';
   const port = options.port ?? 0;
@@ -324,6 +324,7 @@ export async function listen(agent: SideChannelAgent, options: ListenOptions = {
     port: bound,
     stats: () => ({ ...counts }),
     close() {
+      if (closing === undefined) onClose?.();
       closing ??= new Promise<void>((resolve) => {
         for (const socket of sockets) socket.destroy();
         server.close(() => resolve());
