@@ -1,5 +1,6 @@
 // Giving up on transfers while they run: a timeout, an abort and close() in the middle of a burst
-// of WRITEs to a peer in another process. Every promise settles at once with the caller's reason
+// of WRITEs to a peer in another process, over shared memory and tcp, from and to registered
+// Buffers as well as allocate() memory. Every promise settles at once with the caller's reason
 // (or resolves, if it finished first), nothing crashes, and afterwards the agent (timeout, abort)
 // or a new agent (close) moves bytes that are checked at the other end.
 // Rounds per case: KVXFER_FAULT_ROUNDS (npm run test:faults runs 100; the suite runs a few).
@@ -15,20 +16,25 @@ const WRITES = 200
 const GIVE_UP_MS = 1_000
 
 describe.each(ENGINES)('%s engine', (engine) => {
-  describe.each(['sm', 'tcp'] as const)('over %s', (transports) => {
+  describe.each([
+    { transports: 'sm', memory: 'allocate' },
+    { transports: 'sm', memory: 'register' },
+    { transports: 'tcp', memory: 'allocate' },
+    { transports: 'tcp', memory: 'register' },
+  ] as const)('over $transports, $memory memory', ({ transports, memory }) => {
     const agentTransports = transports === 'tcp' ? 'tcp' : undefined
     let peer: Peer
     let remote: PeerRegion
 
     beforeAll(async () => {
       peer = await spawnPeer({ engine, transports: agentTransports })
-      remote = await peer.allocate(BLOCK)
+      remote = memory === 'register' ? await peer.register(BLOCK) : await peer.allocate(BLOCK)
     }, 60_000)
     afterAll(() => disposeAllPeers(), 30_000)
 
     async function connected(): Promise<{ agent: Agent; local: Region; name: string }> {
       const agent = await createAgent(`cancel-${transports}`, { engine, transports: agentTransports })
-      const local = await agent.allocate(BLOCK)
+      const local = memory === 'register' ? await agent.register(Buffer.alloc(BLOCK)) : await agent.allocate(BLOCK)
       const name = await exchangeMetadata(agent, peer)
       return { agent, local, name }
     }
@@ -60,7 +66,7 @@ describe.each(ENGINES)('%s engine', (engine) => {
           const aborted = Array.from({ length: WRITES }, () => settle(agent.write(local, rdesc(remote, 0, BLOCK), name, { signal: controller.signal })))
           setTimeout(() => controller.abort(), 1)
           const abortedCount = WRITES - tally(await within(Promise.all(aborted), GIVE_UP_MS, 'aborted writes'), 'ERR_ABORTED')
-          recordFigure({ case: `cancel/${engine}/${transports}`, round, timedOut, aborted: abortedCount })
+          recordFigure({ case: `cancel/${engine}/${transports}/${memory}`, round, timedOut, aborted: abortedCount })
 
           // The agent is unharmed: the next write lands, checked at the other end.
           await checkedWrite(agent, local, name, round + 1)
