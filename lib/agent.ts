@@ -265,32 +265,50 @@ export class Agent implements AsyncDisposable {
     return fetchPeer(this, options);
   }
 
-  /** Disconnects from a peer once no prepared transfer uses it. */
-  async forgetPeer(name: string): Promise<void> {
+  /**
+   * Disconnects from a peer once no prepared transfer uses it. With
+   * `reason` (the peer left: discovery saw it go), its transfers in flight
+   * and those prepared against it fail ERR_PEER_UNREACHABLE saying so, and
+   * so do new ones naming it until it is loaded again.
+   */
+  async forgetPeer(name: string, options: { reason?: string } = {}): Promise<void> {
     const core = this.#core;
     core.checkOpen();
-    core.native.forgetPeer(name);
+    const reason = options.reason;
+    if (reason !== undefined && typeof reason !== 'string') throw invalidArg('reason must be a string');
+    core.native.forgetPeer(name, reason);
     core.failedPeers.delete(name);
     core.emitPeer({ type: 'forgotten', peer: name });
   }
 
   /**
-   * Listens to what happens to peers: loaded, updated, replaced by a new
-   * incarnation, failed (dead or unreachable), forgotten. A listener's
-   * exception goes to `uncaughtException`; it does not stop the agent.
+   * Listens to what happens to peers (`'peer'`): loaded, updated, replaced
+   * by a new incarnation, failed (dead or unreachable), forgotten; or to
+   * this agent's metadata (`'metadata'`): a region was registered or
+   * deregistered, so metadata() changed (loaded kvxfer peers are told by
+   * the engine; discovery republishes). A listener's exception goes to
+   * `uncaughtException`; it does not stop the agent.
    */
-  on(event: 'peer', listener: PeerListener): this {
-    if (event !== 'peer') throw invalidArg(`unknown event '${String(event)}'; the agent emits 'peer'`);
+  on(event: 'peer', listener: PeerListener): this;
+  on(event: 'metadata', listener: () => void): this;
+  on(event: 'peer' | 'metadata', listener: PeerListener | (() => void)): this {
     if (typeof listener !== 'function') throw invalidArg('listener must be a function');
-    this.#core.peerListeners.add(listener);
+    this.#listeners(event).add(listener as PeerListener & (() => void));
     return this;
   }
 
   /** Stops a listener added with on(). */
-  off(event: 'peer', listener: PeerListener): this {
-    if (event !== 'peer') throw invalidArg(`unknown event '${String(event)}'; the agent emits 'peer'`);
-    this.#core.peerListeners.delete(listener);
+  off(event: 'peer', listener: PeerListener): this;
+  off(event: 'metadata', listener: () => void): this;
+  off(event: 'peer' | 'metadata', listener: PeerListener | (() => void)): this {
+    this.#listeners(event).delete(listener as PeerListener & (() => void));
     return this;
+  }
+
+  #listeners(event: string): Set<PeerListener> | Set<() => void> {
+    if (event === 'peer') return this.#core.peerListeners;
+    if (event === 'metadata') return this.#core.metadataListeners;
+    throw invalidArg(`unknown event '${String(event)}'; the agent emits 'peer' and 'metadata'`);
   }
 
   /** Validates a transfer once, so that posting it is cheap. Throws on bad input. */

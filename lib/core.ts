@@ -24,6 +24,21 @@ export interface SubmitExtras {
 }
 
 /**
+ * Calls an application's listener; one that throws does not keep the others
+ * from hearing, and its error reaches uncaughtException afterwards (the
+ * owner thread's batch is never cut short).
+ */
+function callListener<E>(listener: (event: E) => void, event: E): void {
+  try {
+    listener(event);
+  } catch (error) {
+    queueMicrotask(() => {
+      throw error;
+    });
+  }
+}
+
+/**
  * The state Agent, Region and Transfer share, and the protocol with the
  * native agent: a call answers at once with a token, and its outcome comes
  * later in a batch of events under that token. Not exported from the
@@ -41,6 +56,7 @@ export class AgentCore {
   closePromise: Promise<void> | undefined;
   closed = false;
   readonly peerListeners = new Set<PeerListener>();
+  readonly metadataListeners = new Set<() => void>();
   /** Side channels the agent listens on (lib/discovery): closed with it. */
   readonly sideChannels = new Set<{ close(): Promise<void> }>();
   /** Peers the engine reported failed, until they are loaded again or forgotten. */
@@ -146,6 +162,9 @@ export class AgentCore {
           notification: { peer: event.peer, message: event.data.toString('utf8'), data: event.data },
         });
         break;
+      case EVENT_KIND.MetadataChanged:
+        for (const listener of [...this.metadataListeners]) callListener(listener, undefined);
+        break;
       case EVENT_KIND.PeerChanged:
         this.stats.peer(event.peer).failed = false;
         this.failedPeers.delete(event.peer);
@@ -155,20 +174,10 @@ export class AgentCore {
   }
 
   /**
-   * Calls every peer listener; one that throws does not keep the others
-   * from hearing, and its error reaches uncaughtException afterwards (the
-   * owner thread's batch is never cut short).
+   * Calls every peer listener (callListener).
    */
   emitPeer(event: PeerEvent): void {
-    for (const listener of [...this.peerListeners]) {
-      try {
-        listener(event);
-      } catch (error) {
-        queueMicrotask(() => {
-          throw error;
-        });
-      }
-    }
+    for (const listener of [...this.peerListeners]) callListener(listener, event);
   }
 
   complete(token: number, error: KvxferError | undefined, value: unknown, telemetry?: NativeTelemetry): void {

@@ -41,6 +41,10 @@ export interface NativePeerChangedEvent {
   peer: string;
   change: 'loaded' | 'updated' | 'replaced';
 }
+/** A region was registered or deregistered: the local metadata changed. @internal */
+export interface NativeMetadataChangedEvent {
+  kind: typeof EVENT_KIND.MetadataChanged;
+}
 /** A notification from another agent than the loaded one of that name. @internal */
 export interface NativeNameConflictEvent {
   kind: typeof EVENT_KIND.NameConflict;
@@ -53,7 +57,8 @@ export type NativeEvent =
   | NativeNotificationEvent
   | NativePeerFailedEvent
   | NativePeerChangedEvent
-  | NativeNameConflictEvent;
+  | NativeNameConflictEvent
+  | NativeMetadataChangedEvent;
 
 /**
  * `done` holds [token, durationNs] pairs of operations that succeeded: the
@@ -74,7 +79,8 @@ export interface NativeAgent {
   view(regionId: number, offset: number | bigint, length: number | bigint): Buffer;
   metadata(): Buffer;
   loadPeer(blob: Uint8Array): number;
-  forgetPeer(name: string): void;
+  /** With a reason, the peer's work in flight fails ERR_PEER_UNREACHABLE ("left: reason"). */
+  forgetPeer(name: string, reason?: string): void;
   /** -> [transferId, bytes]; remoteKind: 0 dram, 1 vram, 2 file, undefined: the local kind */
   prepare(
     op: number,

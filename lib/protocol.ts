@@ -57,6 +57,7 @@ export const EVENT_KIND = {
   PeerFailed: 2,
   PeerChanged: 3,
   NameConflict: 4,
+  MetadataChanged: 5,
 } as const;
 
 /** @internal Layouts and limits both sides check (see native/protocol.h). */

@@ -46,9 +46,11 @@ struct LoadPeer {
   std::vector<uint8_t> blob;
 };
 // The application forgot the peer: its name is free for another agent.
-// Not answered.
+// With a failure (the peer left, say discovery), its work in flight fails
+// with it. Not answered.
 struct ForgetName {
   Peer* peer;
+  Status failure;  // ok: nothing fails
 };
 // No plan or notification uses the peer any more; answered by
 // ev::PeerDestroyed once the connection is down.

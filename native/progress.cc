@@ -226,7 +226,12 @@ Status OwnerThread::ReplaceIncarnation(const std::vector<uint8_t>& blob) {
 void OwnerThread::Execute(cmd::ForgetName& c) {
   auto it = names_.find(c.peer->name);
   if (it != names_.end() && it->second.current() == c.peer) it->second.forgotten = true;
-  if (running()) engine_->PeerForgotten(c.peer);
+  if (!running()) return;
+  if (!c.failure.ok()) {
+    liveness_.Remove(c.peer);
+    engine_->FailPeer(c.peer, c.failure);
+  }
+  engine_->PeerForgotten(c.peer);
 }
 
 void OwnerThread::Execute(cmd::DestroyPeer& c) {

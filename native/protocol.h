@@ -47,7 +47,8 @@
   X(Notification, 1)          \
   X(PeerFailed, 2)            \
   X(PeerChanged, 3)           \
-  X(NameConflict, 4)
+  X(NameConflict, 4)          \
+  X(MetadataChanged, 5)
 
 // Numbers both sides check or lay out: X(name, value).
 //  DescList*: the packed descriptor list (native/descs.h, lib/descs.ts): a

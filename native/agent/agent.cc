@@ -262,11 +262,18 @@ PeerEntry* NativeAgent::FindPeer(Napi::Env env, const Napi::Value& name) {
 Napi::Value NativeAgent::ForgetPeer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   CheckOpen(env);
+  if (info[0].IsString() && tables_.ClearDeparted(info[0].As<Napi::String>().Utf8Value())) return env.Undefined();
   PeerEntry* entry = FindPeer(env, info[0]);
+  Status failure;
+  if (info.Length() > 1 && !info[1].IsUndefined()) {
+    if (!info[1].IsString()) Throw(env, Code::kInvalidArg, "reason must be a string");
+    failure = Status::Error(Code::kPeerUnreachable, "peer '" + entry->name() + "' left: " +
+                                                       info[1].As<Napi::String>().Utf8Value());
+  }
   // The owner thread stops counting it as the name's agent now, though its
   // connection may stay up while prepared transfers hold it.
-  owner_->Submit(cmd::ForgetName{entry->peer.get()});
-  tables_.ForgetPeer(entry);
+  owner_->Submit(cmd::ForgetName{entry->peer.get(), failure});
+  tables_.ForgetPeer(entry, std::move(failure));
   return env.Undefined();
 }
 

@@ -60,6 +60,13 @@ void BatchTranslator::operator()(ev::Registered& e) {
     }
   }
   Push(o);
+  if (e.status.ok()) PushMetadataChanged();
+}
+
+void BatchTranslator::PushMetadataChanged() {
+  Napi::Object o = Napi::Object::New(env_);
+  o.Set("kind", Kind(env_, EventKind::kMetadataChanged));
+  Push(o);
 }
 
 void BatchTranslator::operator()(ev::Deregistered& e) {
@@ -67,6 +74,7 @@ void BatchTranslator::operator()(ev::Deregistered& e) {
   *metadata_ = std::move(e.metadata);
   if (auto* region = std::get_if<RegionEntry*>(&op)) tables_->regions().Erase(*region);
   Push(OperationResult(e.token, Status::Ok()));
+  PushMetadataChanged();
 }
 
 void BatchTranslator::operator()(ev::PeerLoaded& e) {

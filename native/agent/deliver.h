@@ -44,6 +44,8 @@ class BatchTranslator {
  private:
   Napi::Object OperationResult(uint32_t token, const Status& status);
   void Push(Napi::Object object) { others_.Set(others_.Length(), object); }
+  // The local metadata changed (a region came or went): peers may want it.
+  void PushMetadataChanged();
 
   Napi::Env env_;
   AgentTables* const tables_;

@@ -147,6 +147,8 @@ void RegionTable::clear() {
 Status AgentTables::FindPeer(const std::string& name, PeerEntry** out) const {
   auto it = by_name_.find(name);
   if (it == by_name_.end()) {
+    auto departed = departed_.find(name);
+    if (departed != departed_.end()) return departed->second;
     return Status::Error(Code::kUnknownPeer, "unknown peer '" + name + "': load its metadata with loadPeer() first");
   }
   *out = it->second;
@@ -172,15 +174,32 @@ PeerEntry* AgentTables::AdoptPeer(std::unique_ptr<Peer> peer, PeerChange* change
     if (previous->state == PeerEntry::State::kLive) previous->state = PeerEntry::State::kForgotten;
     ReleasePeer(previous);
   }
+  ClearDeparted(raw->name());
   by_name_[raw->name()] = raw;
   peers_.emplace(raw->peer.get(), std::move(entry));
   return raw;
 }
 
-void AgentTables::ForgetPeer(PeerEntry* entry) {
+void AgentTables::ForgetPeer(PeerEntry* entry, Status failure) {
   by_name_.erase(entry->name());
-  entry->state = PeerEntry::State::kForgotten;
+  if (failure.ok()) {
+    entry->state = PeerEntry::State::kForgotten;
+  } else {
+    entry->state = PeerEntry::State::kFailed;
+    entry->failure = failure;
+    if (departed_.size() >= kMaxDeparted) {
+      departed_.erase(departed_order_.front());
+      departed_order_.erase(departed_order_.begin());
+    }
+    if (departed_.insert_or_assign(entry->name(), std::move(failure)).second) departed_order_.push_back(entry->name());
+  }
   ReleasePeer(entry);
+}
+
+bool AgentTables::ClearDeparted(const std::string& name) {
+  if (departed_.erase(name) == 0) return false;
+  departed_order_.erase(std::find(departed_order_.begin(), departed_order_.end(), name));
+  return true;
 }
 
 PeerEntry* AgentTables::PeerFailed(Peer* peer, Status failure) {
@@ -305,6 +324,8 @@ void AgentTables::Clear() {
   pending_.clear();
   xfers_.clear();
   by_name_.clear();
+  departed_.clear();
+  departed_order_.clear();
   peers_.clear();
   regions_.clear();
 }

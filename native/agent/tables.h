@@ -191,7 +191,11 @@ class AgentTables {
   // A peer the engine loaded. Newer metadata replaces older of the same name:
   // transfers prepared against the old one keep it until they are released.
   PeerEntry* AdoptPeer(std::unique_ptr<Peer> peer, PeerChange* change = nullptr);
-  void ForgetPeer(PeerEntry* entry);
+  // With a failure (the peer left), transfers still holding the entry, and
+  // new ones naming the peer until it is loaded again, fail with it.
+  void ForgetPeer(PeerEntry* entry, Status failure = Status::Ok());
+  // Forgets why `name` left, if it did: true when it had (it is not loaded).
+  bool ClearDeparted(const std::string& name);
   // The engine found the peer dead; null when it is no longer known.
   PeerEntry* PeerFailed(Peer* peer, Status failure);
   // Whether `entry` is the one its name leads to (not forgotten, not
@@ -242,6 +246,11 @@ class AgentTables {
   PendingTable pending_;
   std::unordered_map<Peer*, std::unique_ptr<PeerEntry>> peers_;
   std::unordered_map<std::string, PeerEntry*> by_name_;
+  // Why peers that left are gone, by name, until the name loads again; the
+  // oldest go first beyond kMaxDeparted.
+  static constexpr size_t kMaxDeparted = 1024;
+  std::unordered_map<std::string, Status> departed_;
+  std::vector<std::string> departed_order_;
   std::unordered_map<uint32_t, std::unique_ptr<XferEntry>> xfers_;
   uint32_t next_xfer_id_ = 1;
 };

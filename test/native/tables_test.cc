@@ -167,6 +167,31 @@ TEST("peer: forgotten while a transfer uses it: disconnected when the transfer i
   CHECK(tables.PeerFailed(raw, Status::Error(Code::kPeerUnreachable, "late")) == nullptr);
 }
 
+TEST("peer: forgotten because it left: its transfers and its name fail with the reason until it loads again") {
+  RecordingEvents events;
+  AgentTables tables(&events);
+  PeerEntry* peer = tables.AdoptPeer(MakePeer("decode"));
+  XferEntry* xfer = tables.AddXfer(Xfer(peer, {}));
+  tables.ForgetPeer(peer, Status::Error(Code::kPeerUnreachable, "peer 'decode' left: lease expired"));
+  CHECK_STATUS(AgentTables::CheckPostable(*xfer), Code::kPeerUnreachable, "lease expired");
+  PeerEntry* found = nullptr;
+  CHECK_STATUS(tables.FindPeer("decode", &found), Code::kPeerUnreachable, "lease expired");
+  tables.ReleaseXfer(xfer->id);
+  CHECK_EQ(events.destroyed.size(), size_t{1});
+  // Loaded again: usable, and the departure is forgotten.
+  PeerEntry* back = tables.AdoptPeer(MakePeer("decode"));
+  CHECK(tables.FindPeer("decode", &found).ok() && found == back);
+  CHECK(!tables.ClearDeparted("decode"));
+  // Departures are bounded: the oldest go first.
+  for (int i = 0; i < 1100; ++i) {
+    tables.ForgetPeer(tables.AdoptPeer(MakePeer("w" + std::to_string(i))), Status::Error(Code::kPeerUnreachable, "left"));
+  }
+  CHECK_STATUS(tables.FindPeer("w0", &found), Code::kUnknownPeer, "load its metadata");
+  CHECK_STATUS(tables.FindPeer("w1099", &found), Code::kPeerUnreachable, "left");
+  CHECK(tables.ClearDeparted("w1099"));
+  CHECK_STATUS(tables.FindPeer("w1099", &found), Code::kUnknownPeer, "load its metadata");
+}
+
 TEST("peer: newer metadata of the same name replaces the old; old transfers keep the old") {
   RecordingEvents events;
   AgentTables tables(&events);
