@@ -121,10 +121,12 @@ describe.each(ENGINES)('%s engine', (engine) => {
         const peer = await spawnPeer({ engine, name })
         const r1 = await peer.allocate(MiB)
         await agent.loadPeer(await peer.metadata())
+        // Registered before the old agent goes: a registration tells the loaded peers (pushes our
+        // metadata), and that push would find the old incarnation's worker gone by itself.
+        const local = await agent.allocate(MiB)
         await peer.close()
         await peer.create({ name, engine })
         const r2 = await peer.allocate(MiB)
-        const local = await agent.allocate(MiB)
         const stale = agent.prepare({ op: 'write', local, remote: rdesc(r1, 0, MiB), peer: name })
         expect(await agent.loadPeer(await peer.metadata())).toBe(name)
         expect(events.map((e) => e.type)).toEqual(['loaded', 'failed', 'replaced'])
