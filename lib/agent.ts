@@ -40,12 +40,22 @@ function toDescList(value: Descriptors, side: string): DescList {
   throw invalidArg(`${side} must be a DescList, a Region, a descriptor, or an array of them`);
 }
 
+const cores = new WeakMap<Agent, AgentCore>();
+
+/** The state behind an agent, for kvxfer's own layers on top of it (lib/kv). @internal */
+export function coreOf(agent: Agent): AgentCore {
+  const core = cores.get(agent);
+  if (core === undefined) throw invalidArg('agent must be an Agent');
+  return core;
+}
+
 /** One endpoint of KV transfers: a worker process's memory, peers and notifications. */
 export class Agent implements AsyncDisposable {
   readonly #core: AgentCore;
 
   private constructor(core: AgentCore) {
     this.#core = core;
+    cores.set(this, core);
   }
 
   /** The engine this agent runs on. */
