@@ -42,7 +42,7 @@ function bad(why: string): KvxferError {
   return new KvxferError(ErrorCode.BAD_METADATA, `malformed KV ticket: ${why}`);
 }
 
-/** @internal */
+/** The bytes of a ticket (KvHandoff makes them). */
 export function encodeTicket(ticket: Ticket): Uint8Array {
   const json = Buffer.from(
     JSON.stringify({
