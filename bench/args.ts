@@ -71,6 +71,10 @@ export interface BenchOptions {
   repeat: number;
   /** Run nothing: print and write the outputs of a saved --json report. */
   from?: string;
+  /** KV handoff between two processes instead of the transfer points (bench/handoff.ts). */
+  handoff?: 'pull' | 'push' | 'stream';
+  /** --handoff stream: simulated compute per layer, milliseconds. */
+  computeMs: number;
   /** Which options the user gave (a target takes unset ones from the initiator). */
   given: Set<string>;
 }
@@ -206,7 +210,7 @@ const VALUE_OPTIONS = new Set([
   'listen', 'connect', 'op', 'block-sizes', 'batch-sizes', 'iters', 'warmup', 'duration', 'in-flight',
   'reuse', 'engine', 'mem', 'device', 'agents', 'transports', 'baseline', 'kv', 'tokens', 'layers', 'kv-heads',
   'head-dim', 'dtype', 'block-tokens', 'json', 'csv', 'chart', 'max-memory', 'timeout', 'repeat', 'from',
-  'busy-poll',
+  'busy-poll', 'handoff', 'compute-ms',
 ]);
 const FLAG_OPTIONS = new Set(['once', 'prepared', 'no-prepared', 'recreate', 'notify', 'check', 'no-progress', 'help']);
 const ALIASES: Record<string, string> = {
@@ -289,8 +293,20 @@ export function parseBenchArgs(argv: readonly string[]): ParsedCommand {
     maxMemory: last('max-memory') !== undefined ? parseSize(last('max-memory')!, '--max-memory') : 4 * 2 ** 30,
     timeoutMs: last('timeout') !== undefined ? parseSeconds(last('timeout')!, '--timeout') * 1000 : 60_000,
     repeat: last('repeat') !== undefined ? parseCount(last('repeat')!, '--repeat') : 1,
+    computeMs: last('compute-ms') !== undefined ? Number(last('compute-ms')) : 1,
     given,
   };
+  if (last('handoff') !== undefined) {
+    options.handoff = oneOf(last('handoff')!, ['pull', 'push', 'stream'] as const, '--handoff');
+    if (!values.has('kv')) throw new UsageError('--handoff needs --kv MODEL (the shape of the pools)');
+    if (mode !== 'local') throw new UsageError('--handoff runs on one host: local mode');
+  }
+  if (given.has('compute-ms')) {
+    if (options.handoff !== 'stream') throw new UsageError('--compute-ms is for --handoff stream');
+    if (!(Number.isFinite(options.computeMs) && options.computeMs >= 0 && options.computeMs <= 10_000)) {
+      throw new UsageError('--compute-ms: milliseconds from 0 to 10000');
+    }
+  }
   if (last('from') !== undefined) options.from = last('from');
   if (last('busy-poll') !== undefined) {
     options.busyPollUs = parseZeroOrCount(last('busy-poll')!, '--busy-poll');
@@ -437,6 +453,12 @@ how long
 KV-shaped runs (descriptors from a model's KV cache layout)
   --kv MODEL                 ${Object.keys(KV_MODELS).join(', ')}, or custom
   --tokens LIST              prompt lengths (default 1024,4096)
+  --handoff pull|push|stream hand each prompt's KV blocks over with KvHandoff between two
+                             processes (scattered block ids), against one contiguous
+                             transfer of the same bytes; reports per-request time, the
+                             ratio, descriptors before and after merging, launch overhead
+                             (pull) and event-loop delay on both sides (--iters, default 10)
+  --compute-ms MS            --handoff stream: simulated compute per layer (default 1)
   --layers N --kv-heads N --head-dim N --dtype fp32|bf16|fp16|fp8 --block-tokens N   override the shape
 
 baselines (each a series, with kvxfer's ratio to it)

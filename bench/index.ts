@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { USAGE, UsageError, parseBenchArgs, type BenchOptions } from './args';
 import { renderChart } from './chart';
+import { formatHandoffTable, runHandoffBench } from './handoff';
 import { runInitiator, type RunContext } from './initiator';
 import { runLocal } from './local';
 import { vramUnavailable } from './memory';
@@ -68,6 +69,13 @@ export async function bench(argv: string[]): Promise<number> {
     return 1;
   }
   if (options.mode === 'target') return runTarget(options, userEnv);
+  if (options.handoff !== undefined) {
+    const command = ['kvxfer', 'bench', ...argv].map(quote).join(' ');
+    const report = await runHandoffBench({ ...options, handoff: options.handoff }, command, (line) => process.stderr.write(`${line}\n`));
+    process.stdout.write(`\n${formatHandoffTable(report)}`);
+    if (options.json !== undefined) writeFile(options.json, `${JSON.stringify(report, null, 2)}\n`);
+    return 0;
+  }
 
   const ctx: RunContext = {
     options,
