@@ -40,9 +40,21 @@ function toDescList(value: Descriptors, side: string): DescList {
   throw invalidArg(`${side} must be a DescList, a Region, a descriptor, or an array of them`);
 }
 
+let coreOfAgent: (agent: Agent) => AgentCore;
+
+/** The state behind an agent, for the package's own modules (lib/prometheus.ts). @internal */
+export function agentCore(agent: Agent): AgentCore {
+  if (!(agent instanceof Agent)) throw invalidArg('expected an Agent');
+  return coreOfAgent(agent);
+}
+
 /** One endpoint of KV transfers: a worker process's memory, peers and notifications. */
 export class Agent implements AsyncDisposable {
   readonly #core: AgentCore;
+
+  static {
+    coreOfAgent = (agent) => agent.#core;
+  }
 
   private constructor(core: AgentCore) {
     this.#core = core;
@@ -377,7 +389,7 @@ export class Agent implements AsyncDisposable {
     try {
       transfer = this.prepare({ op, local, remote, peer, notify: options?.notify, remoteKind: options?.remoteKind });
     } catch (error) {
-      this.#core.stats.countRefused(peer, error);
+      this.#core.stats.countRefused(op, peer, error);
       throw error;
     }
     try {
