@@ -189,6 +189,7 @@ export interface Notification {
  *   a name.)
  */
 export interface PeerEvent {
+  /** What happened (see above). */
   type: 'loaded' | 'updated' | 'replaced' | 'failed' | 'forgotten' | 'conflict';
   /** The peer's agent name. */
   peer: string;
