@@ -94,6 +94,20 @@ interface Entry {
 
 type CounterName = 'transfers' | 'failures' | 'bytes';
 
+/** The configuration of a metric that `fill` sets anew at each scrape (registered by the caller). */
+function scraped<L extends string, M extends { reset(): void }>(name: string, help: string, labelNames: L[], fill: (metric: M) => void) {
+  return {
+    name,
+    help,
+    labelNames,
+    registers: [],
+    collect(this: M) {
+      this.reset();
+      fill(this);
+    },
+  };
+}
+
 /** The metrics of one registry and prefix, shared by every agent reported there. */
 class MetricSet {
   readonly entries = new Set<Entry>();
@@ -191,34 +205,12 @@ class MetricSet {
   #counter<L extends string>(base: string, help: string, labelNames: L[], fill: (metric: Counter<L>) => void): void {
     // OpenMetrics registries add the `_total` suffix themselves.
     const openMetrics = (this.#registry.contentType as string) === Registry.OPENMETRICS_CONTENT_TYPE;
-    const name = `${this.#prefix}${base}${openMetrics ? '' : '_total'}`;
-    this.#add(
-      new Counter<L>({
-        name,
-        help,
-        labelNames,
-        registers: [],
-        collect() {
-          this.reset();
-          fill(this);
-        },
-      }),
-    );
+    this.#add(new Counter<L>(scraped(`${this.#prefix}${base}${openMetrics ? '' : '_total'}`, help, labelNames, fill)));
   }
 
+  /** A gauge whose values are set from the agents' figures at each scrape. */
   #gauge<L extends string>(base: string, help: string, labelNames: L[], fill: (metric: Gauge<L>) => void): void {
-    this.#add(
-      new Gauge<L>({
-        name: `${this.#prefix}${base}`,
-        help,
-        labelNames,
-        registers: [],
-        collect() {
-          this.reset();
-          fill(this);
-        },
-      }),
-    );
+    this.#add(new Gauge<L>(scraped(`${this.#prefix}${base}`, help, labelNames, fill)));
   }
 
   #add(metric: Counter<string> | Gauge<string> | Histogram<string>): void {
