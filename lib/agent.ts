@@ -40,24 +40,22 @@ function toDescList(value: Descriptors, side: string): DescList {
   throw invalidArg(`${side} must be a DescList, a Region, a descriptor, or an array of them`);
 }
 
-let coreOfAgent: (agent: Agent) => AgentCore;
+const cores = new WeakMap<Agent, AgentCore>();
 
-/** The state behind an agent, for the package's own modules (lib/prometheus.ts). @internal */
-export function agentCore(agent: Agent): AgentCore {
-  if (!(agent instanceof Agent)) throw invalidArg('expected an Agent');
-  return coreOfAgent(agent);
+/** The state behind an agent, for kvxfer's own layers on top of it (lib/kv). @internal */
+export function coreOf(agent: Agent): AgentCore {
+  const core = cores.get(agent);
+  if (core === undefined) throw invalidArg('agent must be an Agent');
+  return core;
 }
 
 /** One endpoint of KV transfers: a worker process's memory, peers and notifications. */
 export class Agent implements AsyncDisposable {
   readonly #core: AgentCore;
 
-  static {
-    coreOfAgent = (agent) => agent.#core;
-  }
-
   private constructor(core: AgentCore) {
     this.#core = core;
+    cores.set(this, core);
   }
 
   /** The engine this agent runs on. */
@@ -189,6 +187,15 @@ export class Agent implements AsyncDisposable {
         return core.native.allocate(size);
       },
     );
+  }
+
+  /**
+   * The native id of one of this agent's live regions: ERR_INVALID_ARG for
+   * anything else, ERR_NOT_REGISTERED once deregistered.
+   * @internal
+   */
+  regionId(region: unknown): number {
+    return Region.idOf(region, this.#core);
   }
 
   /** Shared by register and allocate: submit, then wrap the region once its address is known. */

@@ -12,6 +12,10 @@ export { Region } from './region';
 export { Transfer } from './transfer';
 export { DescList, type Desc, type DescLike } from './descs';
 export { ErrorCode, KvxferError, type KvxferErrorDetails } from './errors';
+export { KvLayout, type KvDtype, type KvElement, type KvHeadLayout, type KvLayoutOptions, type KvOrder, type KvPart, type KvTp } from './kv/layout';
+export { KvPool, RemoteKvPool, type KvPairedDescs } from './kv/pool';
+export type { KvBlockOptions, KvDescCount } from './kv/runs';
+export type { KvPoolDescriptor, KvPoolRegion } from './kv/descriptor';
 export { info, type EngineInfo, type KvxferInfo } from './info';
 export type { FetchPeerOptions, ListenOptions, SideChannel } from './discovery/side-channel';
 // Every declaration in types.ts is public; it holds no values.

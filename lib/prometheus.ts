@@ -26,7 +26,7 @@ import {
   type OpenMetricsContentType,
   type PrometheusContentType,
 } from 'prom-client';
-import { Agent, agentCore } from './agent';
+import { Agent, coreOf } from './agent';
 import { invalidArg } from './errors';
 import type { AgentStats } from './types';
 import type { OpTally } from './stats';
@@ -252,7 +252,7 @@ class MetricSet {
   /** An agent's counters by op and label, the peers past the cap summed under `other`. */
   #tallies(entry: Entry): [{ agent: string; op: Op; peer: string }, OpTally][] {
     const out = new Map<string, [{ agent: string; op: Op; peer: string }, OpTally]>();
-    for (const [peer, tallies] of agentCore(entry.agent).stats.opTallies()) {
+    for (const [peer, tallies] of coreOf(entry.agent).stats.opTallies()) {
       const label = this.#label(entry, peer);
       OPS.forEach((op, i) => {
         const key = `${op}\0${label}`;
@@ -338,7 +338,7 @@ export function collectMetrics(agent: Agent, options: MetricsOptions = {}): Metr
     write: { agent: agent.name, op: 'write' as const },
     read: { agent: agent.name, op: 'read' as const },
   };
-  let stopObserving: (() => void) | undefined = agentCore(agent).stats.observe((op, durationNs) => {
+  let stopObserving: (() => void) | undefined = coreOf(agent).stats.observe((op, durationNs) => {
     try {
       histogram.observe(histogramLabels[op], durationNs / 1e9);
     } catch {

@@ -6,24 +6,10 @@
 import { afterEach, describe, expect, it } from 'vitest'
 import { Agent, type PeerEvent } from '../../dist/index.js'
 import {
-  ENGINES, MiB, closeAll, createAgent, exchangeMetadata, expectKvxferError, fillBytes, rdesc, rejectsWith, settle, sha256,
-  within,
+  ENGINES, MiB, closeAll, createAgent, eventually, exchangeMetadata, expectKvxferError, fillBytes, rdesc, recordPeerEvents,
+  rejectsWith, settle, sha256, within,
 } from '../fixtures/index.js'
 import { disposeAllPeers, spawnPeer } from '../fixtures/peers.js'
-
-function recordPeerEvents(agent: Agent): PeerEvent[] {
-  const events: PeerEvent[] = []
-  agent.on('peer', (event) => events.push(event))
-  return events
-}
-
-async function eventually(what: string, check: () => boolean, ms = 5_000): Promise<void> {
-  const until = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > until) throw new Error(`${what}: not within ${ms} ms`)
-    await new Promise((resolve) => setTimeout(resolve, 5))
-  }
-}
 
 describe.each(ENGINES)('%s engine', (engine) => {
   afterEach(() => disposeAllPeers(), 30_000)

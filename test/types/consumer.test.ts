@@ -18,10 +18,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const FIXTURES = fileURLToPath(new URL('./fixtures', import.meta.url))
 
-const PUBLIC_VALUES = ['Agent', 'DescList', 'ErrorCode', 'KvxferError', 'Region', 'Transfer', 'info']
+const PUBLIC_VALUES = ['Agent', 'DescList', 'ErrorCode', 'KvLayout', 'KvPool', 'KvxferError', 'Region', 'RemoteKvPool', 'Transfer', 'info']
 const PUBLIC_TYPES = [
   'AgentOptions', 'AgentStats', 'CostEstimate', 'Desc', 'DescLike', 'Descriptors', 'EngineInfo',
-  'EngineName', 'ExternalMemory', 'FileMemory', 'FetchPeerOptions', 'KvxferErrorDetails', 'KvxferInfo', 'ListenOptions', 'Memory',
+  'EngineName', 'ExternalMemory', 'FileMemory', 'FetchPeerOptions', 'KvBlockOptions', 'KvDescCount', 'KvDtype', 'KvElement', 'KvHeadLayout',
+  'KvLayoutOptions', 'KvOrder', 'KvPairedDescs', 'KvPart', 'KvPoolDescriptor', 'KvPoolRegion', 'KvTp', 'KvxferErrorDetails', 'KvxferInfo', 'ListenOptions', 'Memory',
   'MemoryKind', 'Notification', 'OperationOptions', 'PeerEvent', 'PeerListener', 'PeerStats', 'SideChannel', 'TransferOptions', 'TransferResult',
   'TransferSpec', 'TransferTelemetry',
 ]
