@@ -29,7 +29,7 @@ async function main(argv: string[]): Promise<number> {
     case '-v':
     case '--version':
       // From package.json, not info(): it works where the addon cannot load.
-      process.stdout.write(`${(require('../../package.json') as { version: string }).version}\n`);
+      process.stdout.write(`${(require('kvxfer/package.json') as { version: string }).version}\n`);
       return 0;
     case undefined:
     case '-h':
