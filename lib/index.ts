@@ -16,6 +16,8 @@ export { KvLayout, type KvDtype, type KvElement, type KvHeadLayout, type KvLayou
 export { KvPool, RemoteKvPool, type KvPairedDescs } from './kv/pool';
 export type { KvBlockOptions, KvDescCount } from './kv/runs';
 export type { KvPoolDescriptor, KvPoolRegion } from './kv/descriptor';
+export { KvHandoff, type Offer, type OfferOptions, type Reservation, type Stream } from './kv/handoff';
+export { decodeTicket, type Ticket, type TicketKind } from './kv/ticket';
 export { info, type EngineInfo, type KvxferInfo } from './info';
 export type { FetchPeerOptions, ListenOptions, SideChannel } from './discovery/side-channel';
 // Every declaration in types.ts is public; it holds no values.
