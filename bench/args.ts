@@ -467,7 +467,7 @@ baselines (each a series, with kvxfer's ratio to it)
 output
   --json FILE  --csv FILE    every figure of every point
   --chart FILE.svg           bandwidth against block size, one line per series
-  --no-progress              no progress bar (it is shown only on a terminal anyway)
+  --no-progress              no progress on stderr (a bar on a terminal, else a line per point)
   --from FILE.json           run nothing: print the table of a saved --json report and write
                              its --csv/--chart
   --max-memory SIZE          refuse plans needing more per agent and side (default 4G)

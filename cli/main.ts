@@ -9,6 +9,7 @@ import { demo } from './demo';
 import { infoCommand } from './info';
 
 const USAGE = `usage: kvxfer <command>
+       kvxfer --version
 
 commands:
   bench   transfer microbenchmark against ucx_perftest, Node TCP and memcpy (kvxfer bench --help)
@@ -25,6 +26,11 @@ async function main(argv: string[]): Promise<number> {
       return demo(rest);
     case 'info':
       return infoCommand(rest);
+    case '-v':
+    case '--version':
+      // From package.json, not info(): it works where the addon cannot load.
+      process.stdout.write(`${(require('kvxfer/package.json') as { version: string }).version}\n`);
+      return 0;
     case undefined:
     case '-h':
     case '--help':

@@ -5,7 +5,7 @@
 // deployment that is a TCP side channel or etcd.
 import { fork } from 'node:child_process';
 import { randomFillSync, createHash } from 'node:crypto';
-import { Agent, DescList } from '../dist/index.mjs';
+import { Agent, DescList } from 'kvxfer'; // the package itself (self-reference), as an installed one
 
 const BLOCK = 256 * 1024;
 const BLOCKS = 32;

@@ -238,8 +238,12 @@ export class Agent implements AsyncDisposable {
    * but the NIXL blob inside still describes every region, so it is not a
    * boundary against a peer that reads NIXL blobs itself. Combine it with
    * `pushUpdates: false`, or new regions reach loaded peers anyway.
+   *
+   * Each call returns a new Buffer with memory of its own (a copy), so
+   * changing it changes nothing else; `.slice()` on it is a view, as on any
+   * Buffer.
    */
-  metadata(options: { format?: 'kvxfer' | 'nixl'; regions?: readonly Region[] } = {}): Uint8Array {
+  metadata(options: { format?: 'kvxfer' | 'nixl'; regions?: readonly Region[] } = {}): Buffer {
     const core = this.#core;
     core.checkOpen();
     const format = options.format ?? 'kvxfer';
@@ -396,7 +400,7 @@ export class Agent implements AsyncDisposable {
     try {
       transfer = this.prepare({ op, local, remote, peer, notify: options?.notify, remoteKind: options?.remoteKind });
     } catch (error) {
-      this.#core.stats.countRefused(peer, error);
+      this.#core.stats.countRefused(op, peer, error);
       throw error;
     }
     try {

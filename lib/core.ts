@@ -138,7 +138,7 @@ export class AgentCore {
       this.pending[token] = op;
       return bounded.promise;
     } catch (error) {
-      if (extra.transfer !== undefined) this.stats.countRefused(extra.transfer.peer, error);
+      if (extra.transfer !== undefined) this.stats.countRefused(extra.transfer.op, extra.transfer.peer, error);
       return Promise.reject(error);
     }
   }
@@ -241,6 +241,9 @@ export class AgentCore {
         else this.stats.bytesRead += transfer.bytes;
         peer.transfers++;
         peer.bytes += transfer.bytes;
+        transfer.opTally.transfers++;
+        transfer.opTally.bytes += transfer.bytes;
+        this.stats.observer?.(transfer.op, value as number);
         const result: TransferResult = { bytes: transfer.bytes, durationNs: value as number };
         if (telemetry !== undefined) {
           result.telemetry = telemetry;
@@ -250,6 +253,7 @@ export class AgentCore {
       } else {
         this.stats.failures++;
         peer.failures++;
+        transfer.opTally.failures++;
       }
     }
     if (error !== undefined) {

@@ -1,3 +1,12 @@
+/**
+ * kvxfer: move LLM KV-cache blocks between inference worker processes over
+ * UCX or NVIDIA NIXL, with a promise API. Start with {@link Agent.create};
+ * the README (the front page of this reference) has the examples.
+ *
+ * Metrics for Prometheus are in the `kvxfer/prometheus` entry.
+ *
+ * @module kvxfer
+ */
 export { Agent } from './agent';
 export { Region } from './region';
 export { Transfer } from './transfer';

@@ -4,6 +4,16 @@ import type { AgentStats, PeerStats } from './types';
 
 type TelemetrySums = NonNullable<AgentStats['telemetry']>;
 
+/** One peer's counters for one direction (write or read). @internal */
+export interface OpTally {
+  transfers: number;
+  bytes: number;
+  failures: number;
+}
+
+/** Told of each transfer that completes: its direction and how long it took. @internal */
+export type TransferObserver = (op: 'write' | 'read', durationNs: number) => void;
+
 /**
  * An agent's counters. Plain fields, so that the completion path and post()
  * (the hot paths) bump them in place, as they did before they had a class.
@@ -18,6 +28,14 @@ export class Stats {
   notificationsSent = 0;
   notificationsReceived = 0;
   readonly #peers = new Map<string, PeerStats>();
+  /** Per peer, [write, read]: what lib/prometheus.ts reports by op and peer. */
+  readonly #byOp = new Map<string, [OpTally, OpTally]>();
+  /**
+   * Called by the completion path for each transfer that succeeded; undefined
+   * (one test, no call) unless a metrics collector is attached.
+   */
+  observer: TransferObserver | undefined;
+  readonly #observers = new Set<TransferObserver>();
   // Only the NIXL engine measures: absent until its first transfer.
   #telemetry: TelemetrySums | undefined;
 
@@ -31,11 +49,52 @@ export class Stats {
     return stats;
   }
 
+  /** A peer's counters for one op, made on first use (a Transfer looks them up once). */
+  opTally(peer: string, op: 'write' | 'read'): OpTally {
+    let tallies = this.#byOp.get(peer);
+    if (tallies === undefined) {
+      tallies = [
+        { transfers: 0, bytes: 0, failures: 0 },
+        { transfers: 0, bytes: 0, failures: 0 },
+      ];
+      this.#byOp.set(peer, tallies);
+    }
+    return tallies[op === 'write' ? 0 : 1];
+  }
+
+  /** Every peer's counters by op, as [peer, write, read]; live objects, not copies. */
+  opTallies(): IterableIterator<[string, [OpTally, OpTally]]> {
+    return this.#byOp.entries();
+  }
+
+  /** Attaches an observer; the returned function detaches it. */
+  observe(observer: TransferObserver): () => void {
+    this.#observers.add(observer);
+    this.#updateObserver();
+    return () => {
+      this.#observers.delete(observer);
+      this.#updateObserver();
+    };
+  }
+
+  #updateObserver(): void {
+    const all = [...this.#observers];
+    this.observer =
+      all.length === 0
+        ? undefined
+        : all.length === 1
+          ? all[0]
+          : (op, durationNs) => {
+              for (const observer of all) observer(op, durationNs);
+            };
+  }
+
   /** A transfer refused before it was posted because its peer is known to be dead is a failure too. */
-  countRefused(peer: string, error: unknown): void {
+  countRefused(op: 'write' | 'read', peer: string, error: unknown): void {
     if (error instanceof KvxferError && error.code === ErrorCode.PEER_UNREACHABLE) {
       this.failures++;
       this.peer(peer).failures++;
+      this.opTally(peer, op).failures++;
     }
   }
 

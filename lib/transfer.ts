@@ -1,5 +1,6 @@
 import type { AgentCore, SubmitExtras } from './core';
 import { invalidArg } from './errors';
+import type { OpTally } from './stats';
 import type { OperationOptions, PeerStats, TransferResult, TransferSpec } from './types';
 
 /** A validated transfer, ready to be posted any number of times. Made by Agent.prepare. */
@@ -25,10 +26,13 @@ export class Transfer {
   #postExtras: SubmitExtras | undefined;
   /** The peer's counters, looked up once rather than per completion. @internal */
   readonly peerStats: PeerStats;
+  /** The peer's counters for this op, likewise. @internal */
+  readonly opTally: OpTally;
 
   private constructor(core: AgentCore, id: number, spec: TransferSpec, bytes: number, descriptors: number, caller: Error) {
     this.#core = core;
     this.peerStats = core.stats.peer(spec.peer);
+    this.opTally = core.stats.opTally(spec.peer, spec.op);
     this.id = id;
     this.op = spec.op;
     this.peer = spec.peer;

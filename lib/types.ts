@@ -165,8 +165,11 @@ export interface Notification {
   peer: string;
   /** The payload decoded as UTF-8. */
   message: string;
-  /** The payload as sent. */
-  data: Uint8Array;
+  /**
+   * The payload as sent: a Buffer of its own (a copy for this notification),
+   * so `data.slice()` is a view into it, as on any Buffer.
+   */
+  data: Buffer;
 }
 
 /**
@@ -186,6 +189,7 @@ export interface Notification {
  *   a name.)
  */
 export interface PeerEvent {
+  /** What happened (see above). */
   type: 'loaded' | 'updated' | 'replaced' | 'failed' | 'forgotten' | 'conflict';
   /** The peer's agent name. */
   peer: string;

@@ -62,14 +62,21 @@ export interface SideChannel {
   /** The port it listens on (the one chosen, when 0 was asked for). */
   readonly port: number;
   /** Exchanges completed, and refused (wrong or missing secret, malformed frames, timeouts). */
-  stats(): { served: number; refused: number };
+  stats(): {
+    /** Exchanges completed. */
+    served: number;
+    /** Exchanges refused or cut off. */
+    refused: number;
+  };
   /** Stops listening; exchanges under way are cut off. */
   close(): Promise<void>;
 }
 
 /** Options of Agent.fetchPeer. */
 export interface FetchPeerOptions extends OperationOptions {
+  /** The listener's host name or address. */
   host: string;
+  /** The listener's TCP port. */
   port: number;
   /** The listener's secret, when it has one. A listener that proves no secret is then refused. */
   secret?: string | Uint8Array;

@@ -7,8 +7,11 @@ import { KvLayout, type KvLayoutOptions } from './layout';
 
 /** One region of a pool as a peer sees it. */
 export interface KvPoolRegion {
+  /** Where the region starts in the peer's address space. */
   address: bigint;
+  /** Its length in bytes. */
   length: number;
+  /** Host memory or GPU memory. */
   kind: 'dram' | 'vram';
   /** The CUDA device of VRAM; 0 for host memory. */
   device: number;
@@ -18,6 +21,7 @@ export interface KvPoolRegion {
 export interface KvPoolDescriptor {
   /** The agent that owns the pool: the peer name transfers to it use. */
   agent: string;
+  /** The shape of the pool. */
   layout: KvLayout;
   /** One region for the whole layout, or one per layer. */
   regions: readonly KvPoolRegion[];

@@ -17,7 +17,9 @@ export type KvHeadLayout = 'NHD' | 'HND';
 
 /** A worker's tensor-parallel position: it holds the `rank`-th of `size` equal slices of the KV heads. */
 export interface KvTp {
+  /** This worker's tensor-parallel rank, 0 .. size - 1. */
   rank: number;
+  /** Workers the KV heads are split over. */
   size: number;
 }
 
@@ -33,8 +35,11 @@ export interface KvLayoutOptions {
   kvHeads: number;
   /** Elements per head. */
   headDim: number;
+  /** The element type. */
   dtype: KvDtype;
+  /** How layers, K/V and blocks follow each other in memory. */
   order: KvOrder;
+  /** How tokens and heads follow each other inside a block. */
   heads: KvHeadLayout;
   /** Default `{ rank: 0, size: 1 }`: one worker holds every head. */
   tp?: KvTp;
@@ -42,19 +47,25 @@ export interface KvLayoutOptions {
 
 /** One element of the cache; `head` is the model-global head index. */
 export interface KvElement {
+  /** The layer. */
   layer: number;
   /** 0 for K, 1 for V. */
   kv: number;
+  /** The block. */
   block: number;
+  /** The token inside the block. */
   token: number;
+  /** The model-global head. */
   head: number;
 }
 
 /** One part: a layer's K or V of one block. */
 export interface KvPart {
+  /** The layer. */
   layer: number;
   /** 0 for K, 1 for V. */
   kv: number;
+  /** The block. */
   block: number;
 }
 
@@ -112,15 +123,23 @@ export function checkIndex(value: unknown, end: number, what: string, start = 0)
  * checks, so pools above 4 GiB are fine.
  */
 export class KvLayout {
+  /** Transformer layers with a KV cache. */
   readonly layers: number;
+  /** Blocks in the pool (on this worker). */
   readonly blocks: number;
+  /** Tokens per block. */
   readonly blockTokens: number;
   /** The model's KV heads, all ranks together. */
   readonly kvHeads: number;
+  /** Elements per head. */
   readonly headDim: number;
+  /** The element type. */
   readonly dtype: KvDtype;
+  /** How layers, K/V and blocks follow each other in memory. */
   readonly order: KvOrder;
+  /** How tokens and heads follow each other inside a block. */
   readonly heads: KvHeadLayout;
+  /** This worker's tensor-parallel rank and size. */
   readonly tp: Readonly<KvTp>;
   /** Bytes per element. */
   readonly dtypeBytes: number;

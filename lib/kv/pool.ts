@@ -27,7 +27,9 @@ import {
 
 /** The two lists of a transfer between two pools, descriptor i of one paired with descriptor i of the other. */
 export interface KvPairedDescs {
+  /** This agent's side. */
   local: DescList;
+  /** The peer's side. */
   remote: DescList;
   /** Descriptors each list would have without merging. */
   unmerged: number;
@@ -42,6 +44,7 @@ const PAIRED_FIELDS = ['layers', 'blockTokens', 'kvHeads', 'headDim', 'dtype', '
  * across regions).
  */
 abstract class KvBlockSpace {
+  /** The shape of the pool. */
   readonly layout: KvLayout;
   readonly #spans: readonly Span[];
 
@@ -124,6 +127,7 @@ function toSpan(r: { address: bigint; length: number; device: number }): Span {
  * runtimes that have none.
  */
 export class KvPool extends KvBlockSpace implements AsyncDisposable {
+  /** The agent whose memory the pool is in. */
   readonly agent: Agent;
   /** One region for the whole layout, or one per layer. */
   readonly regions: readonly Region[];
@@ -271,6 +275,7 @@ export class KvPool extends KvBlockSpace implements AsyncDisposable {
     if (this.#owned && this.regions[0].registered) await this.regions[0].deregister(options);
   }
 
+  /** close(), for `await using`. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
@@ -284,6 +289,7 @@ export class KvPool extends KvBlockSpace implements AsyncDisposable {
 export class RemoteKvPool extends KvBlockSpace {
   /** The agent that owns the pool: the peer name for transfers. */
   readonly agent: string;
+  /** The peer's regions: one for the whole layout, or one per layer. */
   readonly regions: readonly KvPoolRegion[];
 
   /** From KvPool.decodeDescriptor's result; KvPool.remote takes the bytes too. */

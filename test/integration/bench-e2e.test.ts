@@ -59,6 +59,11 @@ describe('kvxfer bench, local mode', { timeout: 120_000 }, () => {
     expect(run.stdout).toMatch(/^kvxfer\s+4K\s+1\s/m)
     expect(run.stdout).toMatch(/^memcpy\s+64K\s/m)
     expect(run.stdout).toMatch(/--check: every byte verified at the destination \(2 points/)
+    // stderr is a pipe here: one progress line per step (2 kvxfer points, then 3 baselines at each of 2 sizes), in order.
+    const steps = run.stderr.split('\n').filter((l) => l.startsWith('kvxfer bench: ['))
+    expect(steps.map((l) => /^kvxfer bench: \[(\d+)\/8\] /.exec(l)?.[1])).toEqual(['1', '2', '3', '4', '5', '6', '7', '8'])
+    expect(steps[0]).toMatch(/^kvxfer bench: \[1\/8\] kvxfer 4K x1 \(\d+s\)$/)
+    expect(run.stderr).not.toMatch(/\x1b/)
 
     const report = readReport(json)
     expect(validateReport(report)).toEqual([])

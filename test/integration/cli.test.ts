@@ -1,6 +1,7 @@
 // The `kvxfer` command as a process: the usage, an unknown command, and `kvxfer info` in text
 // and JSON (`kvxfer bench` has bench-cli.test.ts and bench-e2e.test.ts).
 import { spawnSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
 
@@ -16,6 +17,16 @@ describe('kvxfer', () => {
     const help = run('--help')
     expect(help.status).toBe(0)
     expect(help.stdout).toBe(none.stdout)
+  })
+
+  it('--version and -v print the version of the package it runs from', () => {
+    const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
+    for (const flag of ['--version', '-v']) {
+      const r = run(flag)
+      expect(r.status, r.stderr).toBe(0)
+      expect(r.stdout).toBe(`${version}\n`)
+    }
+    expect(run().stdout).toMatch(/^ {7}kvxfer --version$/m)
   })
 
   it('refuses an unknown command with exit 2 and the usage', () => {

@@ -27,6 +27,9 @@ const PUBLIC_TYPES = [
   'TransferSpec', 'TransferTelemetry',
 ]
 const PUBLIC = [...PUBLIC_VALUES, ...PUBLIC_TYPES].sort()
+/** kvxfer/prometheus. */
+const PROMETHEUS_VALUES = ['DEFAULT_DURATION_BUCKETS', 'collectMetrics']
+const PROMETHEUS = [...PROMETHEUS_VALUES, 'MetricsCollector', 'MetricsOptions', 'MetricsRegistry'].sort()
 
 let tmp: string
 let pkg: string
@@ -51,9 +54,12 @@ beforeAll(() => {
   pkg = path.join(tmp, 'node_modules', 'kvxfer')
   fs.mkdirSync(pkg, { recursive: true })
   run('tar', ['-xzf', path.join(tmp, packed[0].filename), '-C', pkg, '--strip-components=1'], tmp)
-  // The consumer's own @types/node, as an installed project would have it.
+  // The consumer's own @types/node and prom-client (kvxfer's optional peer), as an installed
+  // project would have them.
   fs.mkdirSync(path.join(tmp, 'node_modules', '@types'))
-  fs.symlinkSync(path.join(ROOT, 'node_modules', '@types', 'node'), path.join(tmp, 'node_modules', '@types', 'node'), 'dir')
+  for (const dep of ['@types/node', 'prom-client']) {
+    fs.symlinkSync(path.join(ROOT, 'node_modules', dep), path.join(tmp, 'node_modules', dep), 'dir')
+  }
   for (const name of ['consumer.mts', 'consumer.cts']) fs.copyFileSync(path.join(FIXTURES, name), path.join(tmp, name))
   fs.writeFileSync(path.join(tmp, 'package.json'), JSON.stringify({ name: 'kvxfer-consumer', private: true }))
 }, 60_000)
@@ -85,30 +91,36 @@ describe('the published typings', () => {
     expect(child.status).toBe(0)
   }, 60_000)
 
-  it('export from the entry exactly the public names; its values are what dist/index.js and dist/index.mjs export', () => {
-    const exports = readExports(['dist/index.d.ts', 'dist/index.d.mts'])
-    expect(exports.get('dist/index.d.ts')!.all).toEqual(PUBLIC)
-    expect(exports.get('dist/index.d.mts')!.all).toEqual([...PUBLIC, 'default'].sort())
+  it.each([
+    { entry: 'index', names: PUBLIC, values: PUBLIC_VALUES },
+    { entry: 'prometheus', names: PROMETHEUS, values: PROMETHEUS_VALUES },
+  ])('export from dist/$entry exactly its public names; its values are what its .js and .mjs export', ({ entry, names, values }) => {
+    const [dts, dmts] = [`dist/${entry}.d.ts`, `dist/${entry}.d.mts`]
+    const exports = readExports([dts, dmts])
+    expect(exports.get(dts)!.all).toEqual(names)
+    expect(exports.get(dmts)!.all).toEqual([...names, 'default'].sort())
 
     const probe = [
       "import { createRequire } from 'node:module'",
-      `const cjs = createRequire(import.meta.url)(${JSON.stringify(path.join(pkg, 'dist', 'index.js'))})`,
-      `const esm = await import(${JSON.stringify(pathToFileURL(path.join(pkg, 'dist', 'index.mjs')).href)})`,
+      `const cjs = createRequire(import.meta.url)(${JSON.stringify(path.join(pkg, 'dist', `${entry}.js`))})`,
+      `const esm = await import(${JSON.stringify(pathToFileURL(path.join(pkg, 'dist', `${entry}.mjs`)).href)})`,
       'console.log(JSON.stringify({ cjs: Object.keys(cjs), esm: Object.keys(esm) }))',
     ].join('\n')
     const runtime = JSON.parse(run(process.execPath, ['--input-type=module', '-e', probe], tmp))
-    expect(exports.get('dist/index.d.ts')!.values).toEqual([...runtime.cjs].sort())
+    expect(exports.get(dts)!.values).toEqual([...runtime.cjs].sort())
     expect(runtime.esm).toContain('default')
-    expect(exports.get('dist/index.d.mts')!.values).toEqual(runtime.esm.filter((n: string) => n !== 'default').sort())
-    expect([...runtime.cjs].sort()).toEqual(PUBLIC_VALUES)
+    expect(exports.get(dmts)!.values).toEqual(runtime.esm.filter((n: string) => n !== 'default').sort())
+    expect([...runtime.cjs].sort()).toEqual(values)
   })
 
   it('declare nothing outside the public set in any file of the tarball', () => {
     expect(declarations).toContain('dist/index.d.ts')
     expect(declarations).toContain('dist/index.d.mts')
+    expect(declarations).toContain('dist/prometheus.d.ts')
     const outside: string[] = []
     for (const [file, { all }] of readExports(declarations)) {
-      for (const name of all) if (name !== 'default' && !PUBLIC.includes(name)) outside.push(`${file}: ${name}`)
+      const allowed = file.startsWith('dist/prometheus.') ? PROMETHEUS : PUBLIC
+      for (const name of all) if (name !== 'default' && !allowed.includes(name)) outside.push(`${file}: ${name}`)
     }
     expect(outside).toEqual([])
   })
