@@ -45,6 +45,7 @@ type Message =
   | { t: 'landed'; r: number; l: number; h: HeadRange }
   | { t: 'failed'; r: number; code: string; why: string };
 
+/** How KvHandoff.offer holds the blocks it offers. */
 export interface OfferOptions {
   /** How long the blocks stay offered without a pull (ms); a pull in progress extends it. Default 30000. */
   leaseMs?: number;
@@ -52,6 +53,7 @@ export interface OfferOptions {
   signal?: AbortSignal;
 }
 
+/** What KvHandoff.offer gives: the ticket for the puller and when the blocks are free again. */
 export interface Offer {
   /** For the decode side: pass it through the application (its router). */
   ticket: Uint8Array;
@@ -64,6 +66,7 @@ export interface Offer {
   done: Promise<void>;
 }
 
+/** What KvHandoff.reserve gives: the ticket for the pusher and what lands when. */
 export interface Reservation {
   /** For the prefill side: pass it through the application (its router). */
   ticket: Uint8Array;
@@ -73,6 +76,7 @@ export interface Reservation {
   layers: AsyncIterable<number>;
 }
 
+/** A layer-wise push (KvHandoff.stream) in progress. */
 export interface Stream {
   /** Layer `layer` is computed: it is written now, while the next one is computed. */
   layerReady(layer: number): void;
@@ -183,7 +187,9 @@ interface ConfirmWaiter {
  * KvHandoffs, over the agent's own notifications.
  */
 export class KvHandoff {
+  /** The agent whose notifications carry the handoff's messages. */
   readonly agent: Agent;
+  /** This worker's pool: the blocks it offers, reserves, pulls into and pushes from. */
   readonly pool: KvPool;
   readonly #core: AgentCore;
   readonly #heads: HeadRange;

@@ -11,6 +11,7 @@
  */
 import { ErrorCode, KvxferError } from '../errors';
 
+/** pull: an offer (the prefill holds the blocks); push: a reservation (the decode waits for them). */
 export type TicketKind = 'pull' | 'push';
 
 /** What a ticket says, decoded. */
@@ -28,7 +29,12 @@ export interface Ticket {
   /** KvLayout.hash of that agent's pool (model-level shape: it must match ours). */
   layout: string;
   /** That agent's tensor-parallel rank and size. */
-  tp: { rank: number; size: number };
+  tp: {
+    /** Its rank, from 0. */
+    rank: number;
+    /** How many ranks share the model's heads. */
+    size: number;
+  };
 }
 
 const MAGIC = Buffer.from('KVTK', 'latin1');
@@ -42,7 +48,7 @@ function bad(why: string): KvxferError {
   return new KvxferError(ErrorCode.BAD_METADATA, `malformed KV ticket: ${why}`);
 }
 
-/** The bytes of a ticket (KvHandoff makes them). */
+/** The bytes of a ticket (KvHandoff makes them). @internal */
 export function encodeTicket(ticket: Ticket): Uint8Array {
   const json = Buffer.from(
     JSON.stringify({

@@ -18,13 +18,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const FIXTURES = fileURLToPath(new URL('./fixtures', import.meta.url))
 
-const PUBLIC_VALUES = ['Agent', 'DescList', 'ErrorCode', 'KvLayout', 'KvPool', 'KvxferError', 'Region', 'RemoteKvPool', 'Transfer', 'info']
+const PUBLIC_VALUES = ['Agent', 'DescList', 'ErrorCode', 'KvHandoff', 'KvLayout', 'KvPool', 'KvxferError', 'Region', 'RemoteKvPool', 'Transfer', 'decodeTicket', 'info']
 const PUBLIC_TYPES = [
   'AgentOptions', 'AgentStats', 'CostEstimate', 'Desc', 'DescLike', 'Descriptors', 'EngineInfo',
   'EngineName', 'ExternalMemory', 'FileMemory', 'FetchPeerOptions', 'KvBlockOptions', 'KvDescCount', 'KvDtype', 'KvElement', 'KvHeadLayout',
   'KvLayoutOptions', 'KvOrder', 'KvPairedDescs', 'KvPart', 'KvPoolDescriptor', 'KvPoolRegion', 'KvTp', 'KvxferErrorDetails', 'KvxferInfo', 'ListenOptions', 'Memory',
-  'MemoryKind', 'Notification', 'OperationOptions', 'PeerEvent', 'PeerListener', 'PeerStats', 'SideChannel', 'TransferOptions', 'TransferResult',
-  'TransferSpec', 'TransferTelemetry',
+  'MemoryKind', 'Notification', 'Offer', 'OfferOptions', 'OperationOptions', 'PeerEvent', 'PeerListener', 'PeerStats', 'SideChannel', 'TransferOptions', 'TransferResult',
+  'TransferSpec', 'TransferTelemetry', 'Reservation', 'Stream', 'Ticket', 'TicketKind',
 ]
 const PUBLIC = [...PUBLIC_VALUES, ...PUBLIC_TYPES].sort()
 /** kvxfer/prometheus. */
