@@ -5,5 +5,7 @@ export { DescList, type Desc, type DescLike } from './descs';
 export { ErrorCode, KvxferError, type KvxferErrorDetails } from './errors';
 export { info, type EngineInfo, type KvxferInfo } from './info';
 export type { FetchPeerOptions, ListenOptions, SideChannel } from './discovery/side-channel';
+export { EtcdDiscovery } from './discovery/etcd';
+export type { EtcdConnectOptions, EtcdEvent, EtcdJoinOptions, EtcdMembership, EtcdMembershipState, EtcdPeer } from './discovery/etcd';
 // Every declaration in types.ts is public; it holds no values.
 export * from './types';

@@ -27,15 +27,17 @@ export const ErrorCode = {
   ENGINE: 'ERR_ENGINE',
   /** Metadata of a second live agent under the name of a loaded one: forget the loaded one first. */
   NAME_IN_USE: 'ERR_NAME_IN_USE',
-  /** A side-channel exchange where one side did not prove it knows the shared secret. */
+  /** A side-channel exchange where one side did not prove it knows the shared secret, or etcd refused the credentials. */
   UNAUTHORIZED: 'ERR_UNAUTHORIZED',
+  /** A discovery record's lease expired or was revoked (etcd): the record is gone until it is published again. */
+  LEASE_EXPIRED: 'ERR_LEASE_EXPIRED',
 } as const;
 
 /** One of the stable codes in {@link ErrorCode}. */
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
 /** @internal The error codes in the addon's order (native/status.h), for the load-time check. */
-export const ERROR_CODES = ['ERR_INVALID_ARG', 'ERR_NOT_REGISTERED', 'ERR_OUT_OF_RANGE', 'ERR_UNKNOWN_PEER', 'ERR_BAD_METADATA', 'ERR_PEER_UNREACHABLE', 'ERR_TIMEOUT', 'ERR_ABORTED', 'ERR_CLOSED', 'ERR_BUSY', 'ERR_ENGINE', 'ERR_NAME_IN_USE', 'ERR_UNAUTHORIZED'] as const;
+export const ERROR_CODES = ['ERR_INVALID_ARG', 'ERR_NOT_REGISTERED', 'ERR_OUT_OF_RANGE', 'ERR_UNKNOWN_PEER', 'ERR_BAD_METADATA', 'ERR_PEER_UNREACHABLE', 'ERR_TIMEOUT', 'ERR_ABORTED', 'ERR_CLOSED', 'ERR_BUSY', 'ERR_ENGINE', 'ERR_NAME_IN_USE', 'ERR_UNAUTHORIZED', 'ERR_LEASE_EXPIRED'] as const;
 
 /** @internal Memory kinds as the addon numbers them. */
 export const MEM_KIND = {

@@ -27,7 +27,8 @@
   X(Busy, "ERR_BUSY", "The resource is in use: a region with unreleased transfers, a transfer still in flight.")     \
   X(Engine, "ERR_ENGINE", "UCX or NIXL failed; engineStatus and engineCode say how.")                               \
   X(NameInUse, "ERR_NAME_IN_USE", "Metadata of a second live agent under the name of a loaded one: forget the loaded one first.") \
-  X(Unauthorized, "ERR_UNAUTHORIZED", "A side-channel exchange where one side did not prove it knows the shared secret.")
+  X(Unauthorized, "ERR_UNAUTHORIZED", "A side-channel exchange where one side did not prove it knows the shared secret, or etcd refused the credentials.") \
+  X(LeaseExpired, "ERR_LEASE_EXPIRED", "A discovery record's lease expired or was revoked (etcd): the record is gone until it is published again.")
 
 // Memory kinds as registerAddress() and prepare() take them:
 // X(enumerator, value, public name).

@@ -18,10 +18,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const FIXTURES = fileURLToPath(new URL('./fixtures', import.meta.url))
 
-const PUBLIC_VALUES = ['Agent', 'DescList', 'ErrorCode', 'KvxferError', 'Region', 'Transfer', 'info']
+const PUBLIC_VALUES = ['Agent', 'DescList', 'ErrorCode', 'EtcdDiscovery', 'KvxferError', 'Region', 'Transfer', 'info']
 const PUBLIC_TYPES = [
   'AgentOptions', 'AgentStats', 'CostEstimate', 'Desc', 'DescLike', 'Descriptors', 'EngineInfo',
-  'EngineName', 'ExternalMemory', 'FileMemory', 'FetchPeerOptions', 'KvxferErrorDetails', 'KvxferInfo', 'ListenOptions', 'Memory',
+  'EngineName', 'EtcdConnectOptions', 'EtcdEvent', 'EtcdJoinOptions', 'EtcdMembership', 'EtcdMembershipState', 'EtcdPeer',
+  'ExternalMemory', 'FileMemory', 'FetchPeerOptions', 'KvxferErrorDetails', 'KvxferInfo', 'ListenOptions', 'Memory',
   'MemoryKind', 'Notification', 'OperationOptions', 'PeerEvent', 'PeerListener', 'PeerStats', 'SideChannel', 'TransferOptions', 'TransferResult',
   'TransferSpec', 'TransferTelemetry',
 ]
