@@ -667,15 +667,23 @@ export class EtcdMembership implements AsyncDisposable {
     this.#stopWatching();
     // Whoever waits for the watch (a join, a re-join) finds the membership ended.
     for (const waiter of [...this.#watchWaiters]) waiter();
-    const lease = this.#lease;
+    // Revoked by its ID: while re-joining, the lease that still holds the
+    // record is the old one, which no Lease object keeps alive any more.
+    this.#lease?.release();
     this.#lease = undefined;
-    if (lease === undefined) return;
-    try {
-      await lease.revoke();
-    } catch (error) {
-      lease.release();
-      throw this.#connection.error(error, `revoking the lease of '${this.name}' (its record goes when the lease expires)`);
-    }
+    const id = this.#leaseId;
+    if (id === undefined) return;
+    // etcd3 retries a failed request, each try with its own deadline: the
+    // whole revoke is bounded here, so that close() waits no longer.
+    const { ns, etcd, requestTimeoutMs } = this.#connection;
+    const what = `revoking the lease of '${this.name}' (its record goes when the lease expires)`;
+    const bounded = new Bounded<void>(what, { timeoutMs: requestTimeoutMs });
+    ns.leaseClient.leaseRevoke({ ID: id }).then(
+      () => bounded.resolve(),
+      // Already gone (expired): so is the record.
+      (error: unknown) => (error instanceof etcd.EtcdLeaseInvalidError ? bounded.resolve() : bounded.reject(this.#connection.error(error, what))),
+    );
+    await bounded.promise;
   }
 
   #emit(event: EtcdEvent): void {

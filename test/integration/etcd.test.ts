@@ -10,8 +10,8 @@ import { createServer, type Socket } from 'node:net'
 import { Etcd3 } from 'etcd3'
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { EtcdDiscovery, type Agent, type EtcdMembership, type Region } from '../../dist/index.js'
-import { ENGINES, MiB, closeAll, createAgent, fillBytes, rdesc, rejectsWith, reportNixlSkipped, sha256, uniqueName, within } from '../fixtures/index.js'
-import { ETCD_ABSENT, EtcdServer, EventLog, freePort, stopAllEtcd } from '../fixtures/etcd.js'
+import { ENGINES, MiB, closeAll, createAgent, createAgents, fillBytes, rdesc, rejectsWith, reportNixlSkipped, sha256, uniqueName, within } from '../fixtures/index.js'
+import { ETCD_ABSENT, EtcdServer, EventLog, TLS_ABSENT, freePort, stopAllEtcd } from '../fixtures/etcd.js'
 import { disposeAllPeers, spawnPeer, type Peer, type PeerRegion } from '../fixtures/peers.js'
 
 const TTL = 2
@@ -406,6 +406,27 @@ describe.skipIf(ETCD_ABSENT !== null).each(ENGINES)('%s engine', (engine) => {
     await writeChecked(router, second, 18)
   })
 
+  it('with etcd gone, leave() rejects and agent.close() finishes, both within requestTimeoutMs', async () => {
+    const agent = await createAgent('orphan', { engine })
+    agents.push(agent)
+    const other = await createAgent('orphan', { engine })
+    agents.push(other)
+    const discovery = await EtcdDiscovery.connect({ endpoints: etcd.endpoint, namespace, ttlSeconds: TTL, requestTimeoutMs: 1_000 })
+    discoveries.push(discovery)
+    const first = await discovery.join(agent)
+    const second = await discovery.join(other)
+    await etcd.kill()
+    let started = Date.now()
+    const error = await rejectsWith(() => first.leave(), 'ERR_PEER_UNREACHABLE', 10_000)
+    expect(error.message).toContain('lease expires')
+    expect(Date.now() - started).toBeLessThan(1_000 + 1_000)
+    expect(first.state).toBe('left')
+    started = Date.now()
+    await within(other.close(), 10_000, 'agent.close() with etcd gone')
+    expect(Date.now() - started).toBeLessThan(1_000 + 1_000)
+    expect(second.state).toBe('left')
+  })
+
   it('events(): an aborted signal rejects next() with ERR_ABORTED; leave() ends every iterator; close() of the discovery leaves; join of a closed agent is ERR_CLOSED', async () => {
     const a = await localMember('a')
     const b = await localMember('b')
@@ -493,6 +514,68 @@ describe.skipIf(ETCD_ABSENT !== null)('EtcdDiscovery.connect', () => {
     await etcd.resume()
     const discovery = await within(connecting, 20_000, 'connect')
     await discovery.close()
+  })
+})
+
+describe.skipIf(ETCD_ABSENT !== null)('a secured etcd: the options etcd3 takes pass through', () => {
+  const agents: Agent[] = []
+  const discoveries: EtcdDiscovery[] = []
+  afterEach(async () => {
+    await Promise.all(discoveries.splice(0).map((d) => within(d.close(), 15_000, 'closing a discovery')))
+    await closeAll(...agents.splice(0))
+    await stopAllEtcd()
+  }, 60_000)
+
+  /** Two agents in this process join through `options` and write to each other, bytes checked. */
+  async function twoMembersMeet(options: Parameters<typeof EtcdDiscovery.connect>[0]): Promise<void> {
+    const [a, b] = await createAgents(2, 'secured')
+    agents.push(a!, b!)
+    const [ra, rb] = await Promise.all([a!.allocate(MiB), b!.allocate(MiB)])
+    const da = await EtcdDiscovery.connect(options)
+    const db = await EtcdDiscovery.connect(options)
+    discoveries.push(da, db)
+    const ma = await da.join(a!)
+    await db.join(b!)
+    await new EventLog(ma.events()).waitFor('join', { peer: b!.name })
+    const want = sha256(fillBytes(ra!.view(), 19))
+    await a!.write(ra!, rb!, b!.name, { timeoutMs: 10_000 })
+    expect(sha256(rb!.view())).toBe(want)
+  }
+
+  it.skipIf(TLS_ABSENT !== null)(`TLS with client certificates (credentials): members meet; without a client certificate or the CA, connect() is refused${TLS_ABSENT === null ? '' : ` [skipped: ${TLS_ABSENT}]`}`, async () => {
+    const etcd = await EtcdServer.start({ tls: true })
+    const tls = etcd.tls!
+    expect(etcd.endpoint.startsWith('https://')).toBe(true)
+    const namespace = uniqueName('kvxfer-tls')
+    await twoMembersMeet({ endpoints: etcd.endpoint, namespace, credentials: { rootCertificate: tls.ca, certChain: tls.clientCert, privateKey: tls.clientKey } })
+    const noClientCert = await rejectsWith(() => EtcdDiscovery.connect({ endpoints: etcd.endpoint, namespace, credentials: { rootCertificate: tls.ca }, timeoutMs: 1_500 }), 'ERR_PEER_UNREACHABLE')
+    expect(noClientCert.message).toContain(etcd.endpoint)
+    await rejectsWith(() => EtcdDiscovery.connect({ endpoints: etcd.endpoint, namespace, timeoutMs: 1_500 }), 'ERR_PEER_UNREACHABLE')
+  })
+
+  it('user and password auth (auth), with a role on the namespace only: members meet; a wrong password or another namespace is ERR_UNAUTHORIZED at once', async () => {
+    const etcd = await EtcdServer.start()
+    const namespace = uniqueName('kvxfer-auth')
+    const admin = new Etcd3({ hosts: etcd.endpoint })
+    try {
+      await admin.user('root').create('root-password')
+      await admin.user('root').addRole('root')
+      const role = await admin.role('kvxfer-worker').create()
+      await role.grant({ permission: 'Readwrite', range: admin.range({ prefix: `${namespace}/` }) })
+      await admin.user('worker').create('worker-password')
+      await admin.user('worker').addRole('kvxfer-worker')
+      await admin.auth.authEnable()
+    } finally {
+      admin.close()
+    }
+    await twoMembersMeet({ endpoints: etcd.endpoint, namespace, auth: { username: 'worker', password: 'worker-password' } })
+    let started = Date.now()
+    const refused = await rejectsWith(() => EtcdDiscovery.connect({ endpoints: etcd.endpoint, namespace, auth: { username: 'worker', password: 'wrong' }, timeoutMs: 10_000 }), 'ERR_UNAUTHORIZED')
+    expect(refused.message).toContain('authentication failed')
+    expect(Date.now() - started, 'refused credentials are not retried until the bound').toBeLessThan(5_000)
+    started = Date.now()
+    await rejectsWith(() => EtcdDiscovery.connect({ endpoints: etcd.endpoint, namespace: 'elsewhere', auth: { username: 'worker', password: 'worker-password' }, timeoutMs: 10_000 }), 'ERR_UNAUTHORIZED')
+    expect(Date.now() - started).toBeLessThan(5_000)
   })
 })
 
