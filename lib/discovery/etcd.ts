@@ -226,6 +226,15 @@ function pause(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/** The pauses between attempts to reach etcd again: RETRY_FIRST_MS, doubling to RETRY_MAX_MS; `signal` cuts one short. */
+function retryPauses(signal: AbortSignal): () => Promise<void> {
+  let wait = RETRY_FIRST_MS;
+  return async () => {
+    await pause(wait, signal);
+    wait = Math.min(wait * 2, RETRY_MAX_MS);
+  };
+}
+
 /**
  * One reader's events (EtcdMembership.events): a queue it drains, a waiter
  * while it is empty. Ends (done) when the membership ends; fails when the
@@ -646,7 +655,11 @@ export class EtcdMembership implements AsyncDisposable {
     this.#connection.memberships.add(this);
     this.#agent.on('metadata', this.#onMetadata);
     const { lease, id } = await this.#grantAndPublish();
-    if (this.#ended()) return;
+    if (this.#ended()) {
+      // Given up while publishing: the record must not outlive the join.
+      void lease.revoke().catch(() => {});
+      return;
+    }
     this.#adoptLease(lease, id);
     await this.#readAll();
     if (this.#ended()) return;
@@ -824,7 +837,7 @@ export class EtcdMembership implements AsyncDisposable {
     this.#lease = undefined;
     old?.release();
     let oldAlive: boolean | undefined = leaseLost ? false : undefined;
-    let wait = RETRY_FIRST_MS;
+    const pauseBeforeRetry = retryPauses(this.#stop.signal);
     while (this.#state === 'rejoining') {
       let granted: { lease: Lease; id: string } | undefined;
       try {
@@ -840,8 +853,7 @@ export class EtcdMembership implements AsyncDisposable {
         await this.#watchUp(requestTimeoutMs);
       } catch {
         granted?.lease.release();
-        await pause(wait, this.#stop.signal);
-        wait = Math.min(wait * 2, RETRY_MAX_MS);
+        await pauseBeforeRetry();
         continue;
       }
       if (this.#state !== 'rejoining') {
@@ -871,7 +883,7 @@ export class EtcdMembership implements AsyncDisposable {
       };
       const timer = setTimeout(() => {
         this.#watchWaiters.delete(done);
-        reject(new KvxferError(ErrorCode.TIMEOUT, `the etcd watch of '${this.name}' did not come back within ${ms} ms`));
+        reject(new KvxferError(ErrorCode.TIMEOUT, `the etcd watch of '${this.name}' did not connect within ${ms} ms`));
       }, ms);
       this.#watchWaiters.add(done);
     });
@@ -958,33 +970,21 @@ export class EtcdMembership implements AsyncDisposable {
     });
     // etcd cancelled the watch (e.g. its start revision was compacted away).
     watcher.on('error', () => this.#resync());
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#watchWaiters.delete(done);
-        reject(new KvxferError(ErrorCode.TIMEOUT, `the etcd watch of '${this.name}' did not start within ${this.#connection.requestTimeoutMs} ms`));
-      }, this.#connection.requestTimeoutMs);
-      const done = () => {
-        clearTimeout(timer);
-        this.#watchWaiters.delete(done);
-        resolve();
-      };
-      this.#watchWaiters.add(done);
-    });
+    await this.#watchUp(this.#connection.requestTimeoutMs);
   }
 
   /** The watch cannot go on: read everything again (retrying until it works or the membership ends). */
   #resync(): void {
     this.#stopWatching();
     this.#enqueue(async () => {
-      let wait = RETRY_FIRST_MS;
+      const pauseBeforeRetry = retryPauses(this.#stop.signal);
       while (!this.#ended()) {
         try {
           await this.#readAll();
           return;
         } catch {
           this.#stopWatching();
-          await pause(wait, this.#stop.signal);
-          wait = Math.min(wait * 2, RETRY_MAX_MS);
+          await pauseBeforeRetry();
         }
       }
     });

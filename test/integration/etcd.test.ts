@@ -180,7 +180,7 @@ describe.skipIf(ETCD_ABSENT !== null).each(ENGINES)('%s engine', (engine) => {
     await writeChecked(router, victim, 5)
 
     const mark = router.log.mark
-    const witnessMark = (await witness.peer.etcdEvents()).length
+    const witnessMark = await witness.peer.etcdMark()
     const killedAt = Date.now()
     await victim.peer.kill('SIGKILL')
     const leave = await router.log.waitFor('leave', { peer: name, from: mark, timeoutMs: LEAVE_BOUND_MS + 5_000 })
@@ -205,7 +205,7 @@ describe.skipIf(ETCD_ABSENT !== null).each(ENGINES)('%s engine', (engine) => {
     await router.log.waitFor('join', { peer: b.peer.name })
     await a.peer.etcdWaitFor('join', { peer: b.peer.name })
     const mark = router.log.mark
-    const marks = await Promise.all([a, b].map(async (m) => (await m.peer.etcdEvents()).length))
+    const marks = await Promise.all([a, b].map((m) => m.peer.etcdMark()))
 
     await etcd.kill()
     const lost = await router.log.waitFor('disconnected', { from: mark, timeoutMs: 10_000 })
@@ -241,7 +241,7 @@ describe.skipIf(ETCD_ABSENT !== null).each(ENGINES)('%s engine', (engine) => {
     const worker = await remoteMember()
     await router.log.waitFor('join', { peer: worker.peer.name })
     const mark = router.log.mark
-    const workerMark = (await worker.peer.etcdEvents()).length
+    const workerMark = await worker.peer.etcdMark()
     const stoppedAt = Date.now()
     worker.peer.child.kill('SIGSTOP')
     try {
@@ -289,7 +289,7 @@ describe.skipIf(ETCD_ABSENT !== null).each(ENGINES)('%s engine', (engine) => {
     expect(await worker.peer.hash(added)).toBe(want)
 
     // And the other way: a region of this process's agent reaches the worker.
-    const workerMark = (await worker.peer.etcdEvents()).length
+    const workerMark = await worker.peer.etcdMark()
     const mine = await router.agent.allocate(MiB)
     await worker.peer.etcdWaitFor('update', { peer: router.agent.name, from: workerMark })
     const theirs = await worker.peer.fill(worker.region, 14)
@@ -338,7 +338,7 @@ describe.skipIf(ETCD_ABSENT !== null).each(ENGINES)('%s engine', (engine) => {
 
       // The worker's own record overwritten: the router keeps the worker as it was, the worker
       // sees another writer under its name.
-      const workerMark = (await worker.peer.etcdEvents()).length
+      const workerMark = await worker.peer.etcdMark()
       const mark = router.log.mark
       await raw.put(key(worker.peer.name)).value('garbage')
       await router.log.waitFor('invalid', { peer: worker.peer.name, from: mark })
@@ -372,7 +372,7 @@ describe.skipIf(ETCD_ABSENT !== null).each(ENGINES)('%s engine', (engine) => {
       raw.close()
     }
     const mark = router.log.mark
-    const workerMark = (await worker.peer.etcdEvents()).length
+    const workerMark = await worker.peer.etcdMark()
     await etcd.kill()
     await victim.peer.kill('SIGKILL')
     await etcd.restartEmpty()
@@ -396,7 +396,7 @@ describe.skipIf(ETCD_ABSENT !== null).each(ENGINES)('%s engine', (engine) => {
     const first = await remoteMember({ name })
     await router.log.waitFor('join', { peer: name })
     const mark = router.log.mark
-    const firstMark = (await first.peer.etcdEvents()).length
+    const firstMark = await first.peer.etcdMark()
     const second = await remoteMember({ name })
     await router.log.waitFor('leave', { peer: name, from: mark })
     await router.log.waitFor('join', { peer: name, from: mark })
