@@ -40,12 +40,22 @@ function toDescList(value: Descriptors, side: string): DescList {
   throw invalidArg(`${side} must be a DescList, a Region, a descriptor, or an array of them`);
 }
 
+const cores = new WeakMap<Agent, AgentCore>();
+
+/** The state behind an agent, for kvxfer's own layers on top of it (lib/kv). @internal */
+export function coreOf(agent: Agent): AgentCore {
+  const core = cores.get(agent);
+  if (core === undefined) throw invalidArg('agent must be an Agent');
+  return core;
+}
+
 /** One endpoint of KV transfers: a worker process's memory, peers and notifications. */
 export class Agent implements AsyncDisposable {
   readonly #core: AgentCore;
 
   private constructor(core: AgentCore) {
     this.#core = core;
+    cores.set(this, core);
   }
 
   /** The engine this agent runs on. */
@@ -81,6 +91,7 @@ export class Agent implements AsyncDisposable {
       backendParams: options.backendParams,
       busyPollUs: options.busyPollUs === undefined ? DEFAULT_BUSY_POLL_US : options.busyPollUs,
       peerTimeoutMs: options.peerTimeoutMs,
+      pushUpdates: options.pushUpdates,
     });
     try {
       await core.submit<void>('starting the agent', () => core.native.start(), options);
@@ -205,19 +216,34 @@ export class Agent implements AsyncDisposable {
 
   /**
    * This agent's metadata: what a peer's loadPeer needs. Changes as regions
-   * come and go. On the NIXL engine it is NIXL's own blob in a small kvxfer
-   * envelope that a kvxfer peer checks (NIXL's blobs carry no checksum);
-   * `{ format: 'nixl' }` gives the bare NIXL blob for a NIXL agent written
-   * in another language (Python, C++). loadPeer accepts both.
+   * come and go (the 'metadata' event says when). On the NIXL engine it is
+   * NIXL's own blob in a small kvxfer envelope that a kvxfer peer checks
+   * (NIXL's blobs carry no checksum); `{ format: 'nixl' }` gives the bare
+   * NIXL blob for a NIXL agent written in another language (Python, C++).
+   * loadPeer accepts both.
+   *
+   * `{ regions }`: partial metadata, naming only these regions (each
+   * registered by this agent): a peer that loads it reaches only them, and
+   * loading more later merges in. On the UCX engine the other regions' keys
+   * are not in it at all; on the NIXL engine kvxfer peers hold to the list,
+   * but the NIXL blob inside still describes every region, so it is not a
+   * boundary against a peer that reads NIXL blobs itself. Combine it with
+   * `pushUpdates: false`, or new regions reach loaded peers anyway.
    */
-  metadata(options: { format?: 'kvxfer' | 'nixl' } = {}): Uint8Array {
+  metadata(options: { format?: 'kvxfer' | 'nixl'; regions?: readonly Region[] } = {}): Uint8Array {
     const core = this.#core;
     core.checkOpen();
     const format = options.format ?? 'kvxfer';
     if (format !== 'kvxfer' && format !== 'nixl') throw invalidArg("format must be 'kvxfer' or 'nixl'");
-    const blob = core.native.metadata();
+    const regions = options.regions;
+    if (regions !== undefined && !Array.isArray(regions)) throw invalidArg('regions must be an array of Regions');
+    if (format === 'nixl' && this.engine !== 'nixl') throw invalidArg("format 'nixl' needs the NIXL engine");
+    if (format === 'nixl' && regions !== undefined) {
+      throw invalidArg("format 'nixl' has no partial form: NIXL's partial blobs carry no connection details");
+    }
+    const blob =
+      regions === undefined ? core.native.metadata() : core.native.metadata(regions.map((r) => Region.idOf(r, core)));
     if (format === 'kvxfer') return blob;
-    if (this.engine !== 'nixl') throw invalidArg("format 'nixl' needs the NIXL engine");
     // The envelope's header says how long the NIXL blob after it is
     // (native/nixl/nixl_engine.cc); kvxfer's own section follows it.
     const length = new DataView(blob.buffer, blob.byteOffset, blob.byteLength).getUint32(8, true);

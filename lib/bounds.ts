@@ -18,6 +18,37 @@ export function abortedError(what: string, signal: AbortSignal): KvxferError {
 }
 
 /**
+ * One 'abort' listener per signal, however many operations wait on it: an
+ * application that bounds a burst of 200 writes with one AbortSignal would
+ * otherwise get Node's MaxListenersExceededWarning (more than 10 listeners).
+ */
+const abortWaiters = new WeakMap<AbortSignal, Set<() => void>>();
+
+function onAbortOf(signal: AbortSignal, waiter: () => void): void {
+  let waiters = abortWaiters.get(signal);
+  if (waiters === undefined) {
+    const set = new Set<() => void>();
+    waiters = set;
+    abortWaiters.set(signal, set);
+    signal.addEventListener(
+      'abort',
+      () => {
+        abortWaiters.delete(signal);
+        for (const w of [...set]) w();
+      },
+      { once: true },
+    );
+  }
+  waiters.add(waiter);
+}
+
+function offAbortOf(signal: AbortSignal, waiter: () => void): void {
+  // The listener stays until the signal aborts or is collected: adding and
+  // removing it per operation would cost more than the one closure it keeps.
+  abortWaiters.get(signal)?.delete(waiter);
+}
+
+/**
  * Settles a promise exactly once, from whichever comes first: the operation,
  * its timeout, or its abort signal. The operation itself may go on (a posted
  * transfer still pins its memory until the engine lets go); only the caller
@@ -61,7 +92,7 @@ export class Bounded<T> {
         this.reject(withCallerStack(abortedError(what, signal), caller));
         onGiveUp?.();
       };
-      signal.addEventListener('abort', this.#onAbort, { once: true });
+      onAbortOf(signal, this.#onAbort);
     }
   }
 
@@ -81,7 +112,7 @@ export class Bounded<T> {
     this.settled = true;
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     if (this.#signal !== undefined && this.#onAbort !== undefined) {
-      this.#signal.removeEventListener('abort', this.#onAbort);
+      offAbortOf(this.#signal, this.#onAbort);
     }
   }
 }

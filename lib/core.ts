@@ -24,6 +24,36 @@ export interface SubmitExtras {
 }
 
 /**
+ * Frames `payload` for an internal channel: 00 fe "kv", a u8 name length,
+ * the name, then the payload. Text never starts with NUL, so an
+ * application's notification is taken for a channel's only if it starts
+ * with these bytes and names a channel this agent claimed.
+ * @internal
+ */
+export function channelMessage(name: string, payload: Uint8Array): Uint8Array {
+  const nameBytes = Buffer.from(name, 'latin1');
+  const out = Buffer.allocUnsafe(CHANNEL_MARK.length + 1 + nameBytes.length + payload.byteLength);
+  CHANNEL_MARK.copy(out, 0);
+  out[CHANNEL_MARK.length] = nameBytes.length;
+  nameBytes.copy(out, CHANNEL_MARK.length + 1);
+  out.set(payload, CHANNEL_MARK.length + 1 + nameBytes.length);
+  return out;
+}
+
+const CHANNEL_MARK = Buffer.from([0x00, 0xfe, 0x6b, 0x76]);
+
+function parseChannelMessage(data: Buffer): { name: string; payload: Buffer } | undefined {
+  const mark = CHANNEL_MARK.length;
+  if (data.length <= mark || data.compare(CHANNEL_MARK, 0, mark, 0, mark) !== 0) return undefined;
+  const nameLength = data[mark]!;
+  if (data.length < mark + 1 + nameLength) return undefined;
+  return {
+    name: data.toString('latin1', mark + 1, mark + 1 + nameLength),
+    payload: data.subarray(mark + 1 + nameLength),
+  };
+}
+
+/**
  * Calls an application's listener; one that throws does not keep the others
  * from hearing, and its error reaches uncaughtException afterwards (the
  * owner thread's batch is never cut short).
@@ -57,6 +87,12 @@ export class AgentCore {
   closed = false;
   readonly peerListeners = new Set<PeerListener>();
   readonly metadataListeners = new Set<() => void>();
+  /**
+   * kvxfer's own protocols over notifications (the KV handoff), by channel
+   * name: a notification framed by channelMessage() for a channel someone
+   * claimed goes to it instead of the application's mailbox.
+   */
+  readonly channels = new Map<string, (peer: string, payload: Buffer) => void>();
   /** Side channels the agent listens on (lib/discovery): closed with it. */
   readonly sideChannels = new Set<{ close(): Promise<void> }>();
   /**
@@ -152,6 +188,7 @@ export class AgentCore {
         break;
       case EVENT_KIND.Notification:
         this.stats.notificationsReceived++;
+        if (this.channels.size > 0 && this.#deliverToChannel(event.peer, event.data)) break;
         this.mailbox.deliver({ peer: event.peer, message: event.data.toString('utf8'), data: event.data });
         break;
       case EVENT_KIND.PeerFailed:
@@ -177,6 +214,15 @@ export class AgentCore {
         this.emitPeer({ type: event.change, peer: event.peer });
         break;
     }
+  }
+
+  #deliverToChannel(peer: string, data: Buffer): boolean {
+    const channel = parseChannelMessage(data);
+    if (channel === undefined) return false;
+    const handler = this.channels.get(channel.name);
+    if (handler === undefined) return false;
+    callListener((payload: Buffer) => handler(peer, payload), channel.payload);
+    return true;
   }
 
   /**

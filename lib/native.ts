@@ -77,7 +77,8 @@ export interface NativeAgent {
   allocate(length: number | bigint): [number, number];
   deregister(regionId: number): number;
   view(regionId: number, offset: number | bigint, length: number | bigint): Buffer;
-  metadata(): Buffer;
+  /** With region ids: partial metadata naming only those. */
+  metadata(regionIds?: number[]): Buffer;
   loadPeer(blob: Uint8Array): number;
   /** With a reason, the peer's work in flight fails ERR_PEER_UNREACHABLE ("left: reason"). */
   forgetPeer(name: string, reason?: string): void;
@@ -114,6 +115,7 @@ export interface NativeAgentOptions {
   backendParams?: Record<string, string>;
   busyPollUs?: number;
   peerTimeoutMs?: number;
+  pushUpdates?: boolean;
 }
 
 /** @internal */

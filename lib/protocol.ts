@@ -29,7 +29,7 @@ export const ErrorCode = {
   NAME_IN_USE: 'ERR_NAME_IN_USE',
   /** A side-channel exchange where one side did not prove it knows the shared secret, or etcd refused the credentials. */
   UNAUTHORIZED: 'ERR_UNAUTHORIZED',
-  /** A discovery record's lease expired or was revoked (etcd): the record is gone until it is published again. */
+  /** A lease ran out: a KV pull the offering worker could not confirm while its lease held (the blocks may have been reused, so their bytes are not handed out), or an etcd membership's record (etcd no longer holds it). */
   LEASE_EXPIRED: 'ERR_LEASE_EXPIRED',
 } as const;
 

@@ -54,6 +54,15 @@ export class Region implements DescLike {
     this.#allocated = registration.allocated ?? false;
   }
 
+  /** The native id of a live region of `core`'s agent, or why not. @internal */
+  static idOf(region: unknown, core: AgentCore): number {
+    if (!(region instanceof Region) || region.#core !== core) {
+      throw new KvxferError(ErrorCode.INVALID_ARG, 'regions must be Regions this agent registered');
+    }
+    if (!region.registered) throw new KvxferError(ErrorCode.NOT_REGISTERED, 'the region was deregistered');
+    return region.#id;
+  }
+
   /** A region the native side registered, counted by its agent from now on. @internal */
   static adopt(core: AgentCore, registration: Registration): Region {
     const region = new Region(core, registration);

@@ -55,6 +55,15 @@ export interface AgentOptions extends OperationOptions {
    * longest single transfer. 0: never. Default 10000.
    */
   peerTimeoutMs?: number;
+  /**
+   * Tell the kvxfer peers this agent has loaded of each region it
+   * registers: they merge it into the peer they hold (a peer event
+   * `updated`) and can reach it at once, without anyone passing metadata
+   * around again. Deregistrations always reach them (as revocations).
+   * Turn it off when you hand out partial metadata (`metadata({ regions })`)
+   * and decide yourself who learns of what. Default true.
+   */
+  pushUpdates?: boolean;
 }
 
 /** Memory that is not a JS buffer: a CUDA allocation, or host memory the caller owns. */

@@ -40,7 +40,8 @@ struct Deregister {
   uint32_t token;
   LocalRegion* region;
 };
-// Parses and connects to an untrusted blob; answered by ev::PeerLoaded.
+// Parses and connects to an untrusted blob; answered by ev::PeerLoaded, or
+// by ev::PeerUpdated when it is newer metadata of a loaded peer.
 struct LoadPeer {
   uint32_t token;
   std::vector<uint8_t> blob;
@@ -77,6 +78,11 @@ struct Estimate {
 struct ReleasePlan {
   std::unique_ptr<Plan> plan;
 };
+// Revoked regions no transfer uses; not answered.
+struct DropRemoteRegions {
+  Peer* peer;
+  std::vector<std::unique_ptr<RemoteRegion>> regions;
+};
 // `message` stays valid until the notification's completion.
 struct Notify {
   uint32_t token;
@@ -94,7 +100,7 @@ struct Close {
 // std::monostate is an empty queue slot; it is never sent.
 using Command = std::variant<std::monostate, cmd::Start, cmd::Register, cmd::Allocate, cmd::Deregister,
                              cmd::LoadPeer, cmd::ForgetName, cmd::DestroyPeer, cmd::Post, cmd::Cancel, cmd::Estimate,
-                             cmd::ReleasePlan, cmd::Notify, cmd::Close>;
+                             cmd::ReleasePlan, cmd::DropRemoteRegions, cmd::Notify, cmd::Close>;
 
 namespace ev {
 
@@ -119,6 +125,13 @@ struct PeerLoaded {
   uint32_t token;
   Status status;
   std::unique_ptr<Peer> peer;  // when it succeeded
+};
+// Newer metadata merged into a loaded peer; token 0 when the peer pushed it
+// (no loadPeer waits for it).
+struct PeerUpdated {
+  uint32_t token;
+  Peer* peer;
+  PeerUpdate update;
 };
 struct PeerDestroyed {
   Peer* peer;
@@ -159,7 +172,8 @@ struct Closed {
 
 }  // namespace ev
 
-using Event = std::variant<ev::Started, ev::Registered, ev::Deregistered, ev::PeerLoaded, ev::PeerDestroyed,
+using Event = std::variant<ev::Started, ev::Registered, ev::Deregistered, ev::PeerLoaded, ev::PeerUpdated,
+                           ev::PeerDestroyed,
                            ev::OperationDone, ev::Estimated, ev::NotificationReceived, ev::RegionsRevoked,
                            ev::PeerFailed, ev::Closed>;
 

@@ -7,6 +7,7 @@
 // owner thread.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -47,10 +48,47 @@ struct RemoteRegion {
   uint64_t length = 0;
   MemKind kind = MemKind::kDram;
   uint32_t device = 0;
+  // Made and freed by the engine on the owner thread (UCX: the unpacked
+  // rkey), read there by Post.
   void* engine_key = nullptr;
-  // Its owner deregistered it (a revocation came): descriptors into it are
-  // refused. JS thread only.
+  // Its owner deregistered it (a revocation, or newer metadata without it):
+  // descriptors into it are refused. JS thread only, like what follows.
   bool revoked = false;
+  uint32_t users = 0;      // unreleased transfers using it
+  uint64_t plan_mark = 0;  // the plan builder's scratch (RegionEntry::plan_mark)
+};
+
+// A peer's regions, sorted by address. Each stays at one address while the
+// list changes (metadata updates add regions, pruning drops revoked ones):
+// prepared plans point at them.
+class RemoteRegionList {
+ public:
+  using Items = std::vector<std::unique_ptr<RemoteRegion>>;
+  RemoteRegion* Add(std::unique_ptr<RemoteRegion> region) {
+    RemoteRegion* raw = region.get();
+    auto at = std::upper_bound(items_.begin(), items_.end(), raw->address,
+                               [](uint64_t a, const std::unique_ptr<RemoteRegion>& r) { return a < r->address; });
+    items_.insert(at, std::move(region));
+    return raw;
+  }
+  std::unique_ptr<RemoteRegion> Take(const RemoteRegion* region) {
+    for (auto it = items_.begin(); it != items_.end(); ++it) {
+      if (it->get() != region) continue;
+      std::unique_ptr<RemoteRegion> taken = std::move(*it);
+      items_.erase(it);
+      return taken;
+    }
+    return nullptr;
+  }
+  const Items& items() const { return items_; }
+  Items::const_iterator begin() const { return items_.begin(); }
+  Items::const_iterator end() const { return items_.end(); }
+  RemoteRegion& operator[](size_t i) { return *items_[i]; }
+  size_t size() const { return items_.size(); }
+  bool empty() const { return items_.empty(); }
+
+ private:
+  Items items_;
 };
 
 struct Peer {
@@ -59,9 +97,10 @@ struct Peer {
   // NIXL blob from a non-kvxfer agent.
   ProcessIdentity identity;
   bool identity_known = false;
-  // Sorted by address. Empty and not known when the metadata is an opaque
-  // blob (NIXL's): then the engine checks remote descriptors itself.
-  std::vector<RemoteRegion> regions;
+  // Empty and not known when the metadata is an opaque blob (NIXL's): then
+  // the engine checks remote descriptors itself. Written by the engine
+  // until the agent adopts the peer, then on the JS thread only.
+  RemoteRegionList regions;
   bool regions_known = true;
   // How many of `regions` were revoked so far: a prepared transfer checks
   // its segments again when this moved. JS thread only.
@@ -103,6 +142,16 @@ struct EngineOptions {
   // A peer with work in flight and nothing finished for this long is
   // declared unreachable (liveness.h, StallWatch); 0: never.
   uint64_t peer_timeout_ms = 10000;
+  // Tell the kvxfer peers this agent loaded of each region it registers
+  // (they merge it: EngineEvents::MetadataPushed on their side).
+  bool push_updates = true;
+};
+
+// Newer metadata of a loaded peer, of the same incarnation, against what
+// was loaded of it before.
+struct PeerUpdate {
+  std::vector<std::unique_ptr<RemoteRegion>> added;  // keys unpacked
+  std::vector<wire::RegionFields> removed;
 };
 
 // What NIXL measured of one transfer.
@@ -140,6 +189,9 @@ class EngineEvents {
   virtual bool WatchesPeer(Peer* peer) { return false; }
   // DestroyPeer finished tearing the connection down.
   virtual void PeerDestroyed(Peer* peer) = 0;
+  // The peer `peer` (its incarnation `incarnation`) sent its newer metadata
+  // (it registered a region). Untrusted: it may only update that very peer.
+  virtual void MetadataPushed(std::string peer, uint64_t incarnation, std::vector<uint8_t> blob) {}
 };
 
 class Engine {
@@ -168,6 +220,18 @@ class Engine {
                           bool* identity_known) = 0;
   // Parses an untrusted blob, connects, and unpacks the peer's keys.
   virtual Status LoadPeer(const uint8_t* blob, size_t length, std::unique_ptr<Peer>* peer) = 0;
+  // Merges newer metadata of the same incarnation into the loaded `peer`
+  // in place, so that transfers prepared against it stay valid: unpacks
+  // what it adds, lists what it drops. Sets `reload` (and returns Ok)
+  // where the engine cannot merge it, e.g. the peer failed; the caller then
+  // loads it as a new peer object.
+  virtual Status UpdatePeer(Peer* peer, const uint8_t* blob, size_t length, PeerUpdate* update, bool* reload) {
+    *reload = true;
+    return Status::Ok();
+  }
+  // Revoked regions of `peer` no transfer uses any more: frees what the
+  // engine made for them (their keys).
+  virtual void DropRemoteRegions(Peer* peer, std::vector<std::unique_ptr<RemoteRegion>> regions) {}
   // The application forgot the peer (its connection may live on while
   // prepared transfers hold it): its name may be loaded for another agent.
   virtual void PeerForgotten(Peer* peer) {}
@@ -205,6 +269,17 @@ class Engine {
   // peer and region, and tears the engine down. Blocks for a bounded time.
   virtual void Shutdown() = 0;
 };
+
+// This agent's metadata `full` (what its engine's Metadata() made) narrowed
+// to `regions`: a peer given it reaches only those. Pure, any thread; the
+// regions are registered (their remote keys are set).
+Status NarrowUcxMetadata(const std::vector<uint8_t>& full, const std::vector<const LocalRegion*>& regions,
+                         std::vector<uint8_t>* out);
+// The NIXL engine's: the envelope lists only `regions`, which is what kvxfer
+// peers hold to; the NIXL blob inside it still describes every region
+// (NIXL's partial blobs carry no connection details through its C API).
+Status NarrowNixlMetadata(const std::vector<uint8_t>& full, const std::vector<const LocalRegion*>& regions,
+                          std::vector<uint8_t>* out);
 
 std::unique_ptr<Engine> CreateUcxEngine(EngineEvents* events);
 // Null with `error` set when NIXL cannot be loaded.

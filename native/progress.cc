@@ -164,13 +164,18 @@ void OwnerThread::Execute(cmd::Deregister& c) {
 }
 
 void OwnerThread::Execute(cmd::LoadPeer& c) {
-  ev::PeerLoaded e{c.token, Status(), nullptr};
-  e.status = ReplaceIncarnation(c.blob);
+  if (UpdateInPlace(c.token, c.blob, nullptr, 0) == Update::kDone) return;
+  LoadAsNew(c.token, c.blob);
+}
+
+void OwnerThread::LoadAsNew(uint32_t token, const std::vector<uint8_t>& blob) {
+  ev::PeerLoaded e{token, Status(), nullptr};
+  e.status = ReplaceIncarnation(blob);
   if (!e.status.ok()) {
     Push(std::move(e));
     return;
   }
-  e.status = engine_->LoadPeer(c.blob.data(), c.blob.size(), &e.peer);
+  e.status = engine_->LoadPeer(blob.data(), blob.size(), &e.peer);
   Peer* peer = e.peer.get();
   if (e.status.ok()) {
     NamedPeers& named = names_[peer->name];
@@ -186,6 +191,58 @@ void OwnerThread::Execute(cmd::LoadPeer& c) {
                                                                        std::to_string(peer->identity.pid) +
                                                                        ") is not running"));
   }
+}
+
+OwnerThread::Update OwnerThread::UpdateInPlace(uint32_t token, const std::vector<uint8_t>& blob,
+                                               const std::string* sender, uint64_t sender_incarnation) {
+  std::string name;
+  ProcessIdentity identity;
+  bool identity_known = false;
+  const Update not_loaded = sender == nullptr ? Update::kLoadAsNew : Update::kIgnored;
+  if (!engine_->Describe(blob.data(), blob.size(), &name, &identity, &identity_known).ok() || !identity_known) {
+    return not_loaded;
+  }
+  // Pushed metadata may speak only for its sender, and only of a peer we
+  // loaded: it never introduces one.
+  if (sender != nullptr && (name != *sender || identity.incarnation != sender_incarnation)) return Update::kIgnored;
+  auto it = names_.find(name);
+  Peer* loaded = it == names_.end() ? nullptr : it->second.current();
+  if (loaded == nullptr || !loaded->identity_known || loaded->identity.incarnation != identity.incarnation ||
+      liveness_.Gone(loaded)) {
+    return not_loaded;
+  }
+  ev::PeerUpdated e{token, loaded, {}};
+  bool reload = false;
+  Status s = engine_->UpdatePeer(loaded, blob.data(), blob.size(), &e.update, &reload);
+  if (reload) return Update::kLoadAsNew;
+  if (!s.ok()) {
+    if (token != 0) Push(ev::PeerLoaded{token, std::move(s), nullptr});
+    return Update::kDone;
+  }
+  Push(std::move(e));
+  return Update::kDone;
+}
+
+// Applied outside the engine's progress: a push arrives inside one of its
+// callbacks, where connecting and unpacking keys should not happen.
+void OwnerThread::MetadataPushed(std::string peer, uint64_t incarnation, std::vector<uint8_t> blob) {
+  pushed_.push_back(PushedMetadata{std::move(peer), incarnation, std::move(blob)});
+}
+
+bool OwnerThread::ApplyPushedMetadata() {
+  if (pushed_.empty()) return false;
+  std::vector<PushedMetadata> pushed = std::move(pushed_);
+  pushed_.clear();
+  for (PushedMetadata& p : pushed) {
+    // Where the engine cannot merge it (NIXL, a region registered again
+    // where one was), the peer is loaded anew, as by the application.
+    if (UpdateInPlace(0, p.blob, &p.peer, p.incarnation) == Update::kLoadAsNew) LoadAsNew(0, p.blob);
+  }
+  return true;
+}
+
+void OwnerThread::Execute(cmd::DropRemoteRegions& c) {
+  if (running()) engine_->DropRemoteRegions(c.peer, std::move(c.regions));
 }
 
 // Metadata of another incarnation under the name of a loaded peer: a
@@ -393,6 +450,7 @@ void OwnerThread::Run() {
     if (state_ == EngineState::kStopped) break;
     if (running()) {
       while (engine_->Progress()) did_work = true;
+      did_work |= ApplyPushedMetadata();
     }
     if (++passes % kPassesPerLivenessCheck == 0) CheckLiveness();
     if (in_flight_ > 0 && stalls_.enabled() && running()) CheckStalls();

@@ -54,6 +54,15 @@ class OwnerThread : private EngineEvents {
   void Execute(cmd::Allocate& c);
   void Execute(cmd::Deregister& c);
   void Execute(cmd::LoadPeer& c);
+  void Execute(cmd::DropRemoteRegions& c);
+  // Merges `blob` into the loaded peer it is newer metadata of (same name,
+  // same incarnation) and pushes ev::PeerUpdated (or the failure). `sender`:
+  // who pushed it, when it was pushed rather than loaded.
+  enum class Update : uint8_t { kDone, kLoadAsNew, kIgnored };
+  Update UpdateInPlace(uint32_t token, const std::vector<uint8_t>& blob, const std::string* sender,
+                       uint64_t sender_incarnation);
+  // Connects to `blob` as a peer object of its own: ev::PeerLoaded.
+  void LoadAsNew(uint32_t token, const std::vector<uint8_t>& blob);
   void Execute(cmd::ForgetName& c);
   void Execute(cmd::DestroyPeer& c);
   void Execute(cmd::Post& c);
@@ -80,6 +89,7 @@ class OwnerThread : private EngineEvents {
                      const Telemetry* telemetry) override;
   void NotificationReceived(std::string peer, uint64_t incarnation, std::vector<uint8_t> message) override;
   void RegionsRevoked(std::string peer, uint64_t incarnation, std::vector<wire::RegionFields> regions) override;
+  void MetadataPushed(std::string peer, uint64_t incarnation, std::vector<uint8_t> blob) override;
   void PeerFailed(Peer* peer, Status status) override;
   void PeerDestroyed(Peer* peer) override;
   bool ConfirmPeerFailure(Peer* peer) override;
@@ -122,6 +132,13 @@ class OwnerThread : private EngineEvents {
     Peer* current() const { return forgotten || objects.empty() ? nullptr : objects.back(); }
   };
   std::unordered_map<std::string, NamedPeers> names_;
+  struct PushedMetadata {
+    std::string peer;
+    uint64_t incarnation;
+    std::vector<uint8_t> blob;
+  };
+  std::vector<PushedMetadata> pushed_;
+  bool ApplyPushedMetadata();
   std::vector<Peer*> dead_scratch_;
   std::vector<pollfd> poll_scratch_;
 

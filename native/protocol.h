@@ -28,7 +28,7 @@
   X(Engine, "ERR_ENGINE", "UCX or NIXL failed; engineStatus and engineCode say how.")                               \
   X(NameInUse, "ERR_NAME_IN_USE", "Metadata of a second live agent under the name of a loaded one: forget the loaded one first.") \
   X(Unauthorized, "ERR_UNAUTHORIZED", "A side-channel exchange where one side did not prove it knows the shared secret, or etcd refused the credentials.") \
-  X(LeaseExpired, "ERR_LEASE_EXPIRED", "A discovery record's lease expired or was revoked (etcd): the record is gone until it is published again.")
+  X(LeaseExpired, "ERR_LEASE_EXPIRED", "A lease ran out: a KV pull the offering worker could not confirm while its lease held (the blocks may have been reused, so their bytes are not handed out), or an etcd membership's record (etcd no longer holds it).")
 
 // Memory kinds as registerAddress() and prepare() take them:
 // X(enumerator, value, public name).

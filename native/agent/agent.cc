@@ -1,5 +1,6 @@
 #include "agent/agent.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "addon.h"
@@ -237,7 +238,22 @@ Napi::Value NativeAgent::View(const Napi::CallbackInfo& info) {
 Napi::Value NativeAgent::Metadata(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   CheckOpen(env);
-  return Napi::Buffer<uint8_t>::Copy(env, metadata_.data(), metadata_.size());
+  if (info.Length() == 0 || info[0].IsUndefined()) {
+    return Napi::Buffer<uint8_t>::Copy(env, metadata_.data(), metadata_.size());
+  }
+  // Partial metadata: only these regions (ids), each registered.
+  if (!info[0].IsArray()) Throw(env, Code::kInvalidArg, "regions must be an array of regions");
+  Napi::Array ids = info[0].As<Napi::Array>();
+  std::vector<const LocalRegion*> regions;
+  for (uint32_t i = 0; i < ids.Length(); ++i) {
+    RegionEntry* entry = nullptr;
+    ThrowIfError(env, tables_.regions().FindRegistered(ids.Get(i).As<Napi::Number>().Uint32Value(), &entry));
+    if (std::find(regions.begin(), regions.end(), &entry->region) == regions.end()) regions.push_back(&entry->region);
+  }
+  std::vector<uint8_t> narrowed;
+  ThrowIfError(env, engine_name_ == "nixl" ? NarrowNixlMetadata(metadata_, regions, &narrowed)
+                                           : NarrowUcxMetadata(metadata_, regions, &narrowed));
+  return Napi::Buffer<uint8_t>::Copy(env, narrowed.data(), narrowed.size());
 }
 
 Napi::Value NativeAgent::Engine(const Napi::CallbackInfo& info) {
@@ -280,6 +296,11 @@ Napi::Value NativeAgent::ForgetPeer(const Napi::CallbackInfo& info) {
 void NativeAgent::DestroyPeer(Peer* peer) {
   // Closing: the engine's shutdown tears every connection down.
   if (open()) owner_->Submit(cmd::DestroyPeer{peer});  // reported by ev::PeerDestroyed, no promise
+}
+
+void NativeAgent::DropRemoteRegions(Peer* peer, std::vector<std::unique_ptr<RemoteRegion>> regions) {
+  // Closing: the engine's shutdown frees every key.
+  if (open()) owner_->Submit(cmd::DropRemoteRegions{peer, std::move(regions)});
 }
 
 void NativeAgent::ReleasePlan(std::unique_ptr<Plan> plan) {

@@ -81,6 +81,7 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent>, private TableEvents {
   // TableEvents
   void DestroyPeer(Peer* peer) override;
   void ReleasePlan(std::unique_ptr<Plan> plan) override;
+  void DropRemoteRegions(Peer* peer, std::vector<std::unique_ptr<RemoteRegion>> regions) override;
 
   void OpenLoopHandles(Napi::Env env);
   static void OnEnvTeardown(void* agent);

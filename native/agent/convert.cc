@@ -126,6 +126,11 @@ AgentConfig ToAgentConfig(Napi::Env env, Napi::Object o) {
     if (!(ms >= 0 && ms <= 86400000.0)) Throw(env, Code::kInvalidArg, "peerTimeoutMs must be a number from 0 to 86400000");
     options.peer_timeout_ms = static_cast<uint64_t>(ms);
   }
+  Napi::Value push = o.Get("pushUpdates");
+  if (!push.IsUndefined()) {
+    if (!push.IsBoolean()) Throw(env, Code::kInvalidArg, "pushUpdates must be a boolean");
+    options.push_updates = push.As<Napi::Boolean>().Value();
+  }
   return config;
 }
 

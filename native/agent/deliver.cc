@@ -95,6 +95,24 @@ void BatchTranslator::operator()(ev::PeerLoaded& e) {
   Push(o);
 }
 
+void BatchTranslator::operator()(ev::PeerUpdated& e) {
+  const bool changed = !e.update.added.empty() || !e.update.removed.empty();
+  const std::string name = e.peer->name;  // the peer object lives until its PeerDestroyed
+  PeerEntry* entry = tables_->MergeUpdate(e.peer, std::move(e.update));
+  if (changed && entry != nullptr && tables_->IsCurrent(entry)) {
+    Napi::Object o = Napi::Object::New(env_);
+    o.Set("kind", Kind(env_, EventKind::kPeerChanged));
+    o.Set("peer", name);
+    o.Set("change", "updated");
+    Push(o);
+  }
+  if (e.token == 0) return;
+  tables_->Settle(e.token);
+  Napi::Object o = OperationResult(e.token, Status::Ok());
+  o.Set("value", name);
+  Push(o);
+}
+
 void BatchTranslator::operator()(ev::PeerDestroyed& e) { tables_->PeerDestroyed(e.peer); }
 
 void BatchTranslator::operator()(ev::OperationDone& e) {

@@ -33,6 +33,7 @@ class BatchTranslator {
   void operator()(ev::Registered& e);
   void operator()(ev::Deregistered& e);
   void operator()(ev::PeerLoaded& e);
+  void operator()(ev::PeerUpdated& e);
   void operator()(ev::PeerDestroyed& e);
   void operator()(ev::OperationDone& e);
   void operator()(ev::Estimated& e);

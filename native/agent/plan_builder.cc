@@ -55,11 +55,13 @@ Status BuildPlan(const PlanRequest& request, RegionTable& regions, PeerEntry& pe
   plan.segments.clear();
   plan.segments.reserve(local.count());
   out->regions.clear();
+  out->remote_regions.clear();
   out->peer = &peer;
   out->revocations_checked = peer.peer->revocations;
-  const std::vector<RemoteRegion>& remote_regions = peer.peer->regions;
+  const RemoteRegionList::Items& remote_regions = peer.peer->regions.items();
   const bool check_remote = peer.peer->regions_known;
-  const uint32_t mark = regions.NewPlanMark();
+  const uint64_t mark = regions.NewPlanMark();
+  auto get = [](const std::unique_ptr<RemoteRegion>& x) -> const RemoteRegion& { return *x; };
   uint64_t bytes = 0;
   for (uint32_t i = 0; i < local.count(); ++i) {
     const Desc l = local.at(i);
@@ -72,12 +74,23 @@ Status BuildPlan(const PlanRequest& request, RegionTable& regions, PeerEntry& pe
     bool partial = false;
     auto* lr = const_cast<RegionEntry*>(regions.Containing(l, &partial));
     if (lr == nullptr) return LocalMiss(i, l, partial);
-    const RemoteRegion* rr = nullptr;
+    RemoteRegion* rr = nullptr;
     if (check_remote) {
-      rr = FindContaining(remote_regions, r, [](const RemoteRegion& x) -> const RemoteRegion& { return x; },
-                          &partial);
-      if (rr == nullptr) return RemoteMiss(peer, i, r, partial);
-      if (rr->revoked) return RevokedRegion(peer.name(), r.address);
+      // A region registered again where a revoked one was is the one meant.
+      const auto* hit = FindContainingIf(
+          remote_regions, r, get, [](const RemoteRegion& x) { return x.revoked; }, &partial);
+      if (hit == nullptr) {
+        bool revoked_partial = false;
+        if (FindContaining(remote_regions, r, get, &revoked_partial) != nullptr) {
+          return RevokedRegion(peer.name(), r.address);
+        }
+        return RemoteMiss(peer, i, r, partial);
+      }
+      rr = hit->get();
+      if (rr->plan_mark != mark) {
+        rr->plan_mark = mark;
+        out->remote_regions.push_back(rr);
+      }
     }
     if (lr->plan_mark != mark) {
       lr->plan_mark = mark;

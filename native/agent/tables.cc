@@ -129,14 +129,6 @@ const RegionEntry* RegionTable::Containing(const Desc& d, bool* partial) const {
   return hit == nullptr ? nullptr : *hit;
 }
 
-uint32_t RegionTable::NewPlanMark() {
-  if (++plan_mark_ == 0) {
-    for (auto& [id, entry] : regions_) entry->plan_mark = 0;
-    plan_mark_ = 1;
-  }
-  return plan_mark_;
-}
-
 void RegionTable::clear() {
   index_.clear();
   regions_.clear();
@@ -219,6 +211,7 @@ void AgentTables::ReleasePeer(PeerEntry* entry) {
 
 XferEntry* AgentTables::AddXfer(std::unique_ptr<XferEntry> xfer) {
   for (RegionEntry* region : xfer->regions) ++region->users;
+  for (RemoteRegion* region : xfer->remote_regions) ++region->users;
   HoldPeer(xfer->peer);
   xfer->id = next_xfer_id_++;
   if (xfer->id == 0) xfer->id = next_xfer_id_++;
@@ -260,19 +253,51 @@ Status RevokedRegion(const std::string& peer, uint64_t address) {
                                                  "' has deregistered");
 }
 
+bool AgentTables::Revoke(Peer& peer, const std::vector<wire::RegionFields>& regions) {
+  bool any = false;
+  for (const std::unique_ptr<RemoteRegion>& r : peer.regions) {
+    for (const wire::RegionFields& gone : regions) {
+      if (r->revoked || r->address != gone.address || r->length != gone.length || r->device != gone.device) continue;
+      r->revoked = true;
+      ++peer.revocations;
+      any = true;
+    }
+  }
+  return any;
+}
+
 void AgentTables::RevokeRegions(const std::string& name, uint64_t incarnation,
                                 const std::vector<wire::RegionFields>& regions) {
   for (auto& [raw, entry] : peers_) {
     Peer& peer = *entry->peer;
     if (peer.name != name || !peer.identity_known || peer.identity.incarnation != incarnation) continue;
-    for (RemoteRegion& r : peer.regions) {
-      for (const wire::RegionFields& gone : regions) {
-        if (r.revoked || r.address != gone.address || r.length != gone.length || r.device != gone.device) continue;
-        r.revoked = true;
-        ++peer.revocations;
-      }
-    }
+    if (Revoke(peer, regions)) PruneRevoked(entry.get());
   }
+}
+
+PeerEntry* AgentTables::MergeUpdate(Peer* peer, PeerUpdate update) {
+  auto it = peers_.find(peer);
+  if (it == peers_.end()) return nullptr;
+  PeerEntry* entry = it->second.get();
+  // Dropped first: a region re-registered at the same place comes back as
+  // a new one, and lookups prefer regions that are not revoked.
+  if (Revoke(*peer, update.removed)) PruneRevoked(entry);
+  for (std::unique_ptr<RemoteRegion>& region : update.added) peer->regions.Add(std::move(region));
+  return entry;
+}
+
+void AgentTables::PruneRevoked(PeerEntry* entry) {
+  if (entry->users == 0) return;  // being destroyed: the engine frees all
+  Peer& peer = *entry->peer;
+  std::vector<const RemoteRegion*> unused;
+  for (const std::unique_ptr<RemoteRegion>& r : peer.regions) {
+    if (r->revoked && r->users == 0) unused.push_back(r.get());
+  }
+  if (unused.empty()) return;
+  std::vector<std::unique_ptr<RemoteRegion>> taken;
+  taken.reserve(unused.size());
+  for (const RemoteRegion* r : unused) taken.push_back(peer.regions.Take(r));
+  events_->DropRemoteRegions(&peer, std::move(taken));
 }
 
 void AgentTables::FinishXfer(XferEntry* xfer) {
@@ -301,11 +326,14 @@ void AgentTables::ReleaseXfer(uint32_t id) {
 
 void AgentTables::DestroyXfer(XferEntry* xfer) {
   for (RegionEntry* region : xfer->regions) --region->users;
+  bool prune = false;
+  for (RemoteRegion* region : xfer->remote_regions) prune |= --region->users == 0 && region->revoked;
   // State the engine made for the plan (read here only after a completion
   // event, so after the owner thread wrote it) is freed where it was made.
   if (xfer->plan->engine_state != nullptr) events_->ReleasePlan(std::move(xfer->plan));
   PeerEntry* peer = xfer->peer;
   xfers_.erase(xfer->id);
+  if (prune) PruneRevoked(peer);
   ReleasePeer(peer);
 }
 

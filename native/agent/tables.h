@@ -32,9 +32,10 @@ namespace kvxfer {
 // start address (LocalRegion or RemoteRegion, reached through `get`). Regions
 // may overlap, so a miss keeps looking at earlier ones; the common hit costs
 // one binary search. `partial` is set when a region holds the start but not
-// the end. A VRAM region matches only descriptors of its device.
-template <typename T, typename Get>
-const T* FindContaining(const std::vector<T>& sorted, const Desc& d, Get get, bool* partial) {
+// the end. A VRAM region matches only descriptors of its device;
+// FindContainingIf also passes over regions `skip` rejects.
+template <typename T, typename Get, typename Skip>
+const T* FindContainingIf(const std::vector<T>& sorted, const Desc& d, Get get, Skip skip, bool* partial) {
   auto it = std::upper_bound(sorted.begin(), sorted.end(), d.address,
                              [&](uint64_t a, const T& r) { return a < get(r).address; });
   while (it != sorted.begin()) {
@@ -43,10 +44,16 @@ const T* FindContaining(const std::vector<T>& sorted, const Desc& d, Get get, bo
     const uint64_t offset = d.address - r.address;
     if (offset >= r.length) continue;
     if (r.kind == MemKind::kVram && r.device != d.device) continue;
+    if (skip(r)) continue;
     if (d.length <= r.length - offset) return &*it;
     *partial = true;
   }
   return nullptr;
+}
+
+template <typename T, typename Get>
+const T* FindContaining(const std::vector<T>& sorted, const Desc& d, Get get, bool* partial) {
+  return FindContainingIf(sorted, d, get, [](const auto&) { return false; }, partial);
 }
 
 // Keeps the JS memory a region covers alive (a reference to the JS buffer).
@@ -64,7 +71,7 @@ struct RegionEntry {
   std::unique_ptr<Pin> pin;
   uint32_t users = 0;  // unreleased transfers using it
   // The plan builder's scratch: the last plan that counted this region.
-  uint32_t plan_mark = 0;
+  uint64_t plan_mark = 0;
 };
 
 struct PeerEntry {
@@ -91,6 +98,7 @@ struct XferEntry {
   std::unique_ptr<Plan> plan = std::make_unique<Plan>();
   PeerEntry* peer = nullptr;
   std::vector<RegionEntry*> regions;  // each once
+  std::vector<RemoteRegion*> remote_regions;  // each once
   // The peer's revocation count its segments were last checked against.
   mutable uint32_t revocations_checked = 0;
 };
@@ -114,6 +122,9 @@ class TableEvents {
   virtual void DestroyPeer(Peer* peer) = 0;
   // A destroyed transfer's plan holds engine state (plan->engine_state).
   virtual void ReleasePlan(std::unique_ptr<Plan> plan) = 0;
+  // Revoked regions of a live peer that no transfer uses: taken out of its
+  // list, for the engine to free (Engine::DropRemoteRegions).
+  virtual void DropRemoteRegions(Peer* peer, std::vector<std::unique_ptr<RemoteRegion>> regions) = 0;
 };
 
 // Operations waiting for completion, by token. A token is a slot number,
@@ -156,8 +167,9 @@ class RegionTable {
   // The registered region holding all of `d`, searching regions sorted by
   // start address; `partial` is set when one holds its start but not its end.
   const RegionEntry* Containing(const Desc& d, bool* partial) const;
-  // A mark no region carries yet, for counting each region once per plan.
-  uint32_t NewPlanMark();
+  // A mark no region (local or remote) carries yet, for counting each
+  // region once per plan. 64 bits: it never wraps.
+  uint64_t NewPlanMark() { return ++plan_mark_; }
 
   size_t size() const { return regions_.size(); }
   void clear();
@@ -166,7 +178,7 @@ class RegionTable {
   void RebuildIndex();
 
   uint32_t next_id_ = 1;
-  uint32_t plan_mark_ = 0;
+  uint64_t plan_mark_ = 0;
   std::unordered_map<uint32_t, std::unique_ptr<RegionEntry>> regions_;
   std::vector<RegionEntry*> index_;  // registered regions by address
 };
@@ -210,6 +222,11 @@ class AgentTables {
   // loaded entries (old ones that transfers still hold too) refuse
   // descriptors into them from now on.
   void RevokeRegions(const std::string& name, uint64_t incarnation, const std::vector<wire::RegionFields>& regions);
+  // Newer metadata of the same incarnation, merged into the peer's entry in
+  // place (Engine::UpdatePeer): prepared transfers stay valid. The update's
+  // regions join the list; those it dropped are revoked. Null when the
+  // peer object is no longer known (its update is freed with it).
+  PeerEntry* MergeUpdate(Peer* peer, PeerUpdate update);
   void HoldPeer(PeerEntry* entry) { ++entry->users; }
   void ReleasePeer(PeerEntry* entry);
 
@@ -240,6 +257,11 @@ class AgentTables {
 
  private:
   void DestroyXfer(XferEntry* xfer);
+  // Marks the matching regions of `peer` revoked; true when one was.
+  static bool Revoke(Peer& peer, const std::vector<wire::RegionFields>& regions);
+  // Hands revoked regions no transfer uses to the engine, unless the whole
+  // peer is going anyway.
+  void PruneRevoked(PeerEntry* entry);
 
   TableEvents* const events_;
   RegionTable regions_;

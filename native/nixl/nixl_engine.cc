@@ -183,6 +183,18 @@ constexpr uint64_t kSuspectNs = 200'000'000;
 // text starts with.
 constexpr uint8_t kRevocationMarker[16] = {0x00, 0xff, 'k', 'v', 'x', 'f', 'e', 'r', '-', 'r', 'e', 'v', 'o', 'k', 'e', 0x00};
 
+// Starts a NIXL notification that carries a kvxfer peer's newer metadata
+// (it registered a region): its envelope follows.
+constexpr uint8_t kMetadataMarker[16] = {0x00, 0xff, 'k', 'v', 'x', 'f', 'e', 'r', '-', 'u', 'p', 'd', 'a', 't', 'e', 0x00};
+
+bool SameRegion(const wire::RegionFields& a, const wire::RegionFields& b) {
+  return a.address == b.address && a.length == b.length && a.kind == b.kind && a.device == b.device;
+}
+
+wire::RegionFields FieldsOf(const RemoteRegion& r) {
+  return {r.address, r.length, static_cast<uint8_t>(r.kind), r.device};
+}
+
 // The agent name at the start of a NIXL blob (nixlSerDes: "nixlSerDes|",
 // then the tag "Agent", a native size_t length and the name), read without
 // NIXL: a name NIXL already holds must be invalidated before newer metadata
@@ -209,6 +221,7 @@ class NixlEngine final : public Engine {
   Status Start(const std::string& agent_name, const EngineOptions& options) override {
     name_ = agent_name;
     identity_ = options.identity;
+    push_updates_ = options.push_updates;
     // Progress happens in our owner thread's calls (status checks, notification
     // polls); NIXL's own progress and listener threads stay off.
     nixl::AgentConfig config{false, false, 0, nixl::kSyncNone, 1, 0, 0, true};
@@ -271,6 +284,7 @@ class NixlEngine final : public Engine {
     }
     region->engine_handle = region;
     regions_.insert(region);
+    PushMetadata();
     return Status::Ok();
   }
 
@@ -305,6 +319,20 @@ class NixlEngine final : public Engine {
         identity_.incarnation,
         {wire::RegionFields{region.address, region.length, static_cast<uint8_t>(region.kind), region.device}});
     message.insert(message.end(), revocation.begin(), revocation.end());
+    NotifyKvxferPeers(message);
+  }
+
+  // Tells the kvxfer peers we loaded of a new region: they merge our
+  // metadata into the peer they hold (DeliverNotifications).
+  void PushMetadata() {
+    if (!push_updates_ || shutting_down_ || holder_.empty()) return;
+    std::vector<uint8_t> message(kMetadataMarker, kMetadataMarker + sizeof kMetadataMarker);
+    const std::vector<uint8_t> blob = Metadata();
+    message.insert(message.end(), blob.begin(), blob.end());
+    NotifyKvxferPeers(message);
+  }
+
+  void NotifyKvxferPeers(const std::vector<uint8_t>& message) {
     for (const auto& [name, peer] : holder_) {
       if (!peer->identity_known || failed_.count(peer) != 0) continue;
       api_.gen_notif(agent_, name.c_str(), message.data(), message.size(), nullptr);
@@ -373,11 +401,69 @@ class NixlEngine final : public Engine {
     // A bare NIXL blob is opaque: then NIXL checks remote descriptors at the
     // first post.
     peer->regions_known = unwrapped.enveloped;
-    peer->regions = std::move(unwrapped.regions);
+    std::vector<wire::RegionFields>& loaded = loaded_regions_[peer.get()];
+    for (const RemoteRegion& r : unwrapped.regions) {
+      loaded.push_back(FieldsOf(r));
+      peer->regions.Add(std::make_unique<RemoteRegion>(r));
+    }
     peer->identity = unwrapped.identity;
     peer->identity_known = unwrapped.enveloped;
     holder_[peer->name] = peer.get();
     *out = std::move(peer);
+    return Status::Ok();
+  }
+
+  Status UpdatePeer(Peer* peer, const uint8_t* blob, size_t length, PeerUpdate* update, bool* reload) override {
+    *reload = true;
+    auto held = holder_.find(peer->name);
+    auto loaded = loaded_regions_.find(peer);
+    if (held == holder_.end() || held->second != peer || loaded == loaded_regions_.end() || !peer->identity_known ||
+        failed_.count(peer) != 0 || forgotten_.count(peer) != 0) {
+      return Status::Ok();
+    }
+    Unwrapped unwrapped;
+    Status s = Unwrap(blob, length, &unwrapped);
+    if (!s.ok()) return s;
+    std::string name;
+    if (!unwrapped.enveloped || !PeekNixlAgentName(unwrapped.raw, unwrapped.raw_length, &name) || name != peer->name) {
+      return Status::Ok();
+    }
+    std::vector<wire::RegionFields> now;
+    for (const RemoteRegion& r : unwrapped.regions) now.push_back(FieldsOf(r));
+    std::vector<wire::RegionFields>& retired = retired_regions_[peer];
+    for (const wire::RegionFields& was : loaded->second) {
+      if (std::none_of(now.begin(), now.end(), [&](const wire::RegionFields& r) { return SameRegion(r, was); })) {
+        update->removed.push_back(was);
+        retired.push_back(was);
+      }
+    }
+    for (const RemoteRegion& r : unwrapped.regions) {
+      const wire::RegionFields fields = FieldsOf(r);
+      auto same = [&](const wire::RegionFields& x) { return SameRegion(x, fields); };
+      if (std::any_of(loaded->second.begin(), loaded->second.end(), same)) continue;
+      // NIXL keeps a region it once loaded and refuses it again with a new
+      // key (dropping the whole entry): only a fresh entry takes it.
+      if (std::any_of(retired.begin(), retired.end(), same)) {
+        update->removed.clear();
+        forgotten_.insert(peer);  // the reload gives NIXL's entry up first
+        return Status::Ok();
+      }
+      update->added.push_back(std::make_unique<RemoteRegion>(r));
+    }
+    *reload = false;
+    loaded->second = std::move(now);
+    if (update->added.empty()) return Status::Ok();
+    char* loaded_name = nullptr;
+    nixl::Status st = api_.load_remote_md(agent_, unwrapped.raw, unwrapped.raw_length, &loaded_name);
+    std::free(loaded_name);
+    if (st != nixl::kSuccess) {
+      update->added.clear();
+      update->removed.clear();
+      // NIXL dropped its entry for the peer with the failed load.
+      Status why = NixlError(Code::kBadMetadata, "NIXL refused newer metadata of peer '" + peer->name + "'", st);
+      FailPeer(peer, why);
+      return why;
+    }
     return Status::Ok();
   }
 
@@ -386,6 +472,8 @@ class NixlEngine final : public Engine {
   void DestroyPeer(Peer* peer) override {
     failed_.erase(peer);
     forgotten_.erase(peer);
+    loaded_regions_.erase(peer);
+    retired_regions_.erase(peer);
     if (peer->engine_conn == this) {  // ourselves: nothing loaded in NIXL
       events_->PeerDestroyed(peer);
       return;
@@ -758,6 +846,25 @@ class NixlEngine final : public Engine {
     return NixlError(Code::kPeerUnreachable, "transfer with peer '" + peer + "'", st);
   }
 
+  // A revocation: the regions are no longer listed for the peer, and come
+  // back, if registered again, as new ones (UpdatePeer).
+  void RetireRegions(const std::string& agent, uint64_t incarnation, const std::vector<wire::RegionFields>& regions) {
+    auto held = holder_.find(agent);
+    if (held == holder_.end() || held->second->identity.incarnation != incarnation) return;
+    auto loaded = loaded_regions_.find(held->second);
+    if (loaded == loaded_regions_.end()) return;
+    std::vector<wire::RegionFields>& retired = retired_regions_[held->second];
+    auto& list = loaded->second;
+    for (const wire::RegionFields& gone : regions) {
+      for (auto it = list.begin(); it != list.end(); ++it) {
+        if (it->address != gone.address || it->length != gone.length || it->device != gone.device) continue;
+        retired.push_back(*it);
+        list.erase(it);
+        break;
+      }
+    }
+  }
+
   bool DeliverNotifications() {
     size_t agents = 0;
     api_.notif_map_size(notifications_, &agents);
@@ -771,11 +878,22 @@ class NixlEngine final : public Engine {
         size_t length = 0;
         if (api_.notif_map_get_notif(notifications_, agent, n, &data, &length) != nixl::kSuccess) continue;
         const auto* bytes = static_cast<const uint8_t*>(data);
+        if (length > sizeof kMetadataMarker && std::memcmp(bytes, kMetadataMarker, sizeof kMetadataMarker) == 0) {
+          Unwrapped unwrapped;
+          const uint8_t* blob = bytes + sizeof kMetadataMarker;
+          const size_t blob_length = length - sizeof kMetadataMarker;
+          if (Unwrap(blob, blob_length, &unwrapped).ok() && unwrapped.enveloped) {
+            events_->MetadataPushed(agent, unwrapped.identity.incarnation,
+                                    std::vector<uint8_t>(blob, blob + blob_length));
+          }
+          continue;
+        }
         uint64_t incarnation = 0;
         std::vector<wire::RegionFields> revoked;
         if (length > sizeof kRevocationMarker && std::memcmp(bytes, kRevocationMarker, sizeof kRevocationMarker) == 0 &&
             wire::ParseRevocation(bytes + sizeof kRevocationMarker, length - sizeof kRevocationMarker, &incarnation,
                                   &revoked)) {
+          RetireRegions(agent, incarnation, revoked);
           events_->RegionsRevoked(agent, incarnation, std::move(revoked));
           continue;
         }
@@ -806,6 +924,11 @@ class NixlEngine final : public Engine {
   std::vector<InFlight> in_flight_;
   std::vector<Suspect> suspects_;
   bool shutting_down_ = false;
+  bool push_updates_ = true;
+  // The regions each kvxfer peer's metadata listed when last loaded, and
+  // those it dropped since (UpdatePeer).
+  std::unordered_map<Peer*, std::vector<wire::RegionFields>> loaded_regions_;
+  std::unordered_map<Peer*, std::vector<wire::RegionFields>> retired_regions_;
 };
 
 }  // namespace
@@ -843,6 +966,15 @@ std::unique_ptr<Engine> CreateNixlEngine(EngineEvents* events, Status* error) {
     return nullptr;
   }
   return std::make_unique<NixlEngine>(events, api);
+}
+
+Status NarrowNixlMetadata(const std::vector<uint8_t>& full, const std::vector<const LocalRegion*>& regions,
+                          std::vector<uint8_t>* out) {
+  Unwrapped unwrapped;
+  Status s = Unwrap(full.data(), full.size(), &unwrapped);
+  if (!s.ok()) return s;
+  *out = Envelope(std::vector<uint8_t>(unwrapped.raw, unwrapped.raw + unwrapped.raw_length), unwrapped.identity, regions);
+  return Status::Ok();
 }
 
 }  // namespace kvxfer

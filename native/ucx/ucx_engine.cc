@@ -25,7 +25,11 @@ namespace {
 
 constexpr unsigned kNotifyAmId = 7;
 constexpr unsigned kRevokeAmId = 8;
+constexpr unsigned kMetadataAmId = 9;
 constexpr auto kShutdownDeadline = std::chrono::seconds(5);
+// Larger pushed metadata is dropped (a peer's registrations reach us
+// otherwise only by the application loading its metadata).
+constexpr size_t kMaxPushedMetadataBytes = 16 << 20;
 
 uint64_t NowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -102,6 +106,16 @@ struct UcxConn {
   bool destroy_requested = false;
   bool report_destroyed = true;
   UcxOp* ops = nullptr;        // operations not yet reported, newest first
+  // What its metadata said, to tell newer metadata's changes (UpdatePeer).
+  std::vector<uint8_t> worker_address;
+  struct KnownRegion {
+    wire::RegionFields fields;
+    std::vector<uint8_t> key;  // packed
+  };
+  std::vector<KnownRegion> known;
+  // Every key unpacked for the peer and not yet dropped: they go when the
+  // endpoint closes.
+  std::vector<ucp_rkey_h> keys;
 };
 
 // One posted plan or standalone notification, from post to its UCX
@@ -132,6 +146,7 @@ class UcxEngine final : public Engine {
   Status Start(const std::string& agent_name, const EngineOptions& options) override {
     name_ = agent_name;
     identity_ = options.identity;
+    push_updates_ = options.push_updates;
     am_header_.clear();
     wire::Writer header(&am_header_);
     header.Put<uint8_t>(kAmHeaderVersion);
@@ -204,6 +219,10 @@ class UcxEngine final : public Engine {
     am.cb = &UcxEngine::OnRevocation;
     st = ucp_worker_set_am_recv_handler(worker_, &am);
     if (st != UCS_OK) return Fail(UcsError(Code::kEngine, "installing the revocation handler", st));
+    am.id = kMetadataAmId;
+    am.cb = &UcxEngine::OnMetadata;
+    st = ucp_worker_set_am_recv_handler(worker_, &am);
+    if (st != UCS_OK) return Fail(UcsError(Code::kEngine, "installing the metadata handler", st));
     return Status::Ok();
   }
 
@@ -231,6 +250,7 @@ class UcxEngine final : public Engine {
     }
     region->engine_handle = memh;
     regions_.insert(region);
+    PushMetadata();
     return Status::Ok();
   }
 
@@ -261,6 +281,7 @@ class UcxEngine final : public Engine {
     region->engine_handle = memh;
     region->memory = std::move(allocation);
     regions_.insert(region);
+    PushMetadata();
     return Status::Ok();
   }
 
@@ -322,29 +343,43 @@ class UcxEngine final : public Engine {
     }
     conns_.insert(conn);
     peer->engine_conn = conn;
-    peer->regions.reserve(md.regions.size());
-    for (const UcxMetadataRegion& r : md.regions) {
-      ucp_rkey_h rkey = nullptr;
-      st = ucp_ep_rkey_unpack(conn->ep, r.key, &rkey);
-      if (st != UCS_OK) {
-        // The peer object dies with this call, so the keys go now and the
-        // endpoint closes on its own.
-        for (RemoteRegion& unpacked : peer->regions) {
-          ucp_rkey_destroy(static_cast<ucp_rkey_h>(unpacked.engine_key));
-        }
-        peer->regions.clear();
-        conn->peer = nullptr;
-        conn->report_destroyed = false;
-        Destroy(conn);
-        return UcsError(Code::kBadMetadata,
-                        "unpacking a remote key of peer '" + md.name + "'", st);
-      }
-      peer->regions.push_back(RemoteRegion{r.address, r.length, r.kind, r.device, rkey});
+    conn->worker_address.assign(md.worker_address, md.worker_address + md.worker_address_length);
+    PeerUpdate update;
+    s = UnpackRegions(conn, md, &update);
+    if (!s.ok()) {
+      // The peer object dies with this call: the endpoint closes on its own.
+      conn->peer = nullptr;
+      conn->report_destroyed = false;
+      Destroy(conn);
+      return s;
     }
-    std::sort(peer->regions.begin(), peer->regions.end(),
-              [](const RemoteRegion& a, const RemoteRegion& b) { return a.address < b.address; });
+    for (std::unique_ptr<RemoteRegion>& region : update.added) peer->regions.Add(std::move(region));
     *out = std::move(peer);
     return Status::Ok();
+  }
+
+  Status UpdatePeer(Peer* peer, const uint8_t* blob, size_t length, PeerUpdate* update, bool* reload) override {
+    auto* conn = static_cast<UcxConn*>(peer->engine_conn);
+    UcxMetadata md;
+    Status s = ParseUcxMetadata(blob, length, &md);
+    if (!s.ok()) return s;
+    // Another worker (a recreated one) cannot be reached on this endpoint.
+    *reload = conn == nullptr || conn->failure != UCS_OK || conn->endpoint != UcxConn::Endpoint::kOpen ||
+              conn->worker_address.size() != md.worker_address_length ||
+              std::memcmp(conn->worker_address.data(), md.worker_address, md.worker_address_length) != 0;
+    if (*reload) return Status::Ok();
+    return UnpackRegions(conn, md, update);
+  }
+
+  void DropRemoteRegions(Peer* peer, std::vector<std::unique_ptr<RemoteRegion>> regions) override {
+    auto* conn = static_cast<UcxConn*>(peer->engine_conn);
+    if (conn == nullptr) return;
+    for (const std::unique_ptr<RemoteRegion>& region : regions) {
+      auto key = std::find(conn->keys.begin(), conn->keys.end(), static_cast<ucp_rkey_h>(region->engine_key));
+      if (key == conn->keys.end()) continue;  // gone with the endpoint
+      ucp_rkey_destroy(*key);
+      conn->keys.erase(key);
+    }
   }
 
   void DestroyPeer(Peer* peer) override { Destroy(static_cast<UcxConn*>(peer->engine_conn)); }
@@ -596,6 +631,85 @@ class UcxEngine final : public Engine {
     }
   }
 
+  // The regions of `md` that `conn` did not know, unpacked, and those it
+  // knew that `md` lacks; `conn` knows `md`'s afterwards. All or nothing.
+  Status UnpackRegions(UcxConn* conn, const UcxMetadata& md, PeerUpdate* update) {
+    std::vector<UcxConn::KnownRegion> known;
+    known.reserve(md.regions.size());
+    std::vector<bool> kept(conn->known.size(), false);
+    for (const UcxMetadataRegion& r : md.regions) {
+      UcxConn::KnownRegion region{{r.address, r.length, static_cast<uint8_t>(r.kind), r.device},
+                                  std::vector<uint8_t>(r.key, r.key + r.key_length)};
+      bool had = false;
+      for (size_t i = 0; i < conn->known.size() && !had; ++i) {
+        const UcxConn::KnownRegion& k = conn->known[i];
+        had = !kept[i] && k.fields.address == region.fields.address && k.fields.length == region.fields.length &&
+              k.fields.kind == region.fields.kind && k.fields.device == region.fields.device && k.key == region.key;
+        if (had) kept[i] = true;
+      }
+      known.push_back(std::move(region));
+      if (had) continue;
+      ucp_rkey_h rkey = nullptr;
+      ucs_status_t st = ucp_ep_rkey_unpack(conn->ep, r.key, &rkey);
+      if (st != UCS_OK) {
+        for (std::unique_ptr<RemoteRegion>& added : update->added) {
+          auto key = static_cast<ucp_rkey_h>(added->engine_key);
+          conn->keys.erase(std::find(conn->keys.begin(), conn->keys.end(), key));
+          ucp_rkey_destroy(key);
+        }
+        update->added.clear();
+        return UcsError(Code::kBadMetadata, "unpacking a remote key of peer '" + md.name + "'", st);
+      }
+      conn->keys.push_back(rkey);
+      auto added = std::make_unique<RemoteRegion>();
+      added->address = r.address;
+      added->length = r.length;
+      added->kind = r.kind;
+      added->device = r.device;
+      added->engine_key = rkey;
+      update->added.push_back(std::move(added));
+    }
+    for (size_t i = 0; i < conn->known.size(); ++i) {
+      if (!kept[i]) update->removed.push_back(conn->known[i].fields);
+    }
+    conn->known = std::move(known);
+    return Status::Ok();
+  }
+
+  // Tells the peers we reach of a new region: they merge our metadata into
+  // the peer they loaded (OnMetadata), so they can reach it without the
+  // application passing it around again.
+  void PushMetadata() {
+    if (!push_updates_ || shutting_down_) return;
+    std::shared_ptr<const std::vector<uint8_t>> blob;
+    for (UcxConn* conn : conns_) {
+      if (conn->endpoint != UcxConn::Endpoint::kOpen || conn->failure != UCS_OK || conn->peer == nullptr) continue;
+      if (!blob) blob = std::make_shared<const std::vector<uint8_t>>(Metadata());
+      // Owned by the send until it completes.
+      auto* hold = new std::shared_ptr<const std::vector<uint8_t>>(blob);
+      if (!UCS_PTR_IS_PTR(SendAm(conn->ep, kMetadataAmId, *blob, &UcxEngine::OnMetadataSent, hold))) delete hold;
+    }
+  }
+
+  static void OnMetadataSent(void* request, ucs_status_t, void* user_data) {
+    ucp_request_free(request);
+    delete static_cast<std::shared_ptr<const std::vector<uint8_t>>*>(user_data);
+  }
+
+  static ucs_status_t OnMetadata(void* arg, const void* header, size_t header_length, void* data, size_t length,
+                                 const ucp_am_recv_param_t* param) {
+    auto* self = static_cast<UcxEngine*>(arg);
+    std::string peer;
+    uint64_t incarnation = 0;
+    if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || length > kMaxPushedMetadataBytes ||
+        !ParseAmHeader(header, header_length, &peer, &incarnation)) {
+      return UCS_OK;
+    }
+    const auto* bytes = static_cast<const uint8_t*>(data);
+    self->events_->MetadataPushed(std::move(peer), incarnation, std::vector<uint8_t>(bytes, bytes + length));
+    return UCS_OK;
+  }
+
   static void OnRevocationSent(void* request, ucs_status_t, void* user_data) {
     ucp_request_free(request);
     delete static_cast<std::vector<uint8_t>*>(user_data);
@@ -611,6 +725,20 @@ class UcxEngine final : public Engine {
         !wire::ParseRevocation(static_cast<const uint8_t*>(data), length, &incarnation, &regions) ||
         incarnation != sender) {
       return UCS_OK;
+    }
+    // The same region registered again may come back with the same key:
+    // newer metadata must then show it as new.
+    for (UcxConn* conn : self->conns_) {
+      if (conn->peer == nullptr || conn->peer->name != peer || conn->peer->identity.incarnation != incarnation) continue;
+      auto& known = conn->known;
+      known.erase(std::remove_if(known.begin(), known.end(),
+                                 [&](const UcxConn::KnownRegion& k) {
+                                   return std::any_of(regions.begin(), regions.end(), [&](const wire::RegionFields& r) {
+                                     return r.address == k.fields.address && r.length == k.fields.length &&
+                                            r.device == k.fields.device;
+                                   });
+                                 }),
+                  known.end());
     }
     self->events_->RegionsRevoked(std::move(peer), incarnation, std::move(regions));
     return UCS_OK;
@@ -648,12 +776,8 @@ class UcxEngine final : public Engine {
     --closing_;
     conn->endpoint = UcxConn::Endpoint::kClosed;
     conn->ep = nullptr;
-    if (conn->peer != nullptr) {
-      for (RemoteRegion& r : conn->peer->regions) {
-        if (r.engine_key != nullptr) ucp_rkey_destroy(static_cast<ucp_rkey_h>(r.engine_key));
-        r.engine_key = nullptr;
-      }
-    }
+    for (ucp_rkey_h key : conn->keys) ucp_rkey_destroy(key);
+    conn->keys.clear();
     if (conn->destroy_requested) ForgetConn(conn);
   }
 
@@ -727,6 +851,7 @@ class UcxEngine final : public Engine {
   size_t live_ops_ = 0;
   int closing_ = 0;
   bool shutting_down_ = false;
+  bool push_updates_ = true;
 };
 
 }  // namespace

@@ -118,4 +118,14 @@ Status ParseUcxMetadata(const uint8_t* blob, size_t length, UcxMetadata* out) {
   return Status::Ok();
 }
 
+Status NarrowUcxMetadata(const std::vector<uint8_t>& full, const std::vector<const LocalRegion*>& regions,
+                         std::vector<uint8_t>* out) {
+  UcxMetadata md;
+  Status s = ParseUcxMetadata(full.data(), full.size(), &md);
+  if (!s.ok()) return s;
+  const std::vector<uint8_t> worker_address(md.worker_address, md.worker_address + md.worker_address_length);
+  *out = PackUcxMetadata(md.name, md.identity, worker_address, regions);
+  return Status::Ok();
+}
+
 }  // namespace kvxfer

@@ -10,7 +10,7 @@ import { createServer, type Socket } from 'node:net'
 import { Etcd3 } from 'etcd3'
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { EtcdDiscovery, type Agent, type EtcdMembership, type Region } from '../../dist/index.js'
-import { ENGINES, MiB, closeAll, createAgent, createAgents, fillBytes, rdesc, rejectsWith, reportNixlSkipped, sha256, uniqueName, within } from '../fixtures/index.js'
+import { ENGINES, MiB, closeAll, createAgent, createAgents, eventually, fillBytes, rdesc, rejectsWith, reportNixlSkipped, sha256, uniqueName, within } from '../fixtures/index.js'
 import { ETCD_ABSENT, EtcdServer, EventLog, TLS_ABSENT, freePort, stopAllEtcd } from '../fixtures/etcd.js'
 import { disposeAllPeers, spawnPeer, type Peer, type PeerRegion } from '../fixtures/peers.js'
 
@@ -23,17 +23,6 @@ const figures: string[] = []
 afterAll(() => {
   if (figures.length > 0) console.log(`etcd discovery figures:\n  ${figures.join('\n  ')}`)
 })
-
-/** Polls `get` until it deep-equals `want` (a view that converges through etcd), or fails with what it last saw. */
-async function eventually<T>(get: () => T | Promise<T>, want: T, what: string, timeoutMs = 15_000): Promise<void> {
-  const until = Date.now() + timeoutMs
-  let last = await get()
-  while (JSON.stringify(last) !== JSON.stringify(want) && Date.now() < until) {
-    await new Promise((resolve) => setTimeout(resolve, 50))
-    last = await get()
-  }
-  expect(last, what).toEqual(want)
-}
 
 describe.skipIf(ETCD_ABSENT !== null).each(ENGINES)('%s engine', (engine) => {
   let etcd: EtcdServer
@@ -381,8 +370,9 @@ describe.skipIf(ETCD_ABSENT !== null).each(ENGINES)('%s engine', (engine) => {
     await worker.peer.etcdWaitFor('rejoined', { from: workerMark, timeoutMs: 15_000 })
     // The victim never published in the new etcd: reading it whole shows it gone.
     await router.log.waitFor('leave', { peer: victim.peer.name, from: mark, timeoutMs: 15_000 })
-    await eventually(() => router.membership.peers().map((p) => p.name), [worker.peer.name], 'the router listing the worker')
-    await eventually(async () => (await worker.peer.etcdPeers()).map((p) => p.name), [router.agent.name], 'the worker listing the router')
+    const only = (names: string[], name: string) => names.length === 1 && names[0] === name
+    await eventually('the router listing the worker alone', () => only(router.membership.peers().map((p) => p.name), worker.peer.name), 15_000)
+    await eventually('the worker listing the router alone', async () => only((await worker.peer.etcdPeers()).map((p) => p.name), router.agent.name), 15_000)
     await writeChecked(router, worker, 17)
     // A member that joins the new etcd is seen.
     const late = await remoteMember()

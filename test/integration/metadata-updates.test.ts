@@ -1,14 +1,143 @@
-// Metadata that changes while peers hold it, on every engine: a peer that leaves (discovery saw
-// it go) fails its work with the reason; this agent says when its own metadata changed.
+// Metadata that changes while peers hold it, on every engine: a region registered later reaches
+// the peers by itself and merges into the peer they hold (prepared transfers stay valid, nothing
+// is duplicated); a region deregistered and registered again is reachable again; a peer that
+// leaves (discovery saw it go) fails its work with the reason; this agent says when its own
+// metadata changed.
 import { afterEach, describe, expect, it } from 'vitest'
+import { Agent, type PeerEvent } from '../../dist/index.js'
 import {
-  ENGINES, MiB, closeAll, createAgent, exchangeMetadata, expectKvxferError, fillBytes, rdesc, rejectsWith, settle, sha256,
-  within,
+  ENGINES, MiB, closeAll, createAgent, eventually, exchangeMetadata, expectKvxferError, fillBytes, rdesc, recordPeerEvents,
+  rejectsWith, settle, sha256, within,
 } from '../fixtures/index.js'
 import { disposeAllPeers, spawnPeer } from '../fixtures/peers.js'
 
 describe.each(ENGINES)('%s engine', (engine) => {
   afterEach(() => disposeAllPeers(), 30_000)
+
+  it('a region a loaded peer registers later reaches us by itself: merged in place, prepared transfers stay valid', { timeout: 60_000 }, async () => {
+    const agent = await createAgent('pushed', { engine })
+    const events = recordPeerEvents(agent)
+    try {
+      const peer = await spawnPeer({ engine })
+      const first = await peer.register(MiB)
+      const name = await exchangeMetadata(agent, peer)
+      const local = await agent.allocate(MiB)
+      const prepared = agent.prepare({ op: 'write', local, remote: rdesc(first, 0, MiB), peer: name })
+
+      const later = await peer.register(2 * MiB, 'Uint8Array')
+      await eventually('the pushed update', () => events.some((e) => e.type === 'updated' && e.peer === name))
+      // Into the new region, with nobody passing metadata around again.
+      let want = sha256(fillBytes(local.view(), 21))
+      await agent.write(local, rdesc(later, MiB, MiB), name)
+      expect(await peer.hash(later, MiB, MiB)).toBe(want)
+      // The transfer prepared before the update still posts, into the first region.
+      want = sha256(fillBytes(local.view(), 22))
+      await prepared.post()
+      expect(await peer.hash(first)).toBe(want)
+
+      // Loading the same metadata by hand again is an update of the same peer, not a second one.
+      expect(await agent.loadPeer(await peer.metadata())).toBe(name)
+      await prepared.post()
+      expect(Object.keys(agent.stats().peers)).toEqual([name])
+      expect(events.filter((e) => e.type !== 'updated').map((e) => e.type)).toEqual(['loaded'])
+      prepared.release()
+    } finally {
+      await closeAll(agent)
+    }
+  })
+
+  it('deregistered and registered again (the same Buffer, so the same address): reachable again, and the old one is refused meanwhile', { timeout: 60_000 }, async () => {
+    const agent = await createAgent('again', { engine })
+    const events = recordPeerEvents(agent)
+    try {
+      const peer = await spawnPeer({ engine })
+      const region = await peer.register(MiB)
+      const name = await exchangeMetadata(agent, peer)
+      const local = await agent.allocate(MiB)
+      await agent.write(local, rdesc(region, 0, MiB), name)
+
+      await peer.deregister(region, true)
+      await rejectsWith(async () => {
+        // The revocation travels on its own: retry until it has arrived.
+        for (;;) {
+          await agent.write(rdesc(local, 0, 4096), rdesc(region, 0, 4096), name)
+          await new Promise((resolve) => setTimeout(resolve, 5))
+        }
+      }, 'ERR_NOT_REGISTERED', 5_000)
+      const updates = events.filter((e) => e.type === 'updated').length
+      const back = await peer.reregister(region)
+      expect(back.address).toBe(region.address)
+      await eventually('the pushed update', () => events.filter((e) => e.type === 'updated').length > updates)
+      const want = sha256(fillBytes(local.view(), 23))
+      await agent.write(local, rdesc(back, 0, MiB), name)
+      expect(await peer.hash(back)).toBe(want)
+    } finally {
+      await closeAll(agent)
+    }
+  })
+
+  it('with pushUpdates off a new region stays unknown until its metadata is loaded again, which merges it', { timeout: 60_000 }, async () => {
+    const agent = await createAgent('quiet', { engine })
+    const events = recordPeerEvents(agent)
+    try {
+      const peer = await spawnPeer({ engine, pushUpdates: false })
+      const first = await peer.allocate(MiB)
+      const name = await exchangeMetadata(agent, peer)
+      const local = await agent.allocate(MiB)
+      const prepared = agent.prepare({ op: 'write', local, remote: rdesc(first, 0, MiB), peer: name })
+      const later = await peer.allocate(MiB)
+      await new Promise((resolve) => setTimeout(resolve, 200))
+      expect(() => agent.prepare({ op: 'write', local, remote: rdesc(later, 0, MiB), peer: name })).toThrow(/no registered region/)
+      expect(await agent.loadPeer(await peer.metadata())).toBe(name)
+      expect(events.map((e) => e.type)).toEqual(['loaded', 'updated'])
+      const want = sha256(fillBytes(local.view(), 24))
+      await agent.write(local, rdesc(later, 0, MiB), name)
+      expect(await peer.hash(later)).toBe(want)
+      await prepared.post()
+      prepared.release()
+      await expect(Agent.create({ engine, pushUpdates: 'yes' as unknown as boolean })).rejects.toMatchObject({ code: 'ERR_INVALID_ARG' })
+    } finally {
+      await closeAll(agent)
+    }
+  })
+
+  it('metadata({ regions }) is partial: a peer that loads it reaches those regions only, and loading more merges them in', { timeout: 60_000 }, async () => {
+    const agent = await createAgent('partial', { engine, pushUpdates: false })
+    const other = await createAgent('partial-other', { engine })
+    try {
+      const shared = await agent.allocate(MiB)
+      const secret = await agent.allocate(MiB)
+      const peer = await spawnPeer({ engine })
+      const source = await peer.allocate(MiB)
+      const name = await peer.loadPeer(agent.metadata({ regions: [shared] }))
+      expect(name).toBe(agent.name)
+      const whole = [[0, MiB]] as const
+      const want = await peer.fill(source, 31)
+      await peer.transfer('write', source, whole, [{ address: shared.address, length: MiB }], name)
+      expect(sha256(shared.view())).toBe(want)
+      const refused = await settle(peer.transfer('write', source, whole, [{ address: secret.address, length: MiB }], name))
+      expect(refused.ok).toBe(false)
+      expect((refused as { error: Error }).error.message).toMatch(/ERR_NOT_REGISTERED|no registered region/)
+      expect(sha256(secret.view())).not.toBe(want)
+
+      // The rest, later: merged into the same peer.
+      expect(await peer.loadPeer(agent.metadata({ regions: [secret, secret] }))).toBe(name)
+      await peer.transfer('write', source, whole, [{ address: secret.address, length: MiB }], name)
+      expect(sha256(secret.view())).toBe(want)
+
+      expect(() => agent.metadata({ regions: 'all' as unknown as [] })).toThrow(/array of Regions/)
+      const foreign = await other.allocate(4096)
+      expect(() => agent.metadata({ regions: [foreign] })).toThrow(/Regions this agent registered/)
+      const gone = await agent.allocate(4096)
+      await gone.deregister()
+      expect(() => agent.metadata({ regions: [gone] })).toThrow(/deregistered/)
+      if (engine === 'nixl') expect(() => agent.metadata({ format: 'nixl', regions: [shared] })).toThrow(/no partial form/)
+      // Empty: connection details only; loading it connects and reaches nothing.
+      expect(agent.metadata({ regions: [] }).byteLength).toBeLessThan(agent.metadata().byteLength)
+    } finally {
+      await closeAll(agent, other)
+    }
+  })
 
   it('forgetPeer(name, { reason }) fails in-flight, prepared and new work with ERR_PEER_UNREACHABLE naming the reason; a reload works again', { timeout: 60_000 }, async () => {
     const agent = await createAgent('leaver', { engine })

@@ -3,29 +3,15 @@
 // restarted peer replaces the old one explicitly, and a second live agent under a loaded name
 // is refused rather than merged. The SIGKILL-mid-transfer programs are in test/faults.
 import { afterEach, describe, expect, it } from 'vitest'
-import type { Agent, PeerEvent } from '../../dist/index.js'
+import type { Agent } from '../../dist/index.js'
 import {
-  ENGINES, MiB, closeAll, createAgent, exchangeMetadata, expectKvxferError, fillBytes, rdesc, rejectsWith, settle, sha256,
-  uniqueName, within,
+  ENGINES, MiB, closeAll, createAgent, eventually, exchangeMetadata, expectKvxferError, fillBytes, rdesc, recordPeerEvents,
+  rejectsWith, settle, sha256, uniqueName, within,
 } from '../fixtures/index.js'
 import { disposeAllPeers, spawnPeer } from '../fixtures/peers.js'
 
 /** Where a dead peer's waits must have settled, with no timeout set. */
 const SETTLE_MS = 5_000
-
-function recordPeerEvents(agent: Agent): PeerEvent[] {
-  const events: PeerEvent[] = []
-  agent.on('peer', (event) => events.push(event))
-  return events
-}
-
-async function eventually(what: string, check: () => boolean, ms = SETTLE_MS): Promise<void> {
-  const until = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > until) throw new Error(`${what}: not within ${ms} ms`)
-    await new Promise((resolve) => setTimeout(resolve, 5))
-  }
-}
 
 describe.each(ENGINES)('%s engine', (engine) => {
   describe('a peer that dies', { timeout: 60_000 }, () => {
@@ -121,10 +107,12 @@ describe.each(ENGINES)('%s engine', (engine) => {
         const peer = await spawnPeer({ engine, name })
         const r1 = await peer.allocate(MiB)
         await agent.loadPeer(await peer.metadata())
+        // Registered before the old agent goes: a registration tells the loaded peers (pushes our
+        // metadata), and that push would find the old incarnation's worker gone by itself.
+        const local = await agent.allocate(MiB)
         await peer.close()
         await peer.create({ name, engine })
         const r2 = await peer.allocate(MiB)
-        const local = await agent.allocate(MiB)
         const stale = agent.prepare({ op: 'write', local, remote: rdesc(r1, 0, MiB), peer: name })
         expect(await agent.loadPeer(await peer.metadata())).toBe(name)
         expect(events.map((e) => e.type)).toEqual(['loaded', 'failed', 'replaced'])

@@ -2,7 +2,8 @@
 // into the other, with bytes then moved and checked both ways; a shared secret is proven by
 // both sides or the exchange is refused with ERR_UNAUTHORIZED on both; garbage, truncated,
 // oversized and other-version frames are refused without a hang and the listener keeps
-// serving; a silent server times out; 100 concurrent fetches are served.
+// serving; a silent server times out; 100 concurrent fetches are served; a region registered
+// after the exchange reaches the other side.
 import { connect, createServer, type Socket } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
 import type { Agent } from '../../dist/index.js'
@@ -67,6 +68,35 @@ describe.each(ENGINES)('%s engine', (engine) => {
     // And the other way: we fetch from the peer's listener.
     const theirChannel = await peer.listen()
     expect(await server.fetchPeer({ host: theirChannel.host, port: theirChannel.port })).toBe(peer.name)
+  })
+
+  it('a region registered after the exchange reaches the peer (both ways), with no second exchange', async () => {
+    const server = await agent('sc-late')
+    const peer = await spawnPeer({ engine })
+    const channel = await server.listen()
+    expect(await peer.fetchPeer(channel.host, channel.port)).toBe(server.name)
+    const updated: string[] = []
+    server.on('peer', (event) => {
+      if (event.type === 'updated') updated.push(event.peer)
+    })
+    // Registered only now, on both sides.
+    const local = await server.register(Buffer.alloc(MiB))
+    const remote = await peer.register(MiB)
+    const until = Date.now() + 5_000
+    while (!updated.includes(peer.name) && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 5))
+    expect(updated).toContain(peer.name)
+    const want = sha256(fillBytes(local.view(), 5))
+    await server.write(local, rdesc(remote, 0, MiB), peer.name)
+    expect(await peer.hash(remote)).toBe(want)
+    // The peer learnt of ours the same way: it writes into the Buffer registered after the exchange.
+    const theirs = await peer.fill(remote, 6)
+    let outcome = await settle(peer.transfer('write', remote, [[0, MiB]], [{ address: local.address, length: MiB }], server.name))
+    for (let i = 0; !outcome.ok && i < 100; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 20))
+      outcome = await settle(peer.transfer('write', remote, [[0, MiB]], [{ address: local.address, length: MiB }], server.name))
+    }
+    expect(outcome.ok).toBe(true)
+    expect(sha256(local.view())).toBe(theirs)
   })
 
   it('a shared secret: proven both ways it works; a wrong, missing or unasked-for secret is ERR_UNAUTHORIZED, and the listener goes on', async () => {

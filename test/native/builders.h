@@ -49,7 +49,7 @@ inline std::unique_ptr<kvxfer::Peer> MakePeer(const std::string& name,
                                               std::vector<kvxfer::RemoteRegion> regions = {}) {
   auto peer = std::make_unique<kvxfer::Peer>();
   peer->name = name;
-  peer->regions = std::move(regions);
+  for (const kvxfer::RemoteRegion& r : regions) peer->regions.Add(std::make_unique<kvxfer::RemoteRegion>(r));
   return peer;
 }
 
@@ -58,9 +58,13 @@ class RecordingEvents : public kvxfer::TableEvents {
  public:
   void DestroyPeer(kvxfer::Peer* peer) override { destroyed.push_back(peer); }
   void ReleasePlan(std::unique_ptr<kvxfer::Plan> plan) override { released.push_back(std::move(plan)); }
+  void DropRemoteRegions(kvxfer::Peer* peer, std::vector<std::unique_ptr<kvxfer::RemoteRegion>> regions) override {
+    for (auto& r : regions) dropped.push_back(std::move(r));
+  }
 
   std::vector<kvxfer::Peer*> destroyed;
   std::vector<std::unique_ptr<kvxfer::Plan>> released;
+  std::vector<std::unique_ptr<kvxfer::RemoteRegion>> dropped;
 };
 
 }  // namespace testing

@@ -75,6 +75,7 @@ TEST("plan: segments, bytes, and each region once") {
   CHECK(plan.segments[1].local_region == &b->region);
   CHECK(plan.segments[2].local_region == &a->region);
   CHECK(plan.segments[0].remote_region == &f.peer->peer->regions[0]);
+  CHECK(xfer.remote_regions.size() == 1 && xfer.remote_regions[0] == &f.peer->peer->regions[0]);
   REQUIRE(xfer.regions.size() == 2);
   CHECK(xfer.regions[0] == a && xfer.regions[1] == b);
   CHECK(plan.notify == request.notify);

@@ -244,6 +244,7 @@ TEST("peer: a revoked region refuses new plans and prepared transfers, for that 
   peer->identity_known = true;
   PeerEntry* entry = tables.AdoptPeer(std::move(peer));
   auto xfer = Xfer(entry, {});
+  xfer->remote_regions.push_back(&entry->peer->regions[0]);
   xfer->plan->segments.push_back(kvxfer::Segment{0, 0x1800, 16, 0, nullptr, &entry->peer->regions[0]});
   XferEntry* held = tables.AddXfer(std::move(xfer));
   CHECK(AgentTables::CheckPostable(*held).ok());
@@ -334,4 +335,84 @@ TEST("clear: drops everything without asking the owner thread for anything") {
   CHECK_EQ(tables.peer_count(), size_t{0});
   CHECK_EQ(tables.regions().size(), size_t{0});
   CHECK(tables.pending().empty());
+}
+
+namespace {
+
+std::unique_ptr<kvxfer::RemoteRegion> NewRemote(uint64_t address, uint64_t length) {
+  auto r = std::make_unique<kvxfer::RemoteRegion>();
+  r->address = address;
+  r->length = length;
+  return r;
+}
+
+}  // namespace
+
+TEST("peer update: merged in place; a prepared transfer keeps its region, a dropped one is revoked and pruned once unused") {
+  RecordingEvents events;
+  AgentTables tables(&events);
+  PeerEntry* entry = tables.AdoptPeer(MakePeer("decode", {kvxfer::RemoteRegion{0x1000, 0x1000}}));
+  kvxfer::RemoteRegion* first = &entry->peer->regions[0];
+  auto xfer = Xfer(entry, {});
+  xfer->remote_regions.push_back(first);
+  xfer->plan->segments.push_back(kvxfer::Segment{0, 0x1000, 16, 0, nullptr, first});
+  XferEntry* held = tables.AddXfer(std::move(xfer));
+  CHECK_EQ(first->users, 1u);
+
+  // New regions land around the old one, which stays where it was.
+  kvxfer::PeerUpdate grow;
+  grow.added.push_back(NewRemote(0x8000, 0x1000));
+  grow.added.push_back(NewRemote(0x100, 0x100));
+  CHECK(tables.MergeUpdate(entry->peer.get(), std::move(grow)) == entry);
+  REQUIRE(entry->peer->regions.size() == 3);
+  CHECK_EQ(entry->peer->regions[0].address, uint64_t{0x100});
+  CHECK(&entry->peer->regions[1] == first);
+  CHECK(AgentTables::CheckPostable(*held).ok());
+
+  // The update drops the used region: revoked now, kept while the transfer holds it.
+  kvxfer::PeerUpdate shrink;
+  shrink.removed.push_back(kvxfer::wire::RegionFields{0x1000, 0x1000, 0, 0});
+  shrink.removed.push_back(kvxfer::wire::RegionFields{0x100, 0x100, 0, 0});
+  tables.MergeUpdate(entry->peer.get(), std::move(shrink));
+  CHECK_STATUS(AgentTables::CheckPostable(*held), Code::kNotRegistered, "has deregistered");
+  // The unused dropped region went to the engine at once; the used one waits.
+  REQUIRE(events.dropped.size() == 1);
+  CHECK_EQ(events.dropped[0]->address, uint64_t{0x100});
+  CHECK_EQ(entry->peer->regions.size(), size_t{2});
+  tables.ReleaseXfer(held->id);
+  REQUIRE(events.dropped.size() == 2);
+  CHECK(events.dropped[1].get() == first);
+  CHECK_EQ(entry->peer->regions.size(), size_t{1});
+  CHECK(events.destroyed.empty());
+  // An update for a peer object no longer known is ignored.
+  kvxfer::Peer stranger;
+  CHECK(tables.MergeUpdate(&stranger, kvxfer::PeerUpdate{}) == nullptr);
+}
+
+TEST("peer update: a region registered again where a revoked one was is the one plans use") {
+  RecordingEvents events;
+  AgentTables tables(&events);
+  PeerEntry* entry = tables.AdoptPeer(MakePeer("decode", {kvxfer::RemoteRegion{0x1000, 0x1000}}));
+  auto xfer = Xfer(entry, {});
+  xfer->remote_regions.push_back(&entry->peer->regions[0]);
+  XferEntry* held = tables.AddXfer(std::move(xfer));
+  kvxfer::PeerUpdate again;
+  again.removed.push_back(kvxfer::wire::RegionFields{0x1000, 0x1000, 0, 0});
+  again.added.push_back(NewRemote(0x1000, 0x1000));
+  tables.MergeUpdate(entry->peer.get(), std::move(again));
+  REQUIRE(entry->peer->regions.size() == 2);
+  const kvxfer::RemoteRegion* fresh = nullptr;
+  for (const auto& r : entry->peer->regions) {
+    if (!r->revoked) fresh = r.get();
+  }
+  REQUIRE(fresh != nullptr);
+  kvxfer::Desc d{0x1000, 64, 0};
+  bool partial = false;
+  auto get = [](const std::unique_ptr<kvxfer::RemoteRegion>& r) -> const kvxfer::RemoteRegion& { return *r; };
+  const auto* hit = kvxfer::FindContainingIf(entry->peer->regions.items(), d, get,
+                                             [](const kvxfer::RemoteRegion& r) { return r.revoked; }, &partial);
+  REQUIRE(hit != nullptr);
+  CHECK(hit->get() == fresh);
+  tables.ReleaseXfer(held->id);
+  CHECK_EQ(entry->peer->regions.size(), size_t{1});
 }

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { Agent, info, type Region } from '../../dist/index.js'
 import {
-  ENGINES, KiB, MiB, NIXL_ABSENT, closeAll, createAgents, eachCase, exchangeMetadata, expectKvxferError, fillBytes,
+  ENGINES, KiB, MiB, NIXL_ABSENT, closeAll, createAgent, createAgents, eachCase, exchangeMetadata, expectKvxferError, fillBytes,
   rejectsWith, reportNixlSkipped, settle, sha256, throwsWith, uniqueName, within,
 } from '../fixtures/index.js'
 
@@ -35,10 +35,11 @@ describe.each(ENGINES)('%s engine', (engine) => {
   let aSpare2: Region
   let rb: Region // b: 1 MiB
   let bBig: Region // b: 64 MiB
-  let rbLate: Region // b: registered after a loaded b's metadata
+  let rbLate: Region // b: registered after a loaded b's metadata; b does not push it (pushUpdates off)
 
   beforeAll(async () => {
-    ;[a, b] = await createAgents(2, 'err', { engine })
+    a = await createAgent('err-a', { engine })
+    b = await createAgent('err-b', { engine, pushUpdates: false })
     ra = await a.allocate(MiB)
     aBuf = Buffer.alloc(64 * KiB)
     raBuf = await a.register(aBuf)
