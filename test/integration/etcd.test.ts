@@ -12,7 +12,7 @@ import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { EtcdDiscovery, type Agent, type EtcdMembership, type Region } from '../../dist/index.js'
 import { ENGINES, MiB, closeAll, createAgent, createAgents, eventually, fillBytes, rdesc, rejectsWith, reportNixlSkipped, sha256, uniqueName, within } from '../fixtures/index.js'
 import { ETCD_ABSENT, EtcdServer, EventLog, TLS_ABSENT, freePort, stopAllEtcd } from '../fixtures/etcd.js'
-import { disposeAllPeers, spawnPeer, type Peer, type PeerRegion } from '../fixtures/peers.js'
+import { disposeAllPeers, explain, killAllChildren, runFixture, spawnPeer, startFixture, type Peer, type PeerRegion } from '../fixtures/peers.js'
 
 const TTL = 2
 /** A crashed member's record goes at its TTL; etcd looks for expired leases every 0.5 s. */
@@ -461,6 +461,21 @@ describe.skipIf(ETCD_ABSENT !== null).each(ENGINES)('%s engine', (engine) => {
 
 describe.skipIf(ETCD_ABSENT !== null)('EtcdDiscovery.connect', () => {
   afterEach(() => stopAllEtcd())
+
+  it('a process whose memberships ended exits by itself; one with a live membership stays alive', async () => {
+    const etcd = await EtcdServer.start()
+    const run = await runFixture('exit.mjs', ['etcd-ended', etcd.endpoint], { timeoutMs: 20_000 })
+    expect(run.code, explain(run)).toBe(0)
+    expect(run.results, explain(run)).toEqual([{ ok: true }])
+    const live = startFixture('exit.mjs', ['etcd-live', etcd.endpoint])
+    try {
+      await live.waitForLine('READY')
+      await new Promise((resolve) => setTimeout(resolve, 1_500))
+      expect(live.alive, 'a live membership keeps its process').toBe(true)
+    } finally {
+      await killAllChildren()
+    }
+  })
 
   it('a dead endpoint: ERR_PEER_UNREACHABLE within timeoutMs; a silent one: ERR_TIMEOUT; an abort: ERR_ABORTED; bad options: ERR_INVALID_ARG', async () => {
     const dead = `http://127.0.0.1:${await freePort()}`
