@@ -50,13 +50,13 @@ describe.skipIf(ETCD_ABSENT !== null).each(ENGINES)('%s engine', (engine) => {
   }
 
   /** An agent in this process with a 1 MiB region, joined. */
-  async function localMember(prefix: string, opts: { info?: unknown; compat?: string; ttlSeconds?: number } = {}): Promise<Local> {
+  async function localMember(prefix: string, opts: { info?: unknown; compat?: string; ttlSeconds?: number; autoConnect?: boolean } = {}): Promise<Local> {
     const agent = await createAgent(prefix, { engine })
     agents.push(agent)
     const region = await agent.allocate(MiB)
     const discovery = await EtcdDiscovery.connect({ endpoints: etcd.endpoint, namespace, ttlSeconds: opts.ttlSeconds ?? TTL })
     discoveries.push(discovery)
-    const membership = await discovery.join(agent, { info: opts.info, compat: opts.compat })
+    const membership = await discovery.join(agent, { info: opts.info, compat: opts.compat, autoConnect: opts.autoConnect })
     return { agent, discovery, membership, log: new EventLog(membership.events()), region }
   }
 
@@ -244,6 +244,22 @@ describe.skipIf(ETCD_ABSENT !== null).each(ENGINES)('%s engine', (engine) => {
     await worker.peer.etcdWaitFor('rejoined', { from: workerMark, timeoutMs: 15_000 })
     await router.log.waitFor('join', { peer: worker.peer.name, from: mark, timeoutMs: 15_000 })
     await writeChecked(router, worker, 11)
+  })
+
+  it('autoConnect: false: nothing is loaded or forgotten; the events carry the metadata the application loads', async () => {
+    const local = await localMember('manual', { autoConnect: false })
+    const { agent, region, membership, log } = local
+    const worker = await remoteMember()
+    const join = await log.waitFor('join', { peer: worker.peer.name })
+    await rejectsWith(() => agent.write(region, rdesc(worker.region, 0, MiB), worker.peer.name), 'ERR_UNKNOWN_PEER')
+    expect(await agent.loadPeer(join.metadata)).toBe(worker.peer.name)
+    expect(membership.peers()[0]!.metadata).toEqual(join.metadata)
+    await writeChecked(local, worker, 20)
+    const mark = log.mark
+    await worker.peer.etcdLeave()
+    await log.waitFor('leave', { peer: worker.peer.name, from: mark })
+    // Not forgotten: the worker's agent lives on, and so does the connection to it.
+    await writeChecked(local, worker, 21)
   })
 
   it('compat: a member with another compat tag is reported incompatible on both sides and not connected; peers() leaves it out', async () => {
