@@ -538,6 +538,35 @@ describe.skipIf(ETCD_ABSENT !== null)('EtcdDiscovery.connect', () => {
   })
 })
 
+describe.skipIf(ETCD_ABSENT !== null)('membership events', () => {
+  afterEach(() => stopAllEtcd())
+
+  it('an iterator whose reader falls 10,000 events behind fails with ERR_BUSY; one that keeps up goes on', { timeout: 120_000 }, async () => {
+    const etcd = await EtcdServer.start()
+    const namespace = uniqueName('kvxfer-behind')
+    const [agent] = await createAgents(1, 'behind')
+    const discovery = await EtcdDiscovery.connect({ endpoints: etcd.endpoint, namespace })
+    const raw = new Etcd3({ hosts: etcd.endpoint })
+    try {
+      const membership = await discovery.join(agent!)
+      const idle = membership.events()
+      const log = new EventLog(membership.events())
+      // Each unreadable record is an `invalid` event.
+      for (let i = 0; i < 10_001; i += 500) {
+        await Promise.all(Array.from({ length: Math.min(500, 10_001 - i) }, (_, k) => raw.put(`${namespace}/agents/noise-${(i + k) % 50}`).value(`not json ${i + k}`)))
+      }
+      await eventually('the reading iterator seeing all of them', () => log.events.length >= 10_001, 60_000)
+      await rejectsWith(() => idle.next(), 'ERR_BUSY')
+      expect(log.failure).toBeUndefined()
+      expect(log.ended).toBe(false)
+    } finally {
+      raw.close()
+      await discovery.close()
+      await closeAll(agent)
+    }
+  })
+})
+
 describe.skipIf(ETCD_ABSENT !== null)('a secured etcd: the options etcd3 takes pass through', () => {
   const agents: Agent[] = []
   const discoveries: EtcdDiscovery[] = []
