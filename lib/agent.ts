@@ -189,6 +189,15 @@ export class Agent implements AsyncDisposable {
     );
   }
 
+  /**
+   * The native id of one of this agent's live regions: ERR_INVALID_ARG for
+   * anything else, ERR_NOT_REGISTERED once deregistered.
+   * @internal
+   */
+  regionId(region: unknown): number {
+    return Region.idOf(region, this.#core);
+  }
+
   /** Shared by register and allocate: submit, then wrap the region once its address is known. */
   #registerWith(
     what: string,

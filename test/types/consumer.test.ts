@@ -18,11 +18,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const FIXTURES = fileURLToPath(new URL('./fixtures', import.meta.url))
 
-const PUBLIC_VALUES = ['Agent', 'DescList', 'ErrorCode', 'EtcdDiscovery', 'KvxferError', 'Region', 'Transfer', 'info']
+const PUBLIC_VALUES = ['Agent', 'DescList', 'ErrorCode', 'EtcdDiscovery', 'KvLayout', 'KvPool', 'KvxferError', 'Region', 'RemoteKvPool', 'Transfer', 'info']
 const PUBLIC_TYPES = [
   'AgentOptions', 'AgentStats', 'CostEstimate', 'Desc', 'DescLike', 'Descriptors', 'EngineInfo',
   'EngineName', 'EtcdConnectOptions', 'EtcdEvent', 'EtcdJoinOptions', 'EtcdMembership', 'EtcdMembershipState', 'EtcdPeer',
-  'ExternalMemory', 'FileMemory', 'FetchPeerOptions', 'KvxferErrorDetails', 'KvxferInfo', 'ListenOptions', 'Memory',
+  'ExternalMemory', 'FileMemory', 'FetchPeerOptions', 'KvBlockOptions', 'KvDescCount', 'KvDtype', 'KvElement', 'KvHeadLayout',
+  'KvLayoutOptions', 'KvOrder', 'KvPairedDescs', 'KvPart', 'KvPoolDescriptor', 'KvPoolRegion', 'KvTp', 'KvxferErrorDetails', 'KvxferInfo', 'ListenOptions', 'Memory',
   'MemoryKind', 'Notification', 'OperationOptions', 'PeerEvent', 'PeerListener', 'PeerStats', 'SideChannel', 'TransferOptions', 'TransferResult',
   'TransferSpec', 'TransferTelemetry',
 ]
