@@ -350,6 +350,18 @@ export class Agent implements AsyncDisposable {
     throw invalidArg(`unknown event '${String(event)}'; the agent emits 'peer' and 'metadata'`);
   }
 
+  /**
+   * Ties an etcd membership to this agent: close() makes it leave and waits
+   * for that. Returns what unties it (the membership left by itself).
+   * @internal
+   */
+  tieMembership(membership: { leave(): Promise<void> }): () => void {
+    const core = this.#core;
+    core.checkOpen();
+    core.memberships.add(membership);
+    return () => core.memberships.delete(membership);
+  }
+
   /** Validates a transfer once, so that posting it is cheap. Throws on bad input. */
   prepare(spec: TransferSpec): Transfer {
     const core = this.#core;

@@ -95,6 +95,12 @@ export class AgentCore {
   readonly channels = new Map<string, (peer: string, payload: Buffer) => void>();
   /** Side channels the agent listens on (lib/discovery): closed with it. */
   readonly sideChannels = new Set<{ close(): Promise<void> }>();
+  /**
+   * etcd memberships of this agent (lib/discovery/etcd.ts): close() makes
+   * each leave (its lease revoked, so its record goes at once) and waits for
+   * that, which each membership bounds by its own request timeout.
+   */
+  readonly memberships = new Set<{ leave(): Promise<void> }>();
   /** Peers the engine reported failed, until they are loaded again or forgotten. */
   readonly failedPeers = new Map<string, KvxferError>();
 
@@ -289,12 +295,17 @@ export class AgentCore {
     }
     const bounded = new Bounded<void>('closing the agent', undefined);
     this.pending[token] = { bounded, caller: undefined, transfer: undefined, onLateSuccess: undefined };
-    this.closePromise = bounded.promise.finally(() => {
+    // Memberships leave alongside the engine's teardown, not before it: a
+    // leave that cannot reach etcd must not hold up close().
+    const leaving = [...this.memberships].map((membership) => membership.leave().catch(() => {}));
+    this.memberships.clear();
+    const closed = bounded.promise.finally(() => {
       this.closed = true;
       for (const op of this.pending) op?.bounded.reject(closedError());
       this.pending = [];
       this.regions.clear();
     });
+    this.closePromise = Promise.all([closed, ...leaving]).then(() => {});
     this.mailbox.close(closedError);
     for (const channel of this.sideChannels) void channel.close();
     this.sideChannels.clear();

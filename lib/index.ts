@@ -20,5 +20,7 @@ export { KvHandoff, type Offer, type OfferOptions, type Reservation, type Stream
 export { decodeTicket, type Ticket, type TicketKind } from './kv/ticket';
 export { info, type EngineInfo, type KvxferInfo } from './info';
 export type { FetchPeerOptions, ListenOptions, SideChannel } from './discovery/side-channel';
+export { EtcdDiscovery } from './discovery/etcd';
+export type { EtcdConnectOptions, EtcdEvent, EtcdJoinOptions, EtcdMembership, EtcdMembershipState, EtcdPeer } from './discovery/etcd';
 // Every declaration in types.ts is public; it holds no values.
 export * from './types';

@@ -27,9 +27,9 @@ export const ErrorCode = {
   ENGINE: 'ERR_ENGINE',
   /** Metadata of a second live agent under the name of a loaded one: forget the loaded one first. */
   NAME_IN_USE: 'ERR_NAME_IN_USE',
-  /** A side-channel exchange where one side did not prove it knows the shared secret. */
+  /** A side-channel exchange where one side did not prove it knows the shared secret, or etcd refused the credentials. */
   UNAUTHORIZED: 'ERR_UNAUTHORIZED',
-  /** A KV pull the offering worker could not confirm while its lease held: the blocks may have been reused, so their bytes are not handed out. */
+  /** A lease ran out: a KV pull the offering worker could not confirm while its lease held (the blocks may have been reused, so their bytes are not handed out), or an etcd membership's record (etcd no longer holds it). */
   LEASE_EXPIRED: 'ERR_LEASE_EXPIRED',
 } as const;
 

@@ -27,8 +27,8 @@
   X(Busy, "ERR_BUSY", "The resource is in use: a region with unreleased transfers, a transfer still in flight.")     \
   X(Engine, "ERR_ENGINE", "UCX or NIXL failed; engineStatus and engineCode say how.")                               \
   X(NameInUse, "ERR_NAME_IN_USE", "Metadata of a second live agent under the name of a loaded one: forget the loaded one first.") \
-  X(Unauthorized, "ERR_UNAUTHORIZED", "A side-channel exchange where one side did not prove it knows the shared secret.") \
-  X(LeaseExpired, "ERR_LEASE_EXPIRED", "A KV pull the offering worker could not confirm while its lease held: the blocks may have been reused, so their bytes are not handed out.")
+  X(Unauthorized, "ERR_UNAUTHORIZED", "A side-channel exchange where one side did not prove it knows the shared secret, or etcd refused the credentials.") \
+  X(LeaseExpired, "ERR_LEASE_EXPIRED", "A lease ran out: a KV pull the offering worker could not confirm while its lease held (the blocks may have been reused, so their bytes are not handed out), or an etcd membership's record (etcd no longer holds it).")
 
 // Memory kinds as registerAddress() and prepare() take them:
 // X(enumerator, value, public name).

@@ -18,10 +18,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const FIXTURES = fileURLToPath(new URL('./fixtures', import.meta.url))
 
-const PUBLIC_VALUES = ['Agent', 'DescList', 'ErrorCode', 'KvHandoff', 'KvLayout', 'KvPool', 'KvxferError', 'Region', 'RemoteKvPool', 'Transfer', 'decodeTicket', 'info']
+const PUBLIC_VALUES = ['Agent', 'DescList', 'ErrorCode', 'EtcdDiscovery', 'KvHandoff', 'KvLayout', 'KvPool', 'KvxferError', 'Region', 'RemoteKvPool', 'Transfer', 'decodeTicket', 'info']
 const PUBLIC_TYPES = [
   'AgentOptions', 'AgentStats', 'CostEstimate', 'Desc', 'DescLike', 'Descriptors', 'EngineInfo',
-  'EngineName', 'ExternalMemory', 'FileMemory', 'FetchPeerOptions', 'KvBlockOptions', 'KvDescCount', 'KvDtype', 'KvElement', 'KvHeadLayout',
+  'EngineName', 'EtcdConnectOptions', 'EtcdEvent', 'EtcdJoinOptions', 'EtcdMembership', 'EtcdMembershipState', 'EtcdPeer',
+  'ExternalMemory', 'FileMemory', 'FetchPeerOptions', 'KvBlockOptions', 'KvDescCount', 'KvDtype', 'KvElement', 'KvHeadLayout',
   'KvLayoutOptions', 'KvOrder', 'KvPairedDescs', 'KvPart', 'KvPoolDescriptor', 'KvPoolRegion', 'KvTp', 'KvxferErrorDetails', 'KvxferInfo', 'ListenOptions', 'Memory',
   'MemoryKind', 'Notification', 'Offer', 'OfferOptions', 'OperationOptions', 'PeerEvent', 'PeerListener', 'PeerStats', 'SideChannel', 'TransferOptions', 'TransferResult',
   'TransferSpec', 'TransferTelemetry', 'Reservation', 'Stream', 'Ticket', 'TicketKind',
