@@ -14,6 +14,22 @@ type Watcher = import('etcd3').Watcher;
 type KeyValue = import('etcd3').IKeyValue;
 
 /**
+ * etcd3 is an optional peer dependency: only an application that uses etcd
+ * installs it (and its gRPC stack). cockatiel, its retry library, comes with it.
+ */
+function loadEtcd3(): { etcd: Etcd3Module; cockatiel: typeof import('cockatiel') } {
+  let etcd: Etcd3Module;
+  try {
+    etcd = require('etcd3') as Etcd3Module;
+  } catch (error) {
+    throw new KvxferError(ErrorCode.ENGINE, "EtcdDiscovery needs the 'etcd3' package: npm install etcd3", { cause: error });
+  }
+  // etcd3's own copy where npm nested it, else the top-level one it shares.
+  const cockatiel = require(require.resolve('cockatiel', { paths: [require.resolve('etcd3')] })) as typeof import('cockatiel');
+  return { etcd, cockatiel };
+}
+
+/**
  * Discovery through etcd. Each member publishes one record under a lease it
  * keeps alive, and watches everyone's:
  *
@@ -63,9 +79,21 @@ export interface EtcdConnectOptions extends OperationOptions {
   /** The deadline of each request to etcd after connect (publish, renew, read); default 5000. */
   requestTimeoutMs?: number;
   /** TLS: etcd's CA, and the client's key and certificate where etcd asks for one. */
-  credentials?: { rootCertificate: Buffer; privateKey?: Buffer; certChain?: Buffer };
+  credentials?: {
+    /** The CA etcd's certificate is signed by (PEM). */
+    rootCertificate: Buffer;
+    /** The client's private key (PEM), where etcd asks for a client certificate. */
+    privateKey?: Buffer;
+    /** The client's certificate chain (PEM), with privateKey. */
+    certChain?: Buffer;
+  };
   /** etcd's user and password authentication. */
-  auth?: { username: string; password: string };
+  auth?: {
+    /** The etcd user. */
+    username: string;
+    /** Its password. */
+    password: string;
+  };
   /** gRPC channel options, e.g. { 'grpc.ssl_target_name_override': 'etcd.cluster.local' }. */
   grpcOptions?: Record<string, string | number>;
   /** etcd3's dialTimeout. */
@@ -97,8 +125,9 @@ export interface EtcdPeer {
   name: string;
   /** Its engine. */
   engine: EngineName;
-  /** The host it runs on and its process, as it published them. */
+  /** The host it runs on, as it published it. */
   host: string;
+  /** Its process id on that host. */
   pid: number;
   /** Its compatibility tag, if it has one. */
   compat?: string;
@@ -129,15 +158,78 @@ export interface EtcdPeer {
  *   publishing (leave() it).
  */
 export type EtcdEvent =
-  | { type: 'join'; peer: string; info: unknown; metadata: Uint8Array }
-  | { type: 'update'; peer: string; info: unknown; metadata: Uint8Array }
-  | { type: 'leave'; peer: string; info: unknown; reason: string }
-  | { type: 'incompatible'; peer: string; info: unknown; reason: string }
-  | { type: 'invalid'; key: string; peer: string; error: KvxferError }
-  | { type: 'disconnected'; error: KvxferError }
-  | { type: 'lease-lost'; error: KvxferError }
-  | { type: 'displaced'; error: KvxferError }
-  | { type: 'rejoined' };
+  | {
+      /** A compatible member appeared. */
+      type: 'join';
+      /** Its agent name. */
+      peer: string;
+      /** Its application JSON. */
+      info: unknown;
+      /** Its agent's metadata, what agent.loadPeer takes. */
+      metadata: Uint8Array;
+    }
+  | {
+      /** A member's record changed (it registered or dropped regions). */
+      type: 'update';
+      /** Its agent name. */
+      peer: string;
+      /** Its application JSON. */
+      info: unknown;
+      /** Its agent's newer metadata. */
+      metadata: Uint8Array;
+    }
+  | {
+      /** A member left, crashed, became incompatible or was replaced: it is no longer a target. */
+      type: 'leave';
+      /** Its agent name. */
+      peer: string;
+      /** Its application JSON. */
+      info: unknown;
+      /** Why it is gone, in words. */
+      reason: string;
+    }
+  | {
+      /** A member with another compat tag or engine; not connected. */
+      type: 'incompatible';
+      /** Its agent name. */
+      peer: string;
+      /** Its application JSON. */
+      info: unknown;
+      /** How it differs, in words. */
+      reason: string;
+    }
+  | {
+      /** A record that cannot be used; skipped. */
+      type: 'invalid';
+      /** Its etcd key. */
+      key: string;
+      /** The agent name the key names. */
+      peer: string;
+      /** What is wrong with the record. */
+      error: KvxferError;
+    }
+  | {
+      /** This member lost contact with etcd; it keeps trying to get back. */
+      type: 'disconnected';
+      /** What happened. */
+      error: KvxferError;
+    }
+  | {
+      /** etcd no longer holds this member's record: the others saw it leave. */
+      type: 'lease-lost';
+      /** What happened. */
+      error: KvxferError;
+    }
+  | {
+      /** Another agent published under this member's name; this member stopped publishing. */
+      type: 'displaced';
+      /** What happened. */
+      error: KvxferError;
+    }
+  | {
+      /** This member published its record again and watches again. */
+      type: 'rejoined';
+    };
 
 /** Where a membership stands: publishing, getting back to etcd, pushed out by another agent, or left. */
 export type EtcdMembershipState = 'joined' | 'rejoining' | 'displaced' | 'left';
@@ -381,8 +473,7 @@ export class EtcdDiscovery implements AsyncDisposable {
     if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1) throw invalidArg('ttlSeconds must be a positive integer');
     if (!(Number.isFinite(requestTimeoutMs) && requestTimeoutMs > 0)) throw invalidArg('requestTimeoutMs must be a positive number');
 
-    const etcd = require('etcd3') as Etcd3Module;
-    const cockatiel = require('cockatiel') as typeof import('cockatiel');
+    const { etcd, cockatiel } = loadEtcd3();
     const recoverable = cockatiel.handleWhen(etcd.isRecoverableError);
     const client = new etcd.Etcd3({
       // etcd3's defaults keep a failed host out for 5 s and back off watches
