@@ -274,10 +274,17 @@ export class KvHandoff {
     const remote = await this.#remotePool(peer, options);
     this.#send(peer, { t: 'begin', o: ticket.id, h: heads });
     const { local, remote: far } = this.pool.pairDescs(blocks, remote, ticket.blocks, { heads });
-    await this.agent.read(local, far, peer, options);
+    // The acknowledgement rides on the READ: the engine sends it the moment the
+    // bytes are here, without a trip through this thread; the confirmation can
+    // then come back before the READ's own completion reaches us.
     const confirmed = this.#awaitConfirm(peer, ticket.id, heads, options);
-    this.#send(peer, { t: 'ack', o: ticket.id, h: heads });
-    const { ok, why } = await confirmed;
+    try {
+      await this.agent.read(local, far, peer, { ...options, notify: this.#encode({ t: 'ack', o: ticket.id, h: heads }) });
+    } catch (error) {
+      confirmed.cancel();
+      throw error;
+    }
+    const { ok, why } = await confirmed.promise;
     if (!ok) {
       throw new KvxferError(
         ErrorCode.LEASE_EXPIRED,
@@ -443,8 +450,12 @@ export class KvHandoff {
     return sources;
   }
 
+  #encode(message: Message): Uint8Array {
+    return channelMessage(CHANNEL, encodeMessage(message));
+  }
+
   #send(peer: string, message: Message): void {
-    this.agent.notify(peer, channelMessage(CHANNEL, encodeMessage(message))).catch(() => {
+    this.agent.notify(peer, this.#encode(message)).catch(() => {
       // A peer that cannot be told fails its own side: its failure reaches
       // whoever waits on it through the peer events.
     });
@@ -469,7 +480,12 @@ export class KvHandoff {
     return this.#bounded(`waiting for the KV pool of '${peer}'`, pool, peer, options);
   }
 
-  #awaitConfirm(peer: string, offer: number, heads: HeadRange, options: OperationOptions): Promise<{ ok: boolean; why?: string }> {
+  #awaitConfirm(
+    peer: string,
+    offer: number,
+    heads: HeadRange,
+    options: OperationOptions,
+  ): { promise: Promise<{ ok: boolean; why?: string }>; cancel: () => void } {
     const answer = deferred<{ ok: boolean; why?: string }>();
     const waiter: ConfirmWaiter = {
       peer,
@@ -483,7 +499,9 @@ export class KvHandoff {
     this.#confirmWaiters.add(waiter);
     const bounded = this.#bounded(`waiting for '${peer}' to confirm its lease`, answer.promise, peer, options);
     void bounded.catch(() => this.#confirmWaiters.delete(waiter));
-    return bounded;
+    // For a READ that failed: nothing will be confirmed; settles the wait (and its timer) now.
+    const cancel = () => waiter.settle(false, 'the READ failed');
+    return { promise: bounded, cancel };
   }
 
   /** `promise`, or the first of: its timeout, its abort, the peer's failure. */
