@@ -12,6 +12,13 @@ let agent: Agent | undefined;
 let handoff: KvHandoff | undefined;
 const loop = monitorEventLoopDelay({ resolution: 1 });
 
+/** Sends every notification back to its sender: the bench's round-trip baseline. */
+function echo(of: Agent): void {
+  void (async () => {
+    for await (const n of of.notifications()) await of.notify(n.peer, n.data).catch(() => {});
+  })().catch(() => {});
+}
+
 async function handle(request: PeerRequest): Promise<Record<string, unknown>> {
   switch (request.op) {
     case 'setup': {
@@ -21,6 +28,7 @@ async function handle(request: PeerRequest): Promise<Record<string, unknown>> {
         engine: request.engine as 'ucx' | 'nixl',
         ...(request.transports !== undefined ? { transports: request.transports } : {}),
       });
+      echo(agent);
       const pool = await KvPool.allocate(agent, new KvLayout(request.layout as KvLayoutOptions));
       handoff = new KvHandoff(agent, pool);
       // Before the exchange, so that the bench's agent loads it with the rest.

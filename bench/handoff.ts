@@ -64,7 +64,14 @@ export interface HandoffReport {
   layout: Record<string, unknown>;
   engine: string;
   host: { cpus: number; load: number[] };
-  launchUs: { median: number; p90: number; iterations: number };
+  /**
+   * A one-block request, offer -> pull -> done: its time (median, p90), a
+   * plain READ of the same descriptors right after it (median), and the
+   * median of their difference, which is what the handoff adds; and one
+   * notification round trip between the same processes (median), the floor
+   * under a handoff that waits for the other side's confirmation.
+   */
+  launchUs: { median: number; p90: number; readMedian: number; overheadMedian: number; roundTripMedian: number; iterations: number };
   points: HandoffPoint[];
 }
 
@@ -149,7 +156,7 @@ export async function runHandoffBench(
   const warmup = options.warmup ?? 2;
   const peer = new PeerWorker();
   const points: HandoffPoint[] = [];
-  let launch = { median: 0, p90: 0, iterations: 0 };
+  let launch = { median: 0, p90: 0, readMedian: 0, overheadMedian: 0, roundTripMedian: 0, iterations: 0 };
   let engine = '';
   try {
     for (const tokens of kv.tokens) {
@@ -265,15 +272,52 @@ export async function runHandoffBench(
 
         // Launch overhead: a one-block request, offer -> pull -> done (pull mode only measures it).
         if (mode === 'pull' && launch.iterations === 0) {
+          // Blocks the runs above used (even ids): their pages are mapped on both sides, as a
+          // serving pool's are. A block touched for the first time pays a page fault per page
+          // (a few ms for a 2 MiB block), which is not the handoff's cost.
           const launches: number[] = [];
+          const reads: number[] = [];
           for (let i = 0; i < 20 + 200; i++) {
-            const offer = await peer.call({ op: 'offer', request: `one${i}`, blocks: [i % layout.blocks] });
+            const theirs = 2 * (i % requestBlocks);
+            const mine = 2 * ((i + 1) % requestBlocks);
+            const offer = await peer.call({ op: 'offer', request: `one${i}`, blocks: [theirs] });
             const p0 = process.hrtime.bigint();
-            await handoff.pull([offer.ticket as Uint8Array], [(i + 1) % layout.blocks]);
-            if (i >= 20) launches.push(Number(process.hrtime.bigint() - p0) / 1e3);
+            await handoff.pull([offer.ticket as Uint8Array], [mine]);
+            const p1 = process.hrtime.bigint();
+            // The same bytes by one plain READ: what the handoff adds is the difference.
+            const one = pool.pairDescs([mine], remote, [theirs]);
+            const r0 = process.hrtime.bigint();
+            await agent.read(one.local, one.remote, peerName);
+            const r1 = process.hrtime.bigint();
+            if (i >= 20) {
+              launches.push(Number(p1 - p0) / 1e3);
+              reads.push(Number(r1 - r0) / 1e3);
+            }
           }
-          launch = { median: round(quantile(launches, 0.5), 1), p90: round(quantile(launches, 0.9), 1), iterations: launches.length };
-          log(`launch overhead of a one-block pull: median ${launch.median} us, p90 ${launch.p90} us`);
+          // The floor under any confirmed handoff: one notification there and back, between
+          // the same two processes (each way through both engines' threads and event loops).
+          const trips: number[] = [];
+          for (let i = 0; i < 20 + 200; i++) {
+            const t0 = process.hrtime.bigint();
+            const back = agent.waitForNotification(peerName, `ping${i}`, { timeoutMs: 10_000 });
+            await agent.notify(peerName, `ping${i}`);
+            await back;
+            if (i >= 20) trips.push(Number(process.hrtime.bigint() - t0) / 1e3);
+          }
+          const overheads = launches.map((t, k) => t - reads[k]!);
+          launch = {
+            median: round(quantile(launches, 0.5), 1),
+            p90: round(quantile(launches, 0.9), 1),
+            readMedian: round(quantile(reads, 0.5), 1),
+            overheadMedian: round(quantile(overheads, 0.5), 1),
+            roundTripMedian: round(quantile(trips, 0.5), 1),
+            iterations: launches.length,
+          };
+          log(
+            `launch of a one-block pull (${layout.blockBytes / 2 ** 20} MiB): median ${launch.median} us, p90 ${launch.p90} us; ` +
+              `the same bytes by one READ ${launch.readMedian} us; the handoff adds ${launch.overheadMedian} us (median); ` +
+              `one notification round trip ${launch.roundTripMedian} us`,
+          );
         }
         handoff.close();
       } finally {
@@ -317,7 +361,11 @@ export function formatHandoffTable(report: HandoffReport): string {
     }
   }
   if (report.launchUs.iterations > 0) {
-    lines.push(`launch overhead (one-block offer -> pull -> done): median ${report.launchUs.median} us, p90 ${report.launchUs.p90} us`);
+    const l = report.launchUs;
+    lines.push(
+      `launch (one-block offer -> pull -> done): median ${l.median} us, p90 ${l.p90} us; one READ of the same bytes ${l.readMedian} us; ` +
+        `handoff overhead ${l.overheadMedian} us (median); notification round trip ${l.roundTripMedian} us`,
+    );
   }
   return `${lines.join('\n')}\n`;
 }

@@ -45,7 +45,11 @@ describe('kvxfer bench --handoff', { timeout: 120_000 }, () => {
         expect(p.eventLoopP99Ms.peer).toBeGreaterThan(0)
         if (mode === 'stream') expect(p.stream.computeMs).toBeGreaterThan(0)
       }
-      if (mode === 'pull') expect(report.launchUs.iterations).toBe(200)
+      if (mode === 'pull') {
+        expect(report.launchUs.iterations).toBe(200)
+        expect(report.launchUs.readMedian).toBeGreaterThan(0)
+        expect(report.launchUs.median).toBeGreaterThan(report.launchUs.overheadMedian)
+      }
     })
   }
 
