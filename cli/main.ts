@@ -13,7 +13,7 @@ const USAGE = `usage: kvxfer <command>
 
 commands:
   bench   transfer microbenchmark against ucx_perftest, Node TCP and memcpy (kvxfer bench --help)
-  demo    a two-process prefill -> decode KV handoff, bytes checked at the far end
+  demo    router, prefill and decode processes hand KV caches over (pull, push, stream), every byte checked (kvxfer demo --help)
   info    engines, UCX version and transports, NIXL and its plugins (--json for JSON)
 `;
 
