@@ -51,6 +51,10 @@ struct RemoteRegion {
   // Made and freed by the engine on the owner thread (UCX: the unpacked
   // rkey), read there by Post.
   void* engine_key = nullptr;
+  // UCX: where the region is mapped in this process when it is the peer's
+  // shared memory on this host (ucp_rkey_ptr), else null. Lives as long as
+  // engine_key.
+  uint8_t* engine_mapped = nullptr;
   // Its owner deregistered it (a revocation, or newer metadata without it):
   // descriptors into it are refused. JS thread only, like what follows.
   bool revoked = false;
