@@ -82,12 +82,7 @@ export class Runs {
   }
 
   toDescList(spans: readonly Span[]): DescList {
-    const descs = new Array<{ address: bigint; length: number; device: number }>(this.count);
-    for (let i = 0; i < descs.length; i++) {
-      const span = spans[this.region[i]];
-      descs[i] = { address: span.address + BigInt(this.offset[i]), length: this.length[i], device: span.device };
-    }
-    return DescList.from(descs);
+    return DescList.fromRuns(spans, this.region, this.offset, this.length);
   }
 }
 
@@ -197,27 +192,66 @@ export function merged(runs: Runs): Runs {
 export function paired(a: Runs, b: Runs, merge: boolean): [Runs, Runs, number] {
   const outA = new Runs();
   const outB = new Runs();
+  // Plain locals and arrays, no method calls or destructuring: this runs once
+  // per piece, 10,000s per request.
+  const aRegion = a.region;
+  const aOffset = a.offset;
+  const aLength = a.length;
+  const bRegion = b.region;
+  const bOffset = b.offset;
+  const bLength = b.length;
+  const oaRegion = outA.region;
+  const oaOffset = outA.offset;
+  const oaLength = outA.length;
+  const obRegion = outB.region;
+  const obOffset = outB.offset;
+  const obLength = outB.length;
+  const aCount = aRegion.length;
+  const bCount = bRegion.length;
   let pieces = 0;
   let i = 0;
   let j = 0;
   let usedA = 0;
   let usedB = 0;
-  while (i < a.count && j < b.count) {
-    const length = Math.min(a.length[i] - usedA, b.length[j] - usedB);
-    const [ra, oa] = [a.region[i], a.offset[i] + usedA];
-    const [rb, ob] = [b.region[j], b.offset[j] + usedB];
+  // Where the last piece ends on each side (region, byte after it); -1: none yet.
+  let endRegionA = -1;
+  let endA = 0;
+  let endRegionB = -1;
+  let endB = 0;
+  while (i < aCount && j < bCount) {
+    const leftA = aLength[i] - usedA;
+    const leftB = bLength[j] - usedB;
+    const length = leftA < leftB ? leftA : leftB;
+    const ra = aRegion[i];
+    const oa = aOffset[i] + usedA;
+    const rb = bRegion[j];
+    const ob = bOffset[j] + usedB;
     pieces++;
-    if (merge && outA.continues(ra, oa) && outB.continues(rb, ob)) {
-      outA.extendLast(length);
-      outB.extendLast(length);
+    if (merge && ra === endRegionA && oa === endA && rb === endRegionB && ob === endB) {
+      oaLength[oaLength.length - 1] += length;
+      obLength[obLength.length - 1] += length;
     } else {
-      outA.push(ra, oa, length);
-      outB.push(rb, ob, length);
+      oaRegion.push(ra);
+      oaOffset.push(oa);
+      oaLength.push(length);
+      obRegion.push(rb);
+      obOffset.push(ob);
+      obLength.push(length);
     }
+    endRegionA = ra;
+    endA = oa + length;
+    endRegionB = rb;
+    endB = ob + length;
     usedA += length;
     usedB += length;
-    if (usedA === a.length[i]) [i, usedA] = [i + 1, 0];
-    if (usedB === b.length[j]) [j, usedB] = [j + 1, 0];
+    if (usedA === aLength[i]) {
+      i++;
+      usedA = 0;
+    }
+    if (usedB === bLength[j]) {
+      j++;
+      usedB = 0;
+    }
   }
   return [outA, outB, pieces];
 }

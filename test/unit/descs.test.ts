@@ -205,3 +205,29 @@ describe('decode refuses malformed bytes with ERR_INVALID_ARG', () => {
     await eachCase([null, undefined, 'AAAA', 42, [1, 2, 3], {}], (bad) => throwsWith(() => DescList.decode(bad as never), 'ERR_INVALID_ARG'))
   })
 })
+
+describe('DescList.fromRuns (the KV pools\' way to build big lists)', () => {
+  it('encodes the same bytes as from() for runs of spans anywhere in the 64-bit space', async () => {
+    const { DescList: Lists } = await import('../../dist/descs.js')
+    const spans = [
+      { address: 0x7f00_0000_1000n, device: 0 },
+      { address: 0xffff_fff0n, device: 3 }, // offsets carry into the high word
+      { address: 0x1_0000_0000_0000n - 0x1000n, device: 7 },
+    ]
+    const span: number[] = []
+    const offset: number[] = []
+    const length: number[] = []
+    let seed = 12345
+    const next = (n: number) => ((seed = (seed * 1103515245 + 12345) >>> 0) % n)
+    for (let i = 0; i < 5000; i++) {
+      span.push(next(3))
+      offset.push(next(2 ** 20) * 4096 + next(4096))
+      length.push(1 + next(2 ** 24) + (i % 97 === 0 ? 2 ** 33 : 0))
+    }
+    const fast = Lists.fromRuns(spans, span, offset, length)
+    const plain = DescList.from(span.map((k, i) => ({ address: spans[k]!.address + BigInt(offset[i]!), length: length[i]!, device: spans[k]!.device })))
+    expect(Buffer.from(fast.encode()).equals(Buffer.from(plain.encode()))).toBe(true)
+    expect(fast.totalBytes).toBe(plain.totalBytes)
+    expect(fast.length).toBe(5000)
+  })
+})
