@@ -46,14 +46,22 @@ serveWorker('decode', {
     const checked = [];
     const outcome = (async () => {
       let mismatch = null;
+      // One layer's check per turn of the event loop, queued as layers land:
+      // the loop stays free to take the next layer's arrival (on a GPU,
+      // attention would run asynchronously too).
+      let checks = Promise.resolve();
+      const check = (layer) => {
+        const start = now();
+        mismatch ??= checkLayer(pool, request, blocks, layer);
+        checked.push([start, now()]);
+      };
       try {
         for await (const layer of reservation.layers) {
-          const at = now();
-          landed[layer] = at;
-          mismatch ??= checkLayer(pool, request, blocks, layer);
-          checked.push([at, now()]);
+          landed[layer] = now();
+          checks = checks.then(() => new Promise((resolve) => setImmediate(() => resolve(check(layer)))));
         }
         await reservation.done;
+        await checks;
         return { landed, checked, bytes: requestBytes(pool.layout, blocks), mismatch };
       } finally {
         pool.freeBlocks(blocks);
