@@ -75,6 +75,8 @@ export interface BenchOptions {
   handoff?: 'pull' | 'push' | 'stream';
   /** --handoff stream: simulated compute per layer, milliseconds. */
   computeMs: number;
+  /** --handoff: the pools' memory, allocate() or registered Buffers. */
+  pool: 'allocate' | 'buffer';
   /** Which options the user gave (a target takes unset ones from the initiator). */
   given: Set<string>;
 }
@@ -210,7 +212,7 @@ const VALUE_OPTIONS = new Set([
   'listen', 'connect', 'op', 'block-sizes', 'batch-sizes', 'iters', 'warmup', 'duration', 'in-flight',
   'reuse', 'engine', 'mem', 'device', 'agents', 'transports', 'baseline', 'kv', 'tokens', 'layers', 'kv-heads',
   'head-dim', 'dtype', 'block-tokens', 'json', 'csv', 'chart', 'max-memory', 'timeout', 'repeat', 'from',
-  'busy-poll', 'handoff', 'compute-ms',
+  'busy-poll', 'handoff', 'compute-ms', 'pool',
 ]);
 const FLAG_OPTIONS = new Set(['once', 'prepared', 'no-prepared', 'recreate', 'notify', 'check', 'no-progress', 'help']);
 const ALIASES: Record<string, string> = {
@@ -294,6 +296,7 @@ export function parseBenchArgs(argv: readonly string[]): ParsedCommand {
     timeoutMs: last('timeout') !== undefined ? parseSeconds(last('timeout')!, '--timeout') * 1000 : 60_000,
     repeat: last('repeat') !== undefined ? parseCount(last('repeat')!, '--repeat') : 1,
     computeMs: last('compute-ms') !== undefined ? Number(last('compute-ms')) : 1,
+    pool: oneOf(last('pool') ?? 'allocate', ['allocate', 'buffer'] as const, '--pool'),
     given,
   };
   if (last('handoff') !== undefined) {
@@ -301,6 +304,7 @@ export function parseBenchArgs(argv: readonly string[]): ParsedCommand {
     if (!values.has('kv')) throw new UsageError('--handoff needs --kv MODEL (the shape of the pools)');
     if (mode !== 'local') throw new UsageError('--handoff runs on one host: local mode');
   }
+  if (given.has('pool') && options.handoff === undefined) throw new UsageError('--pool is for --handoff');
   if (given.has('compute-ms')) {
     if (options.handoff !== 'stream') throw new UsageError('--compute-ms is for --handoff stream');
     if (!(Number.isFinite(options.computeMs) && options.computeMs >= 0 && options.computeMs <= 10_000)) {
@@ -459,6 +463,8 @@ KV-shaped runs (descriptors from a model's KV cache layout)
                              ratio, descriptors before and after merging, launch overhead
                              (pull) and event-loop delay on both sides (--iters, default 10)
   --compute-ms MS            --handoff stream: simulated compute per layer (default 1)
+  --pool allocate|buffer     --handoff: the pools (and the contiguous baseline) in allocate()d
+                             memory (default) or in registered Buffers
   --layers N --kv-heads N --head-dim N --dtype fp32|bf16|fp16|fp8 --block-tokens N   override the shape
 
 baselines (each a series, with kvxfer's ratio to it)

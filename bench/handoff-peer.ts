@@ -5,8 +5,8 @@
  * and reports its event loop's delay.
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { Agent, KvHandoff, KvLayout, KvPool, type KvLayoutOptions } from 'kvxfer';
-import type { PeerRequest } from './handoff';
+import { Agent, KvHandoff, KvLayout, type KvLayoutOptions } from 'kvxfer';
+import { benchMemory, type PeerRequest } from './handoff';
 
 let agent: Agent | undefined;
 let handoff: KvHandoff | undefined;
@@ -29,10 +29,9 @@ async function handle(request: PeerRequest): Promise<Record<string, unknown>> {
         ...(request.transports !== undefined ? { transports: request.transports } : {}),
       });
       echo(agent);
-      const pool = await KvPool.allocate(agent, new KvLayout(request.layout as KvLayoutOptions));
+      const { pool, contiguous: region } = await benchMemory(agent, new KvLayout(request.layout as KvLayoutOptions), request.contiguousBytes, request.pool);
       handoff = new KvHandoff(agent, pool);
       // Before the exchange, so that the bench's agent loads it with the rest.
-      const region = await agent.allocate(request.contiguousBytes);
       const channel = await agent.listen({ host: '127.0.0.1', port: 0 });
       return {
         name: agent.name,

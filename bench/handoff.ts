@@ -18,14 +18,24 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import * as path from 'node:path';
-import { Agent, KvHandoff, KvLayout, KvPool } from 'kvxfer';
+import { Agent, KvHandoff, KvLayout, KvPool, type Region } from 'kvxfer';
 import type { BenchOptions, KvOptions } from './args';
 
 export type HandoffMode = 'pull' | 'push' | 'stream';
 
+/** Where the pools live: allocate()d memory (shared memory UCX places), or registered Buffers. */
+export type PoolMemory = 'allocate' | 'buffer';
+
+/** A pool of `layout` and a region of `contiguousBytes` beside it, both in `memory`. */
+export async function benchMemory(agent: Agent, layout: KvLayout, contiguousBytes: number, memory: PoolMemory): Promise<{ pool: KvPool; contiguous: Region }> {
+  if (memory === 'allocate') return { pool: await KvPool.allocate(agent, layout), contiguous: await agent.allocate(contiguousBytes) };
+  const [pool, contiguous] = await Promise.all([agent.register(Buffer.alloc(layout.bytes)), agent.register(Buffer.alloc(contiguousBytes))]);
+  return { pool: KvPool.over(agent, pool, layout), contiguous };
+}
+
 /** What the bench asks of the forked worker, and what it answers. */
 export type PeerRequest =
-  | { op: 'setup'; layout: object; engine: string; transports?: string; contiguousBytes: number }
+  | { op: 'setup'; layout: object; engine: string; transports?: string; contiguousBytes: number; pool: PoolMemory }
   | { op: 'offer'; request: string; blocks: number[] }
   | { op: 'reserve'; request: string; blocks: number[] }
   | { op: 'loop'; reset: boolean }
@@ -61,6 +71,8 @@ export interface HandoffReport {
   command: string;
   mode: HandoffMode;
   model: string;
+  /** The pools' memory (--pool). */
+  pool: PoolMemory;
   layout: Record<string, unknown>;
   engine: string;
   host: { cpus: number; load: number[] };
@@ -168,17 +180,17 @@ export async function runHandoffBench(
       });
       engine = agent.engine;
       try {
-        const pool = await KvPool.allocate(agent, layout);
-        const handoff = new KvHandoff(agent, pool);
-        const contiguous = await agent.allocate(layout.bytes / 2);
         const requestBlocks = layout.blocks / 2;
         const bytes = requestBlocks * layout.blockBytes;
+        const { pool, contiguous } = await benchMemory(agent, layout, bytes, options.pool);
+        const handoff = new KvHandoff(agent, pool);
         const setup = await peer.call({
           op: 'setup',
           layout: layout.options,
           engine: agent.engine,
           transports: options.transports,
           contiguousBytes: bytes,
+          pool: options.pool,
         });
         await agent.fetchPeer({ host: '127.0.0.1', port: setup.port as number });
         const peerName = setup.name as string;
@@ -333,6 +345,7 @@ export async function runHandoffBench(
     schema: 'kvxfer-bench-handoff/1',
     command,
     mode,
+    pool: options.pool,
     model: kv.model,
     layout: { ...layoutFor(kv, kv.tokens[0]!).options, blocks: 'twice the request' },
     engine,
@@ -344,7 +357,7 @@ export async function runHandoffBench(
 
 export function formatHandoffTable(report: HandoffReport): string {
   const lines = [
-    `KV handoff (${report.mode}), ${report.model}, ${report.engine} engine, ${report.host.cpus} CPUs (load ${report.host.load.join(' ')})`,
+    `KV handoff (${report.mode}), ${report.model}, pools in ${report.pool === 'buffer' ? 'registered Buffers' : 'allocate()d memory'}, ${report.engine} engine, ${report.host.cpus} CPUs (load ${report.host.load.join(' ')})`,
     'tokens   MiB  descriptors (unmerged -> merged)  handoff ms (p50/p90)  contiguous ms  ratio  loop p99 ms (here/peer)',
   ];
   for (const p of report.points) {

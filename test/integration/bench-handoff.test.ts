@@ -18,7 +18,8 @@ describe('kvxfer bench --handoff', { timeout: 120_000 }, () => {
   for (const mode of ['pull', 'push', 'stream'] as const) {
     it(`${mode}: a report per prompt length, with descriptors, times and the event loop's delay on both sides`, () => {
       const json = join(dir, `${mode}.json`)
-      const extra = mode === 'stream' ? ['--compute-ms', '1'] : []
+      // push runs on registered Buffers, the others on allocate()d pools.
+      const extra = mode === 'stream' ? ['--compute-ms', '1'] : mode === 'push' ? ['--pool', 'buffer'] : []
       const r = spawnSync(process.execPath, [MAIN, 'bench', ...SHAPE, '--tokens', '64,160', '--handoff', mode, '--iters', '3', '--warmup', '1', '--json', json, ...extra], {
         encoding: 'utf8',
         timeout: 110_000,
@@ -28,6 +29,8 @@ describe('kvxfer bench --handoff', { timeout: 120_000 }, () => {
       const report = JSON.parse(readFileSync(json, 'utf8'))
       expect(report.schema).toBe('kvxfer-bench-handoff/1')
       expect(report.mode).toBe(mode)
+      expect(report.pool).toBe(mode === 'push' ? 'buffer' : 'allocate')
+      expect(r.stdout).toMatch(mode === 'push' ? /pools in registered Buffers/ : /pools in allocate\(\)d memory/)
       expect(report.points.map((p: { tokens: number }) => p.tokens)).toEqual([64, 160])
       for (const p of report.points) {
         const blocks = Math.ceil(p.tokens / 16)
@@ -53,8 +56,14 @@ describe('kvxfer bench --handoff', { timeout: 120_000 }, () => {
     })
   }
 
-  it('refuses --handoff without --kv, an unknown mode, --compute-ms without stream', () => {
-    for (const args of [['--handoff', 'pull'], [...SHAPE, '--handoff', 'fetch'], [...SHAPE, '--handoff', 'push', '--compute-ms', '2']]) {
+  it('refuses --handoff without --kv, an unknown mode, --compute-ms without stream, a bad --pool', () => {
+    for (const args of [
+      ['--handoff', 'pull'],
+      [...SHAPE, '--handoff', 'fetch'],
+      [...SHAPE, '--handoff', 'push', '--compute-ms', '2'],
+      [...SHAPE, '--handoff', 'pull', '--pool', 'heap'],
+      [...SHAPE, '--pool', 'buffer'],
+    ]) {
       const r = spawnSync(process.execPath, [MAIN, 'bench', ...args], { encoding: 'utf8', timeout: 30_000 })
       expect(r.status, args.join(' ')).toBe(2)
       expect(r.stderr).toMatch(/kvxfer bench: /)
