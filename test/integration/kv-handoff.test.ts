@@ -131,7 +131,7 @@ describe.each(ENGINES)('%s engine: KvHandoff', { timeout: 120_000 }, (engine) =>
 
   describe('heterogeneous tensor parallelism (HND)', () => {
     for (const [p, d] of [[2, 1], [1, 2], [4, 2]] as const) {
-      it(`prefill tp ${p}, decode tp ${d}: each rank moves its heads' slice, pull and push`, async () => {
+      it(`prefill tp ${p}, decode tp ${d}: each rank moves its heads' slice, pull, push and stream`, async () => {
         const prefills: Prefill[] = []
         for (let rank = 0; rank < p; rank++) prefills.push(await remoteWorker(opts('layer-kv-block', 'HND', { tp: { rank, size: p } })))
         const decodes: Decode[] = []
@@ -155,6 +155,22 @@ describe.each(ENGINES)('%s engine: KvHandoff', { timeout: 120_000 }, (engine) =>
         const pushTickets = reservations.map((r) => r.ticket)
         await Promise.all(prefills.map((w) => w.peer.kvPush(w.pool, pushTickets, SRC)))
         await Promise.all(reservations.map((r) => r.done))
+        for (const w of decodes) expect(sha256(readPool(w.pool))).toBe(expected(w, prefills))
+
+        // Stream: the same, layer by layer; each decode rank sees every layer once.
+        for (const w of decodes) {
+          fillPool(w.pool, 11)
+          w.before = readPool(w.pool)
+        }
+        const streamed = decodes.map((w) => w.handoff.reserve('req-tp-stream', DST))
+        const seen = streamed.map(async (r) => {
+          const layers: number[] = []
+          for await (const layer of r.layers) layers.push(layer)
+          return layers.sort((a, b) => a - b)
+        })
+        await Promise.all(prefills.map((w) => w.peer.kvStream(w.pool, streamed.map((r) => r.ticket), SRC)))
+        await Promise.all(streamed.map((r) => r.done))
+        for (const layers of await Promise.all(seen)) expect(layers).toEqual(Array.from({ length: SHAPE.layers }, (_, i) => i))
         for (const w of decodes) expect(sha256(readPool(w.pool))).toBe(expected(w, prefills))
       })
     }
