@@ -29,6 +29,16 @@ import { decodeTicket, encodeTicket, type Ticket } from './ticket';
 const CHANNEL = 'kv1';
 /** How long a pool descriptor request may take before the handoff gives up on it. */
 const POOL_REQUEST_MS = 10_000;
+/**
+ * Parts (descriptors before merging) per transfer of a big pull: making one
+ * part's descriptor costs the JS thread about a microsecond, so a chunk
+ * holds the event loop for about a millisecond, and the first chunk's copy
+ * starts while the next chunk's descriptors are made.
+ */
+const PARTS_PER_TRANSFER = 1024;
+
+/** Resolves on the event loop's next turn (after I/O callbacks). */
+const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 /** Expired offers remembered, so a late acknowledgement is told "expired", not "unknown". */
 const EXPIRED_REMEMBERED = 4096;
 
@@ -273,13 +283,36 @@ export class KvHandoff {
     const peer = ticket.agent;
     const remote = await this.#remotePool(peer, options);
     this.#send(peer, { t: 'begin', o: ticket.id, h: heads });
-    const { local, remote: far } = this.pool.pairDescs(blocks, remote, ticket.blocks, { heads });
-    // The acknowledgement rides on the READ: the engine sends it the moment the
-    // bytes are here, without a trip through this thread; the confirmation can
-    // then come back before the READ's own completion reaches us.
+    const ack = this.#encode({ t: 'ack', o: ticket.id, h: heads });
+    const chunk = this.#blocksPerChunk(heads);
     const confirmed = this.#awaitConfirm(peer, ticket.id, heads, options);
     try {
-      await this.agent.read(local, far, peer, { ...options, notify: this.#encode({ t: 'ack', o: ticket.id, h: heads }) });
+      if (blocks.length <= chunk) {
+        // The acknowledgement rides on the READ: the engine sends it the moment
+        // the bytes are here, without a trip through this thread; the
+        // confirmation can then come back before the READ's own completion
+        // reaches us.
+        const { local, remote: far } = this.pool.pairDescs(blocks, remote, ticket.blocks, { heads });
+        await this.agent.read(local, far, peer, { ...options, notify: ack });
+      } else {
+        // A big request: one READ per chunk of blocks, each posted as soon as
+        // its descriptors are made, one chunk per turn of the event loop, so
+        // the copying starts at once and the loop keeps turning. Acknowledged
+        // once every READ is done (separate requests complete in any order).
+        const reads: Promise<unknown>[] = [];
+        let failed = false;
+        for (let at = 0; at < blocks.length && !failed; at += chunk) {
+          if (at > 0) await nextTurn();
+          const { local, remote: far } = this.pool.pairDescs(blocks.slice(at, at + chunk), remote, ticket.blocks.slice(at, at + chunk), { heads });
+          const read = this.agent.read(local, far, peer, options);
+          read.catch(() => (failed = true));
+          reads.push(read);
+        }
+        const outcomes = await Promise.allSettled(reads);
+        const first = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+        if (first !== undefined) throw first.reason;
+        this.#sendRaw(peer, ack);
+      }
     } catch (error) {
       confirmed.cancel();
       throw error;
@@ -359,20 +392,26 @@ export class KvHandoff {
       this.#send(ticket.agent, { t: 'pushing', r: ticket.id });
       return this.#remotePool(ticket.agent, options);
     });
+    // Layers ready together (push) are posted one per turn of the event loop:
+    // the first is copying while the next one's descriptors are made, and
+    // the loop keeps turning. Boxed, so the chain waits for the post, not
+    // for the WRITE.
+    let posting: Promise<unknown> = Promise.resolve();
     const layerReady = (layer: number): void => {
       if (!Number.isInteger(layer) || layer < 0 || layer >= layers) {
         throw invalidArg(`layer must be an integer from 0 to ${layers - 1}`);
       }
       if (ready.has(layer)) throw invalidArg(`layer ${layer} was already declared ready`);
+      const first = ready.size === 0;
       ready.add(layer);
       targets.forEach(({ ticket, heads }, i) => {
-        writes.push(
-          remotes[i]!.then((remote) => {
-            const pair = this.pool.pairDescs(blocks, remote, ticket.blocks, { layers: [layer], heads });
-            const landed = channelMessage(CHANNEL, encodeMessage({ t: 'landed', r: ticket.id, l: layer, h: heads }));
-            return this.agent.write(pair.local, pair.remote, ticket.agent, { ...options, notify: landed });
-          }),
-        );
+        const posted = Promise.all([remotes[i]!, posting.then(() => (first ? undefined : nextTurn()))]).then(([remote]) => {
+          const pair = this.pool.pairDescs(blocks, remote, ticket.blocks, { layers: [layer], heads });
+          const landed = channelMessage(CHANNEL, encodeMessage({ t: 'landed', r: ticket.id, l: layer, h: heads }));
+          return { write: this.agent.write(pair.local, pair.remote, ticket.agent, { ...options, notify: landed }) };
+        });
+        posting = posted.catch(() => {});
+        writes.push(posted.then(({ write }) => write));
       });
       if (ready.size === layers) allReady.resolve();
     };
@@ -454,8 +493,18 @@ export class KvHandoff {
     return channelMessage(CHANNEL, encodeMessage(message));
   }
 
+  /** How many blocks one transfer of a big request takes: about PARTS_PER_TRANSFER parts. */
+  #blocksPerChunk(heads: HeadRange): number {
+    const perBlock = this.pool.blockDescCount([0], { heads }).unmerged;
+    return Math.max(1, Math.floor(PARTS_PER_TRANSFER / perBlock));
+  }
+
   #send(peer: string, message: Message): void {
-    this.agent.notify(peer, this.#encode(message)).catch(() => {
+    this.#sendRaw(peer, this.#encode(message));
+  }
+
+  #sendRaw(peer: string, payload: Uint8Array): void {
+    this.agent.notify(peer, payload).catch(() => {
       // A peer that cannot be told fails its own side: its failure reaches
       // whoever waits on it through the peer events.
     });

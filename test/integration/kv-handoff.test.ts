@@ -129,6 +129,35 @@ describe.each(ENGINES)('%s engine: KvHandoff', { timeout: 120_000 }, (engine) =>
     }
   })
 
+  it('a request bigger than one transfer: pulled in chunks of blocks, pushed a layer per loop turn, byte-exact', async () => {
+    // 64 layers: 128 parts a block, so a pull takes 8 blocks a READ and these 20 take three.
+    const o: KvLayoutOptions = { ...opts('layer-kv-block', 'HND'), layers: 64, blocks: 48 }
+    const src = Array.from({ length: 20 }, (_, i) => (i * 7 + 3) % 48)
+    const dst = Array.from({ length: 20 }, (_, i) => (i * 11 + 5) % 48)
+    const decode = await localWorker(o)
+    const prefill = await remoteWorker(o)
+    await connect([decode], [prefill])
+
+    const offer = await prefill.peer.kvOffer(prefill.pool, 'req-big', src)
+    await decode.handoff.pull([offer.ticket], dst)
+    expect(sha256(readPool(decode.pool))).toBe(expected(decode, [prefill], src, dst))
+    await prefill.peer.finish(offer.token)
+
+    fillPool(decode.pool, 12)
+    decode.before = readPool(decode.pool)
+    const reservation = decode.handoff.reserve('req-big-push', dst)
+    const landed: number[] = []
+    const collecting = (async () => {
+      for await (const layer of reservation.layers) landed.push(layer)
+    })()
+    await prefill.peer.kvPush(prefill.pool, [reservation.ticket], src)
+    await reservation.done
+    await collecting
+    expect(landed.sort((a, b) => a - b)).toEqual(Array.from({ length: 64 }, (_, i) => i))
+    expect(sha256(readPool(decode.pool))).toBe(expected(decode, [prefill], src, dst))
+    expect(decode.agent.stats().inFlight).toBe(0)
+  })
+
   describe('heterogeneous tensor parallelism (HND)', () => {
     for (const [p, d] of [[2, 1], [1, 2], [4, 2]] as const) {
       it(`prefill tp ${p}, decode tp ${d}: each rank moves its heads' slice, pull, push and stream`, async () => {
