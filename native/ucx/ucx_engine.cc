@@ -97,21 +97,35 @@ bool OneSharedMappingCovers(uintptr_t start, uint64_t length) {
   return covered;
 }
 
+constexpr int kMaxPrefaultThreads = 4;
+
 // Faults a mapping's pages into this process's page tables on a thread of
 // its own, so that the first transfers into a fresh pool, or from a peer's
 // pool just loaded, do not pay a page fault per 4 KiB page (about 3 us each
 // here: a first 2 MiB READ took 6.5 ms, later ones 0.3 ms). Contents are
 // untouched. Harmless if the range is unmapped meanwhile (madvise fails),
-// and a no-op on kernels before 5.14 (no MADV_POPULATE_WRITE).
+// and a no-op on kernels before 5.14 (no MADV_POPULATE_WRITE). Past
+// kMaxPrefaultThreads running, a region is left to fault in on use.
 void PrefaultInBackground(const void* start, uint64_t length) {
 #ifdef MADV_POPULATE_WRITE
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   const uintptr_t from = reinterpret_cast<uintptr_t>(start) & ~(page - 1);
   const uintptr_t to = reinterpret_cast<uintptr_t>(start) + length;
+  // A few at a time, for every agent of the process: an application that
+  // loads many peers at once must not start a thread per region.
+  static std::atomic<int> running{0};
+  if (running.fetch_add(1) >= kMaxPrefaultThreads) {
+    running.fetch_sub(1);
+    return;
+  }
   try {
-    std::thread([from, to] { madvise(reinterpret_cast<void*>(from), to - from, MADV_POPULATE_WRITE); }).detach();
+    std::thread([from, to] {
+      madvise(reinterpret_cast<void*>(from), to - from, MADV_POPULATE_WRITE);
+      running.fetch_sub(1);
+    }).detach();
   } catch (const std::system_error&) {
     // No thread: the pages fault in on first use instead.
+    running.fetch_sub(1);
   }
 #else
   (void)start;
