@@ -152,6 +152,7 @@ function row(records, spansOf, t0, t1) {
 }
 
 const ms = (v) => `${v.toFixed(1)} ms`;
+const size = (bytes) => (bytes >= 2 ** 20 ? `${(bytes / 2 ** 20).toFixed(0)} MiB` : `${(bytes / 1024).toFixed(0)} KiB`);
 
 function report(mode, records, loops, elapsedMs) {
   const t0 = Math.min(...records.map((r) => r.compute[0][0]));
@@ -185,10 +186,9 @@ function report(mode, records, loops, elapsedMs) {
   };
   if (args.json) return summary;
 
-  const mib = (b) => `${(b / 2 ** 20).toFixed(0)} MiB`;
   const lines = [
     '',
-    `${mode}: ${requests} requests x ${tokens} tokens (${mib(records[0].bytes)} each, ${blocksFor(layout, tokens)} blocks of ${layout.layers} layers)`,
+    `${mode}: ${requests} requests x ${tokens} tokens (${size(records[0].bytes)} each, ${blocksFor(layout, tokens)} blocks of ${layout.layers} layers)`,
     `            0 ms${' '.repeat(WIDTH - 4 - ms(t1 - t0).length)}${ms(t1 - t0)}`,
     `  compute   ${row(records, (r) => r.compute, t0, t1)}   prefill: fill + ${layerMs} ms per layer`,
     `  transfer  ${row(records, (r) => r.wire, t0, t1)}   ${mode === 'pull' ? 'decode READs' : 'prefill WRITEs'}${mode === 'stream' ? ', layer by layer' : ''}`,
@@ -200,7 +200,7 @@ function report(mode, records, loops, elapsedMs) {
   for (const r of perRequest) {
     lines.push(
       `  request ${r.request}: computed in ${ms(r.computeMs)}, transfer ${ms(r.handoffMs)}, ` +
-        `landed ${ms(r.afterComputeMs)} after its compute; ${mib(r.bytes)} checked: ${r.mismatch === null ? 'ok' : `MISMATCH at ${r.mismatch}`}`,
+        `landed ${ms(r.afterComputeMs)} after its compute; ${size(r.bytes)} checked: ${r.mismatch === null ? 'ok' : `MISMATCH at ${r.mismatch}`}`,
     );
   }
   lines.push(`  blocks free afterwards: prefill ${summary.freeBlocksAfter.prefill}/${poolBlocks}, decode ${summary.freeBlocksAfter.decode}/${poolBlocks}`);
@@ -284,9 +284,12 @@ async function main() {
     if (args.json) {
       process.stdout.write(`${JSON.stringify({ schema: 'kvxfer-demo/1', model: args.model, tokens, requests, discovery: discovery.kind, ok, checkedBytes: checked, modes: results }, null, 2)}\n`);
     } else {
-      process.stdout.write(`\n${ok ? 'every byte matched' : 'MISMATCH'}: ${(checked / 2 ** 20).toFixed(0)} MiB checked at the decode side\n`);
+      process.stdout.write(`\n${ok ? 'every byte matched' : 'MISMATCH'}: ${size(checked)} checked at the decode side\n`);
     }
-    await Promise.all([prefill.call('exit'), decode.call('exit')]).catch(() => {});
+    // The workers close their agents (and leave etcd); the finally below kills
+    // whichever has not exited within 10 s.
+    const exited = Promise.all([prefill.call('exit'), decode.call('exit')]).catch(() => {});
+    await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 10_000).unref())]);
     return ok ? 0 : 1;
   } finally {
     clearTimeout(watchdog);
