@@ -3,14 +3,17 @@
 // else, and a peer still loads the metadata the agent hands out next.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Agent } from '../../dist/index.js'
-import { closeAll, createAgent, exchangeMetadata } from '../fixtures/index.js'
+import { ENGINES, closeAll, createAgent, exchangeMetadata } from '../fixtures/index.js'
 
-describe('Buffers the API hands out', { timeout: 30_000 }, () => {
+// The blob's first four bytes: UCX metadata, or kvxfer's envelope around NIXL's.
+const MAGIC = { ucx: 'KVXM', nixl: 'KVXN' } as const
+
+describe.each(ENGINES)('%s engine: Buffers the API hands out', { timeout: 30_000 }, (engine) => {
   let a: Agent
   let b: Agent
   beforeAll(async () => {
-    a = await createAgent('buf-a')
-    b = await createAgent('buf-b')
+    a = await createAgent('buf-a', { engine })
+    b = await createAgent('buf-b', { engine })
     await a.allocate(4096)
     await exchangeMetadata(a, b)
   })
@@ -25,7 +28,7 @@ describe('Buffers the API hands out', { timeout: 30_000 }, () => {
     const view = first.slice(0, 4)
     view.fill(0) // Buffer#slice is a view: this spoils `first`
     expect(first.subarray(0, 4).equals(Buffer.alloc(4))).toBe(true)
-    expect(second.subarray(0, 4).toString('latin1')).toBe('KVXM')
+    expect(second.subarray(0, 4).toString('latin1')).toBe(MAGIC[engine])
     expect(a.metadata().equals(second)).toBe(true)
     // The next blob still loads (the spoiled one would not).
     await expect(b.loadPeer(a.metadata())).resolves.toBe(a.name)
