@@ -129,7 +129,7 @@ describe.each(ENGINES)('%s engine: KvHandoff', { timeout: 120_000 }, (engine) =>
     }
   })
 
-  it('a request bigger than one transfer: pulled in chunks of blocks, pushed a layer per loop turn, byte-exact', async () => {
+  it('a request bigger than one transfer: pulled in chunks of blocks, pushed layer by layer, byte-exact', async () => {
     // 64 layers: 128 parts a block, so a pull takes 8 blocks a READ and these 20 take three.
     const o: KvLayoutOptions = { ...opts('layer-kv-block', 'HND'), layers: 64, blocks: 48 }
     const src = Array.from({ length: 20 }, (_, i) => (i * 7 + 3) % 48)
