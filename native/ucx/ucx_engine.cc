@@ -73,12 +73,14 @@ void CopyStreaming(uint8_t* to, const uint8_t* from, size_t n) { std::memcpy(to,
 void StoreFence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 #endif
 
+enum class Mapping { kCovers, kDoesNotCover, kUnknown };
+
 // Whether [start, start + length) lies inside a single shared mapping of
 // this process (/proc/self/maps; read once per peer region loaded).
-bool OneSharedMappingCovers(uintptr_t start, uint64_t length) {
-  if (length == 0 || start + length < start) return false;
+Mapping SharedMappingOf(uintptr_t start, uint64_t length) {
+  if (length == 0 || start + length < start) return Mapping::kDoesNotCover;
   FILE* maps = std::fopen("/proc/self/maps", "r");
-  if (maps == nullptr) return false;
+  if (maps == nullptr) return Mapping::kUnknown;
   bool covered = false;
   char line[512];
   while (std::fgets(line, sizeof line, maps) != nullptr) {
@@ -94,7 +96,7 @@ bool OneSharedMappingCovers(uintptr_t start, uint64_t length) {
     }
   }
   std::fclose(maps);
-  return covered;
+  return covered ? Mapping::kCovers : Mapping::kDoesNotCover;
 }
 
 constexpr int kMaxPrefaultThreads = 4;
@@ -821,15 +823,34 @@ class UcxEngine final : public Engine {
       added->kind = r.kind;
       added->device = r.device;
       added->engine_key = rkey;
-      void* mapped = nullptr;
       // The peer says where the region is and how long it is; UCX maps what
-      // its key says. A copy past the mapping would hit our own memory: the
-      // whole region must lie inside the one mapping UCX made.
-      if (direct_copy_ && r.kind == MemKind::kDram && ucp_rkey_ptr(rkey, r.address, &mapped) == UCS_OK &&
-          OneSharedMappingCovers(reinterpret_cast<uintptr_t>(mapped), r.length) &&
-          !OverlapsLocalRegion(reinterpret_cast<uintptr_t>(mapped), r.length)) {
-        added->engine_mapped = static_cast<uint8_t*>(mapped);
-        if (prefault_) PrefaultInBackground(mapped, r.length);
+      // its key says. A region that reaches past that mapping, or onto this
+      // agent's own memory, is a lie (a real one is the memory its key was
+      // made for): any copy into it, ours or UCX's own through that mapping,
+      // would hit other memory of this process. Refused as bad metadata.
+      void* mapped = nullptr;
+      if (r.kind == MemKind::kDram && ucp_rkey_ptr(rkey, r.address, &mapped) == UCS_OK) {
+        const auto at = reinterpret_cast<uintptr_t>(mapped);
+        const Mapping mapping = SharedMappingOf(at, r.length);
+        if (mapping == Mapping::kDoesNotCover || OverlapsLocalRegion(at, r.length)) {
+          ucp_rkey_destroy(rkey);
+          conn->keys.pop_back();
+          for (std::unique_ptr<RemoteRegion>& earlier : update->added) {
+            auto key = static_cast<ucp_rkey_h>(earlier->engine_key);
+            conn->keys.erase(std::find(conn->keys.begin(), conn->keys.end(), key));
+            ucp_rkey_destroy(key);
+          }
+          update->added.clear();
+          char where[32];
+          std::snprintf(where, sizeof where, "0x%llx", static_cast<unsigned long long>(r.address));
+          return Status::Error(Code::kBadMetadata, "peer '" + md.name + "': the region at " + where + " (" +
+                                                       std::to_string(r.length) +
+                                                       " bytes) is not the memory its key maps on this host");
+        }
+        if (direct_copy_ && mapping == Mapping::kCovers) {
+          added->engine_mapped = static_cast<uint8_t*>(mapped);
+          if (prefault_) PrefaultInBackground(mapped, r.length);
+        }
       }
       update->added.push_back(std::move(added));
     }
