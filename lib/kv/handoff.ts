@@ -422,7 +422,7 @@ export class KvHandoff {
         const posted = Promise.all([remotes[i]!, posting.then(() => this.#turnIfDue())]).then(([remote]) =>
           this.#timed(() => {
             const pair = this.pool.pairDescs(blocks, remote, ticket.blocks, { layers: [layer], heads });
-            const landed = channelMessage(CHANNEL, encodeMessage({ t: 'landed', r: ticket.id, l: layer, h: heads }));
+            const landed = this.#encode({ t: 'landed', r: ticket.id, l: layer, h: heads });
             return { write: this.agent.write(pair.local, pair.remote, ticket.agent, { ...options, notify: landed }) };
           }),
         );

@@ -789,6 +789,16 @@ class UcxEngine final : public Engine {
     }
   }
 
+  // Undoes what UnpackRegions added so far: their keys destroyed, none kept.
+  static void DropAdded(UcxConn* conn, PeerUpdate* update) {
+    for (std::unique_ptr<RemoteRegion>& added : update->added) {
+      auto key = static_cast<ucp_rkey_h>(added->engine_key);
+      conn->keys.erase(std::find(conn->keys.begin(), conn->keys.end(), key));
+      ucp_rkey_destroy(key);
+    }
+    update->added.clear();
+  }
+
   // The regions of `md` that `conn` did not know, unpacked, and those it
   // knew that `md` lacks; `conn` knows `md`'s afterwards. All or nothing.
   Status UnpackRegions(UcxConn* conn, const UcxMetadata& md, PeerUpdate* update) {
@@ -810,12 +820,7 @@ class UcxEngine final : public Engine {
       ucp_rkey_h rkey = nullptr;
       ucs_status_t st = ucp_ep_rkey_unpack(conn->ep, r.key, &rkey);
       if (st != UCS_OK) {
-        for (std::unique_ptr<RemoteRegion>& added : update->added) {
-          auto key = static_cast<ucp_rkey_h>(added->engine_key);
-          conn->keys.erase(std::find(conn->keys.begin(), conn->keys.end(), key));
-          ucp_rkey_destroy(key);
-        }
-        update->added.clear();
+        DropAdded(conn, update);
         return UcsError(Code::kBadMetadata, "unpacking a remote key of peer '" + md.name + "'", st);
       }
       conn->keys.push_back(rkey);
@@ -837,12 +842,7 @@ class UcxEngine final : public Engine {
         if (mapping == Mapping::kDoesNotCover || OverlapsLocalRegion(at, r.length)) {
           ucp_rkey_destroy(rkey);
           conn->keys.pop_back();
-          for (std::unique_ptr<RemoteRegion>& earlier : update->added) {
-            auto key = static_cast<ucp_rkey_h>(earlier->engine_key);
-            conn->keys.erase(std::find(conn->keys.begin(), conn->keys.end(), key));
-            ucp_rkey_destroy(key);
-          }
-          update->added.clear();
+          DropAdded(conn, update);
           char where[32];
           std::snprintf(where, sizeof where, "0x%llx", static_cast<unsigned long long>(r.address));
           return Status::Error(Code::kBadMetadata, "peer '" + md.name + "': the region at " + where + " (" +
