@@ -1,9 +1,11 @@
 /**
  * `kvxfer info [--json]`: what this installation can do: the engines, UCX's
  * version and transports, NIXL and its plugins (or where it looked), and
- * whether ucx_perftest is there for `kvxfer bench`.
+ * GPU memory support per engine and the GPUs CUDA sees, and whether
+ * ucx_perftest is there for `kvxfer bench`.
  */
 import { info } from 'kvxfer';
+import { status as cudaStatus } from 'kvxfer/cuda';
 import { findPerftest } from '../bench/baselines/perftest';
 
 /** Runs `kvxfer info ...` (argv after 'info'); returns the exit status. */
@@ -16,7 +18,7 @@ export function infoCommand(args: string[]): number {
   const base = info();
   const perftest = findPerftest() ?? null;
   if (args.includes('--json')) {
-    console.log(JSON.stringify({ ...base, ucxPerftest: perftest }, null, 2));
+    console.log(JSON.stringify({ ...base, cuda: cudaStatus(), ucxPerftest: perftest }, null, 2));
     return 0;
   }
   const lines = [`kvxfer ${base.version} (node ${process.version}, ${process.platform} ${process.arch})`, '', 'engines'];
@@ -37,10 +39,22 @@ export function infoCommand(args: string[]): number {
   const engine = base.engines.nixl;
   if (engine.available) {
     lines.push(`  C API      ${engine.path ?? '?'}`);
-    lines.push(`  plugins    ${(engine.plugins ?? []).join(', ') || 'none'}`);
+    const memory = engine.memoryTypes ?? {};
+    lines.push(`  plugins    ${(engine.plugins ?? []).map((p) => (memory[p]?.length ? `${p} (${memory[p].join(', ')})` : p)).join(', ') || 'none'}`);
   } else {
     lines.push(`  not available: ${(engine.reason ?? 'not found').replace(/\n/g, '\n    ')}`);
   }
+  lines.push('', 'GPU memory (vram regions)');
+  for (const [name, e] of Object.entries(base.engines)) {
+    if (!e.available) continue;
+    const cuda = e.cuda;
+    const detail = cuda?.supported
+      ? `supported${cuda.transports?.length ? `, transports ${cuda.transports.join(', ')}` : ''}${cuda.backends?.length ? `, backends ${cuda.backends.join(', ')}` : ''}`
+      : `not supported: ${cuda?.reason ?? 'unknown'}`;
+    lines.push(`  ${name.padEnd(5)} ${detail}`);
+  }
+  const gpus = cudaStatus();
+  lines.push(`  GPUs  ${gpus.deviceCount > 0 ? (gpus.devices ?? []).map((d) => `${d.index}: ${d.name ?? '?'}`).join('; ') : `none (${gpus.reason ?? 'unknown'})`}`);
   lines.push('', `ucx_perftest  ${perftest ?? 'not installed (apt-get install ucx-utils): kvxfer bench runs without that baseline'}`);
   console.log(lines.join('\n'));
   return 0;

@@ -18,7 +18,7 @@ export type { KvBlockOptions, KvDescCount } from './kv/runs';
 export type { KvPoolDescriptor, KvPoolRegion } from './kv/descriptor';
 export { KvHandoff, type Offer, type OfferOptions, type Reservation, type Stream } from './kv/handoff';
 export { decodeTicket, type Ticket, type TicketKind } from './kv/ticket';
-export { info, type EngineInfo, type KvxferInfo } from './info';
+export { info, type CudaSupport, type EngineInfo, type KvxferInfo } from './info';
 export type { FetchPeerOptions, ListenOptions, SideChannel } from './discovery/side-channel';
 export { EtcdDiscovery } from './discovery/etcd';
 export type { EtcdConnectOptions, EtcdEvent, EtcdJoinOptions, EtcdMembership, EtcdMembershipState, EtcdPeer } from './discovery/etcd';

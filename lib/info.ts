@@ -21,6 +21,24 @@ export interface EngineInfo {
   path?: string;
   /** NIXL: the backend plugins it found. */
   plugins?: string[];
+  /** NIXL: the memory types each backend plugin registers ('DRAM', 'VRAM', 'FILE', ...). */
+  memoryTypes?: Record<string, string[]>;
+  /** Whether this engine, as loaded here, can register and move GPU memory (`kind: 'vram'`). */
+  cuda?: CudaSupport;
+}
+
+/** What info() says of an engine's GPU memory support. */
+export interface CudaSupport {
+  /** Registering `vram` regions works; where false, it fails at once with ERR_ENGINE and this reason. */
+  supported: boolean;
+  /** Why not, when not. */
+  reason?: string;
+  /** UCX: the memory domains that register CUDA memory (e.g. 'cuda_cpy', 'cuda_ipc', 'gdr_copy', 'mlx5_0'). */
+  memoryDomains?: string[];
+  /** UCX: the transports that can move it (e.g. 'cuda_copy', 'cuda_ipc', 'gdr_copy', 'rc_mlx5'). */
+  transports?: string[];
+  /** NIXL: the backend plugins that take VRAM here. */
+  backends?: string[];
 }
 
 /** What info() returns. */
@@ -45,7 +63,13 @@ export function info(): KvxferInfo {
     return {
       version,
       engines: {
-        ucx: { available: true, version: native.ucx.version, threads: native.ucx.threads, transports: native.ucx.transports },
+        ucx: {
+          available: true,
+          version: native.ucx.version,
+          threads: native.ucx.threads,
+          transports: native.ucx.transports,
+          cuda: native.ucx.cuda,
+        },
         nixl: { ...native.nixl },
       },
     };

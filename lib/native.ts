@@ -5,6 +5,7 @@
 import * as path from 'node:path';
 import { ErrorCode, KvxferError } from './errors';
 import { ERROR_CODES, EVENT_KIND, LIMITS, MEM_KIND, XFER_OP } from './protocol';
+import type { CudaStatus } from './cuda';
 
 /** What NIXL measured of one transfer. @internal */
 export interface NativeTelemetry {
@@ -124,6 +125,17 @@ export interface NativeNixlStatus {
   reason?: string;
   path?: string;
   plugins?: string[];
+  memoryTypes?: Record<string, string[]>;
+  cuda?: NativeCudaSupport;
+}
+
+/** @internal */
+export interface NativeCudaSupport {
+  supported: boolean;
+  reason?: string;
+  memoryDomains?: string[];
+  transports?: string[];
+  backends?: string[];
 }
 
 /** @internal */
@@ -131,6 +143,7 @@ export interface NativeUcxInfo {
   version: string;
   threads: boolean;
   transports: { name: string; device: string }[];
+  cuda: NativeCudaSupport;
 }
 
 /** The addon's copy of native/protocol.h, in lib/protocol.ts's shape. @internal */
@@ -142,12 +155,29 @@ export interface NativeProtocol {
   LIMITS: Record<string, number>;
 }
 
+/** kvxfer/cuda's functions in the addon (native/cuda/cuda_helper.cc). @internal */
+export interface NativeCuda {
+  status(): CudaStatus;
+  malloc(device: number, bytes: number | bigint): bigint;
+  free(pointer: bigint | number): void;
+  fill(pointer: bigint | number, byte: number, bytes: number | bigint): void;
+  copyFromHost(pointer: bigint | number, source: Uint8Array): void;
+  copyToHost(target: Uint8Array, pointer: bigint | number): void;
+  checksum(pointer: bigint | number, bytes: number | bigint): bigint;
+  checksumHost(bytes: Uint8Array): bigint;
+  checksumPlacement(device: number): { onDevice: boolean; reason?: string };
+  memcpy(target: bigint | number, source: bigint | number, bytes: number | bigint): void;
+  timeMemcpy(target: bigint | number, source: bigint | number, bytes: number | bigint, iterations: number): number;
+  canAccessPeer(device: number, peer: number): boolean;
+}
+
 interface Binding {
   protocol: NativeProtocol;
   NativeAgent: new (name: string, options: NativeAgentOptions, onEvents: NativeEventHandler) => NativeAgent;
   setErrorClass(ctor: typeof KvxferError): void;
   info(): { ucx: NativeUcxInfo; nixl: NativeNixlStatus };
   nixlStatus(): NativeNixlStatus;
+  cuda: NativeCuda;
 }
 
 function explainLoadFailure(error: unknown): KvxferError {

@@ -1,7 +1,10 @@
 #include "addon.h"
 
+#include <algorithm>
+
 #include "agent/agent.h"
 #include "agent/convert.h"
+#include "cuda/cuda_helper.h"
 #include "engine.h"
 #include "protocol.h"
 #include "ucx/ucx_engine.h"
@@ -18,6 +21,7 @@ KvxferAddon::KvxferAddon(Napi::Env env, Napi::Object exports) {
                            InstanceMethod("info", &KvxferAddon::Info),
                            InstanceMethod("nixlStatus", &KvxferAddon::NixlStatus),
                            InstanceValue("NativeAgent", agent),
+                           InstanceValue("cuda", cuda::HelperExports(env)),
                            InstanceValue("protocol", Protocol(env)),
                        });
 }
@@ -70,6 +74,16 @@ Napi::Value KvxferAddon::NixlStatus(const Napi::CallbackInfo& info) {
   return nixl;
 }
 
+namespace {
+
+Napi::Array Strings(Napi::Env env, const std::vector<std::string>& items) {
+  Napi::Array out = Napi::Array::New(env, items.size());
+  for (size_t i = 0; i < items.size(); ++i) out.Set(static_cast<uint32_t>(i), items[i]);
+  return out;
+}
+
+}  // namespace
+
 Napi::Value KvxferAddon::Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object ucx = Napi::Object::New(env);
@@ -83,14 +97,39 @@ Napi::Value KvxferAddon::Info(const Napi::CallbackInfo& info) {
     transports.Set(transports.Length(), o);
   }
   ucx.Set("transports", transports);
+  const UcxCudaSupport& ucx_cuda = QueryUcxCuda();
+  Napi::Object ucx_cuda_info = Napi::Object::New(env);
+  ucx_cuda_info.Set("supported", ucx_cuda.supported);
+  ucx_cuda_info.Set("memoryDomains", Strings(env, ucx_cuda.memory_domains));
+  ucx_cuda_info.Set("transports", Strings(env, ucx_cuda.transports));
+  if (!ucx_cuda.supported) ucx_cuda_info.Set("reason", ucx_cuda.reason);
+  ucx.Set("cuda", ucx_cuda_info);
   const NixlInfo nixl_info = QueryNixl(true);
   Napi::Object nixl = Napi::Object::New(env);
   nixl.Set("available", nixl_info.available);
   if (nixl_info.available) {
     nixl.Set("path", nixl_info.path);
     Napi::Array plugins = Napi::Array::New(env);
-    for (const std::string& p : nixl_info.plugins) plugins.Set(plugins.Length(), p);
+    Napi::Object memory_types = Napi::Object::New(env);
+    std::vector<std::string> vram_backends;
+    for (const NixlPlugin& p : nixl_info.plugins) {
+      plugins.Set(plugins.Length(), p.name);
+      memory_types.Set(p.name, Strings(env, p.memory_types));
+      const bool lists_vram =
+          std::find(p.memory_types.begin(), p.memory_types.end(), "VRAM") != p.memory_types.end();
+      // The UCX plugin lists VRAM on any UCX (NixlEngine::CanRegister).
+      if (lists_vram && (p.name != "UCX" || ucx_cuda.supported)) vram_backends.push_back(p.name);
+    }
     nixl.Set("plugins", plugins);
+    nixl.Set("memoryTypes", memory_types);
+    Napi::Object nixl_cuda = Napi::Object::New(env);
+    nixl_cuda.Set("supported", !vram_backends.empty());
+    nixl_cuda.Set("backends", Strings(env, vram_backends));
+    if (vram_backends.empty()) {
+      nixl_cuda.Set("reason", ucx_cuda.supported ? "no NIXL backend plugin here handles VRAM"
+                                                 : "NIXL's UCX backend runs on this process's UCX: " + ucx_cuda.reason);
+    }
+    nixl.Set("cuda", nixl_cuda);
   } else {
     nixl.Set("reason", nixl_info.reason);
   }

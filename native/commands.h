@@ -29,6 +29,9 @@ struct Start {
 struct Register {
   uint32_t token;
   LocalRegion* region;
+  // Memory the caller vouches for (registerAddress): its CUDA memory type is
+  // checked against region->kind first (cuda/memory_check.h).
+  bool check_memory_type = false;
 };
 // Allocates and registers `region->length` bytes; answered by ev::Registered.
 struct Allocate {

@@ -209,6 +209,9 @@ class Engine {
   // the registered regions.
   virtual std::vector<uint8_t> Metadata() = 0;
 
+  // Whether this engine, as loaded, can register memory of `kind` at all
+  // (VRAM needs a UCX built with CUDA): ERR_ENGINE saying what is missing.
+  virtual Status CanRegister(MemKind kind) { return Status::Ok(); }
   virtual Status Register(LocalRegion* region) = 0;
   // Allocates `region->length` bytes of host memory where peers reach it
   // fastest (UCX: a shared-memory segment a same-host peer maps and copies
@@ -289,11 +292,15 @@ std::unique_ptr<Engine> CreateUcxEngine(EngineEvents* events);
 // Null with `error` set when NIXL cannot be loaded.
 std::unique_ptr<Engine> CreateNixlEngine(EngineEvents* events, Status* error);
 
+struct NixlPlugin {
+  std::string name;
+  std::vector<std::string> memory_types;  // "DRAM", "VRAM", ... as NIXL lists them
+};
 struct NixlInfo {
   bool available = false;
   std::string reason;  // why not, when not
   std::string path;    // the libnixl_capi.so that was loaded
-  std::vector<std::string> plugins;
+  std::vector<NixlPlugin> plugins;
 };
 NixlInfo QueryNixl(bool with_plugins);
 

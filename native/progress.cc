@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <chrono>
 
+#include "cuda/memory_check.h"
+
 namespace kvxfer {
 
 namespace {
@@ -147,7 +149,14 @@ void OwnerThread::Execute(cmd::Start& c) {
 }
 
 void OwnerThread::Execute(cmd::Register& c) {
-  ev::Registered e{c.token, engine_->Register(c.region), c.region, {}};
+  // What the engine cannot carry at all (VRAM on a UCX without CUDA) is
+  // said before what is wrong with this one pointer.
+  Status s = engine_->CanRegister(c.region->kind);
+  if (s.ok() && c.check_memory_type) {
+    s = cuda::CheckMemoryType(c.region->kind, c.region->address, c.region->length, c.region->device);
+  }
+  if (s.ok()) s = engine_->Register(c.region);
+  ev::Registered e{c.token, std::move(s), c.region, {}};
   if (e.status.ok()) e.metadata = engine_->Metadata();
   Push(std::move(e));
 }

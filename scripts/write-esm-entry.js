@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Generates dist/<entry>.mjs: an ES module wrapper around the CommonJS build
 // (dist/<entry>.js), and dist/<entry>.d.mts, its declaration, for each entry
-// point of the package: index ("kvxfer") and prometheus ("kvxfer/prometheus").
+// point of the package: index ("kvxfer"), prometheus ("kvxfer/prometheus") and
+// cuda ("kvxfer/cuda").
 // Runs after `tsc` as part of `npm run build:ts`.
 //
 // The export names are read by requiring dist/index.js, so the wrapper always
@@ -24,7 +25,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 const { pathToFileURL } = require('node:url');
 
-const ENTRIES = ['index', 'prometheus'];
+const ENTRIES = ['index', 'prometheus', 'cuda'];
 const distDir = path.resolve(process.argv[2] || path.join(__dirname, '..', 'dist'));
 
 function fail(msg) {

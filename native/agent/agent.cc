@@ -152,9 +152,9 @@ Napi::Value NativeAgent::Start(const Napi::CallbackInfo& info) {
 }
 
 // -> [token, region id]; the completion carries the region's address.
-Napi::Value NativeAgent::SubmitRegister(RegionEntry* entry, bool allocate) {
+Napi::Value NativeAgent::SubmitRegister(RegionEntry* entry, bool allocate, bool check_memory_type) {
   const uint32_t token = allocate ? Submit(cmd::Allocate{0, &entry->region}, entry)
-                                  : Submit(cmd::Register{0, &entry->region}, entry);
+                                  : Submit(cmd::Register{0, &entry->region, check_memory_type}, entry);
   return Pair(Env(), token, entry->id);
 }
 
@@ -189,7 +189,7 @@ Napi::Value NativeAgent::RegisterAddress(const Napi::CallbackInfo& info) {
   entry->region.length = length;
   entry->region.kind = kind;
   entry->region.device = device;
-  return SubmitRegister(entry, false);
+  return SubmitRegister(entry, false, true);
 }
 
 // allocate(length): host memory of any size, allocated by the engine where

@@ -75,7 +75,7 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent>, private TableEvents {
   // Registers the pending operation and sends its command; -> the token.
   template <typename C>
   uint32_t Submit(C command, PendingOp pending = PendingOp());
-  Napi::Value SubmitRegister(RegionEntry* entry, bool allocate);
+  Napi::Value SubmitRegister(RegionEntry* entry, bool allocate, bool check_memory_type = false);
   uint32_t SubmitWithPlan(XferEntry* xfer, bool estimate);
 
   // TableEvents

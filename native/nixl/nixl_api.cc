@@ -105,6 +105,8 @@ Loaded LoadOnce() {
   KVXFER_NIXL_FN(string_list_get);
   KVXFER_NIXL_FN(get_plugin_params);
   KVXFER_NIXL_FN(destroy_mem_list);
+  KVXFER_NIXL_FN(mem_list_size);
+  KVXFER_NIXL_FN(mem_list_get);
   KVXFER_NIXL_FN(destroy_params);
   KVXFER_NIXL_FN(params_add);
   KVXFER_NIXL_FN(create_backend);
@@ -178,6 +180,17 @@ const char* StatusName(Status status) {
     case kErrorNoTelemetry: return "NIXL_CAPI_ERROR_NO_TELEMETRY";
   }
   return "NIXL_CAPI_UNKNOWN";
+}
+
+const char* MemTypeName(MemType type) {
+  switch (type) {
+    case kDram: return "DRAM";
+    case kVram: return "VRAM";
+    case kBlock: return "BLK";
+    case kObject: return "OBJ";
+    case kFile: return "FILE";
+  }
+  return "UNKNOWN";
 }
 
 }  // namespace nixl

@@ -69,6 +69,8 @@ struct Api {
   Status (*string_list_get)(StringList, size_t, const char**);
   Status (*get_plugin_params)(Agent, const char*, MemList*, Params*);
   Status (*destroy_mem_list)(MemList);
+  Status (*mem_list_size)(MemList, size_t*);
+  Status (*mem_list_get)(MemList, size_t, MemType*);
   Status (*destroy_params)(Params);
   Status (*params_add)(Params, const char*, const char*);
   Status (*create_backend)(Agent, const char*, Params, Backend*);
@@ -114,6 +116,8 @@ struct Api {
 const Api* Load(std::string* error);
 
 const char* StatusName(Status status);
+// "DRAM", "VRAM", ... as NIXL names its memory types.
+const char* MemTypeName(MemType type);
 
 }  // namespace nixl
 }  // namespace kvxfer

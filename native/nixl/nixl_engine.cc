@@ -19,12 +19,31 @@
 #include "crc32.h"
 #include "engine.h"
 #include "ucx/ucx_defaults.h"
+#include "ucx/ucx_info.h"
 #include "wire.h"
 #include "nixl/nixl_api.h"
 
 namespace kvxfer {
 
 namespace {
+
+std::vector<nixl::MemType> MemTypes(const nixl::Api& api, nixl::MemList list) {
+  std::vector<nixl::MemType> out;
+  size_t count = 0;
+  if (list == nullptr || api.mem_list_size(list, &count) != nixl::kSuccess) return out;
+  for (size_t i = 0; i < count; ++i) {
+    nixl::MemType type;
+    if (api.mem_list_get(list, i, &type) == nixl::kSuccess) out.push_back(type);
+  }
+  return out;
+}
+
+std::string MemTypeList(const std::vector<nixl::MemType>& types) {
+  std::string out;
+  for (nixl::MemType type : types) out += std::string(out.empty() ? "" : ", ") + nixl::MemTypeName(type);
+  return out.empty() ? "none" : out;
+}
+
 
 constexpr const char* kLocalAgent = "";  // NIXL_INIT_AGENT: "this agent's own descriptors"
 constexpr int kIdlePollMs = 1;
@@ -259,6 +278,8 @@ class NixlEngine final : public Engine {
       }
     }
     if (!engine_config.empty()) api_.params_add(params, "engine_config", engine_config.c_str());
+    backend_name_ = backend;
+    backend_memory_ = MemTypes(api_, mems);
     st = api_.create_backend(agent_, backend.c_str(), params, &backend_);
     api_.destroy_mem_list(mems);
     api_.destroy_params(params);
@@ -275,6 +296,22 @@ class NixlEngine final : public Engine {
 
   std::vector<uint8_t> Metadata() override {
     return Envelope(RawMetadata(), identity_, std::vector<const LocalRegion*>(regions_.begin(), regions_.end()));
+  }
+
+  Status CanRegister(MemKind kind) override {
+    if (kind != MemKind::kVram) return Status::Ok();
+    if (std::find(backend_memory_.begin(), backend_memory_.end(), nixl::kVram) == backend_memory_.end()) {
+      return Status::Error(Code::kEngine, "cannot register VRAM: NIXL's '" + backend_name_ +
+                                              "' backend does not handle it (its memory types: " +
+                                              MemTypeList(backend_memory_) + ")");
+    }
+    // NIXL's UCX plugin lists VRAM whatever UCX it runs on; the UCX in this
+    // process is the one it runs on (one libucp.so.0 per process).
+    if (backend_name_ == "UCX" && !QueryUcxCuda().supported) {
+      return Status::Error(Code::kEngine, "cannot register VRAM: NIXL's UCX backend runs on a UCX without CUDA: " +
+                                              QueryUcxCuda().reason);
+    }
+    return Status::Ok();
   }
 
   Status Register(LocalRegion* region) override {
@@ -907,6 +944,8 @@ class NixlEngine final : public Engine {
   EngineEvents* const events_;
   const nixl::Api& api_;
   std::string name_;
+  std::string backend_name_;
+  std::vector<nixl::MemType> backend_memory_;  // what the backend registers, as NIXL lists it
   nixl::Agent agent_ = nullptr;
   nixl::Backend backend_ = nullptr;
   std::vector<nixl::Backend> extra_backends_;
@@ -950,7 +989,16 @@ NixlInfo QueryNixl(bool with_plugins) {
     api->string_list_size(plugins, &count);
     for (size_t i = 0; i < count; ++i) {
       const char* plugin = nullptr;
-      if (api->string_list_get(plugins, i, &plugin) == nixl::kSuccess) info.plugins.emplace_back(plugin);
+      if (api->string_list_get(plugins, i, &plugin) != nixl::kSuccess) continue;
+      NixlPlugin entry{plugin, {}};
+      nixl::MemList mems = nullptr;
+      nixl::Params params = nullptr;
+      if (api->get_plugin_params(agent, plugin, &mems, &params) == nixl::kSuccess) {
+        for (nixl::MemType type : MemTypes(*api, mems)) entry.memory_types.emplace_back(nixl::MemTypeName(type));
+        api->destroy_mem_list(mems);
+        api->destroy_params(params);
+      }
+      info.plugins.push_back(std::move(entry));
     }
     api->destroy_string_list(plugins);
   }

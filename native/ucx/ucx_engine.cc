@@ -299,6 +299,11 @@ class UcxEngine final : public Engine {
     ucp_config_release(config);
     if (st != UCS_OK) return UcsError(Code::kEngine, "ucp_init", st);
     context_holder_ = std::make_shared<UcxContext>(context_);
+    ucp_context_attr_t context_attr{};
+    context_attr.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
+    cuda_memory_ = ucp_context_query(context_, &context_attr) == UCS_OK &&
+                   (context_attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
+    transports_ = options.transports;
 
     ucp_worker_params_t worker_params{};
     worker_params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
@@ -334,6 +339,18 @@ class UcxEngine final : public Engine {
     st = ucp_worker_set_am_recv_handler(worker_, &am);
     if (st != UCS_OK) return Fail(UcsError(Code::kEngine, "installing the metadata handler", st));
     return Status::Ok();
+  }
+
+  Status CanRegister(MemKind kind) override {
+    if (kind != MemKind::kVram || cuda_memory_) return Status::Ok();
+    const UcxCudaSupport& cuda = QueryUcxCuda();
+    if (!cuda.supported) return Status::Error(Code::kEngine, "cannot register VRAM: " + cuda.reason);
+    const char* tls = std::getenv("UCX_TLS");
+    return Status::Error(Code::kEngine, "cannot register VRAM: UCX has CUDA support, but this agent's transports (" +
+                                            (transports_.empty() ? std::string("UCX_TLS=") + (tls ? tls : "")
+                                                                 : "transports: '" + transports_ + "'") +
+                                            ") include none that moves CUDA memory; add cuda_copy (and cuda_ipc, "
+                                            "gdr_copy where present)");
   }
 
   Status Register(LocalRegion* region) override {
@@ -1027,6 +1044,9 @@ class UcxEngine final : public Engine {
   // Leads every active message kvxfer sends (ParseAmHeader).
   std::vector<uint8_t> am_header_;
   ucp_context_h context_ = nullptr;
+  // The context's transports can carry CUDA memory (ucp_context_query).
+  bool cuda_memory_ = false;
+  std::string transports_;
   std::shared_ptr<UcxContext> context_holder_;
   ucp_worker_h worker_ = nullptr;
   int event_fd_ = -1;

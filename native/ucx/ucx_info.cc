@@ -3,6 +3,8 @@
 #include <ucp/api/ucp.h>
 #include <uct/api/uct.h>
 
+#include <algorithm>
+
 namespace kvxfer {
 
 std::string UcxVersion() { return ucp_get_version_string(); }
@@ -51,6 +53,38 @@ std::vector<UcxTransport> UcxTransports() {
     uct_release_tl_resource_list(resources);
   });
   return out;
+}
+
+const UcxCudaSupport& QueryUcxCuda() {
+  static const UcxCudaSupport support = [] {
+    UcxCudaSupport out;
+    ForEachUcxMd([&](uct_component_h, const char* md_name, uct_md_h md) {
+      uct_md_attr_t attr{};
+      if (uct_md_query(md, &attr) != UCS_OK) return;
+      if ((attr.cap.reg_mem_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0) out.memory_domains.emplace_back(md_name);
+      const bool moves_cuda = (attr.cap.access_mem_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0 ||
+                              (attr.cap.reg_mem_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
+      if (!moves_cuda) return;
+      uct_tl_resource_desc_t* resources = nullptr;
+      unsigned resource_count = 0;
+      if (uct_md_query_tl_resources(md, &resources, &resource_count) != UCS_OK) return;
+      for (unsigned i = 0; i < resource_count; ++i) {
+        std::string name = resources[i].tl_name;
+        if (std::find(out.transports.begin(), out.transports.end(), name) == out.transports.end()) {
+          out.transports.push_back(std::move(name));
+        }
+      }
+      uct_release_tl_resource_list(resources);
+    });
+    out.supported = !out.memory_domains.empty();
+    if (!out.supported) {
+      out.reason = "UCX " + UcxVersion() +
+                   " has no memory domain that registers CUDA memory: it was built without CUDA (Debian's "
+                   "libucx is), or CUDA's driver is missing. Use a UCX configured --with-cuda (README, GPU memory)";
+    }
+    return out;
+  }();
+  return support;
 }
 
 }  // namespace kvxfer

@@ -18,6 +18,20 @@ std::string UcxVersion();
 bool UcxThreads();
 // Every transport and device UCX can open on this machine, ignoring UCX_TLS.
 std::vector<UcxTransport> UcxTransports();
+
+// What the loaded UCX can do with CUDA memory: the memory domains that
+// register it and the transports that move it (cuda_copy, cuda_ipc,
+// gdr_copy; rc / dc carry it where GPUDirect RDMA is set up). Not
+// `supported` with `reason` where no memory domain registers CUDA memory
+// (Debian's UCX is built without CUDA).
+struct UcxCudaSupport {
+  bool supported = false;
+  std::vector<std::string> memory_domains;
+  std::vector<std::string> transports;
+  std::string reason;
+};
+// Computed once per process (UCX's components do not change once loaded).
+const UcxCudaSupport& QueryUcxCuda();
 // Opens every memory domain of every UCX component in turn (those `want`
 // accepts, when given), with its default configuration, and hands it to
 // `visit` (then closes it).
