@@ -7,8 +7,8 @@ import { KV_MODELS, DTYPE_BYTES, type KvShape } from './kv';
 
 export type Mode = 'local' | 'target' | 'initiator';
 export type Reuse = 'none' | 'requests' | 'all';
-export type BaselineName = 'ucx_perftest' | 'net' | 'memcpy';
-export const BASELINES: readonly BaselineName[] = ['ucx_perftest', 'net', 'memcpy'];
+export type BaselineName = 'ucx_perftest' | 'net' | 'memcpy' | 'cuda_memcpy';
+export const BASELINES: readonly BaselineName[] = ['ucx_perftest', 'net', 'memcpy', 'cuda_memcpy'];
 
 export interface HostPort {
   host: string;
@@ -49,6 +49,8 @@ export interface BenchOptions {
   engine: 'auto' | 'ucx' | 'nixl';
   mem: 'dram' | 'vram';
   device: number;
+  /** --mem vram: the target's GPU (default --device). */
+  peerDevice: number;
   agents: number;
   notify: boolean;
   check: boolean;
@@ -192,13 +194,13 @@ function oneOf<T extends string>(value: string, allowed: readonly T[], what: str
   return value as T;
 }
 
-function parseBaselines(text: string, into: Set<BaselineName>): void {
+function parseBaselines(text: string, into: Set<BaselineName>, vram: boolean): void {
   for (const raw of text.split(',')) {
     const name = raw.trim().replace(/-/g, '_');
     if (name === 'none') {
       into.clear();
     } else if (name === 'all') {
-      for (const b of BASELINES) into.add(b);
+      for (const b of BASELINES) if (vram || b !== 'cuda_memcpy') into.add(b);
     } else if (name === 'perftest') {
       into.add('ucx_perftest');
     } else {
@@ -210,7 +212,7 @@ function parseBaselines(text: string, into: Set<BaselineName>): void {
 /** Options that take a value, and flags that do not. */
 const VALUE_OPTIONS = new Set([
   'listen', 'connect', 'op', 'block-sizes', 'batch-sizes', 'iters', 'warmup', 'duration', 'in-flight',
-  'reuse', 'engine', 'mem', 'device', 'agents', 'transports', 'baseline', 'kv', 'tokens', 'layers', 'kv-heads',
+  'reuse', 'engine', 'mem', 'device', 'peer-device', 'agents', 'transports', 'baseline', 'kv', 'tokens', 'layers', 'kv-heads',
   'head-dim', 'dtype', 'block-tokens', 'json', 'csv', 'chart', 'max-memory', 'timeout', 'repeat', 'from',
   'busy-poll', 'handoff', 'compute-ms', 'pool',
 ]);
@@ -255,10 +257,13 @@ export function parseBenchArgs(argv: readonly string[]): ParsedCommand {
   }
   const last = (name: string): string | undefined => values.get(name)?.at(-1);
 
-  const baselines = new Set<BaselineName>(mode === 'target' ? [] : ['ucx_perftest', 'net', 'memcpy']);
+  // GPU memory is compared with CUDA's own device-to-device copy; host memory with UCX's
+  // perftest, Node's sockets and one memcpy.
+  const vram = last('mem') === 'vram';
+  const baselines = new Set<BaselineName>(mode === 'target' ? [] : vram ? ['cuda_memcpy'] : ['ucx_perftest', 'net', 'memcpy']);
   if (values.has('baseline')) {
     baselines.clear();
-    for (const v of values.get('baseline')!) parseBaselines(v, baselines);
+    for (const v of values.get('baseline')!) parseBaselines(v, baselines, vram);
   }
 
   if (given.has('prepared') && (given.has('no-prepared') || given.has('recreate'))) {
@@ -283,6 +288,7 @@ export function parseBenchArgs(argv: readonly string[]): ParsedCommand {
     engine: oneOf(last('engine') ?? 'auto', ['auto', 'ucx', 'nixl'] as const, '--engine'),
     mem: oneOf(last('mem') ?? 'dram', ['dram', 'vram'] as const, '--mem'),
     device: last('device') !== undefined ? parseZeroOrCount(last('device')!, '--device') : 0,
+    peerDevice: 0,
     agents: last('agents') !== undefined ? parseCount(last('agents')!, '--agents') : 1,
     notify: given.has('notify'),
     check: given.has('check'),
@@ -305,6 +311,14 @@ export function parseBenchArgs(argv: readonly string[]): ParsedCommand {
     if (mode !== 'local') throw new UsageError('--handoff runs on one host: local mode');
   }
   if (given.has('pool') && options.handoff === undefined) throw new UsageError('--pool is for --handoff');
+  options.peerDevice = last('peer-device') !== undefined ? parseZeroOrCount(last('peer-device')!, '--peer-device') : options.device;
+  if (options.mem === 'vram') {
+    if (options.handoff !== undefined) throw new UsageError('--handoff runs on host pools; --mem vram is for transfers');
+    if (options.check) throw new UsageError('--check reads the bench memory from the host; with --mem vram the GPU tests (scripts/gpu-smoke.sh) check the bytes');
+  } else {
+    if (given.has('peer-device')) throw new UsageError('--peer-device is for --mem vram');
+    if (options.baselines.includes('cuda_memcpy')) throw new UsageError('the cuda_memcpy baseline is for --mem vram');
+  }
   if (given.has('compute-ms')) {
     if (options.handoff !== 'stream') throw new UsageError('--compute-ms is for --handoff stream');
     if (!(Number.isFinite(options.computeMs) && options.computeMs >= 0 && options.computeMs <= 10_000)) {
@@ -439,7 +453,9 @@ what to move
                              side, ucx_perftest's footprint)
   --agents N                 agent pairs running in parallel (default 1)
   --notify                   every request carries a notification the target waits for
-  --mem dram|vram            bench memory (default dram; vram needs a GPU, --device N)
+  --mem dram|vram            bench memory (default dram; vram: GPU memory, allocated with
+                             kvxfer/cuda, on --device N here and --peer-device M on the
+                             target (default N); needs a GPU and a CUDA-enabled UCX)
   --engine auto|ucx|nixl     kvxfer engine (default auto)
   --transports TLS           UCX_TLS for both sides and ucx_perftest, e.g. sm,self or tcp
 
@@ -468,7 +484,9 @@ KV-shaped runs (descriptors from a model's KV cache layout)
   --layers N --kv-heads N --head-dim N --dtype fp32|bf16|fp16|fp8 --block-tokens N   override the shape
 
 baselines (each a series, with kvxfer's ratio to it)
-  --baseline LIST            ucx_perftest,net,memcpy (default all), or none
+  --baseline LIST            ucx_perftest,net,memcpy (default all), cuda_memcpy (the
+                             default with --mem vram: cudaMemcpy device to device, or
+                             peer to peer from --device to --peer-device), or none
 
 output
   --json FILE  --csv FILE    every figure of every point

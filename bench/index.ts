@@ -64,8 +64,9 @@ export async function bench(argv: string[]): Promise<number> {
     writeOutputs({ ...report }, { ...options, json: undefined });
     return 0;
   }
-  if (options.mem === 'vram') {
-    process.stderr.write(`kvxfer bench: ${vramUnavailable(options.device)}\n`);
+  const noVram = options.mem === 'vram' ? vramUnavailable(options.engine, options.mode === 'target' ? options.device : Math.max(options.device, options.peerDevice)) : undefined;
+  if (noVram !== undefined) {
+    process.stderr.write(`kvxfer bench: ${noVram}\n`);
     return 1;
   }
   if (options.mode === 'target') return runTarget(options, userEnv);

@@ -7,12 +7,13 @@
 import * as os from 'node:os';
 import { Agent, DescList, info, type Region } from 'kvxfer';
 import { blockIndex, distinctBlocks, kvBlockBytes, kvBlocks, pointsBytes, type BaselineName, type BenchOptions } from './args';
+import { cudaMemcpyName, cudaMemcpyUnavailable, runCudaMemcpy } from './baselines/cuda';
 import { memcpyUnavailable, runMemcpy } from './baselines/memcpy';
 import { runNet } from './baselines/net';
 import { findPerftest, perftestTest, runPerftestClient } from './baselines/perftest';
 import { kvBytesPerToken } from './kv';
 import { runLoop, type Lane } from './loop';
-import { allocateBenchMemory } from './memory';
+import { allocateBenchMemory, freeBenchMemory } from './memory';
 import { checkBlock, fillBlock, poison } from './pattern';
 import { ProgressBar } from './progress';
 import {
@@ -98,7 +99,8 @@ export async function runInitiator(ctx: RunContext, host: string, port: number):
         engine: options.engine,
         transports: options.transports ?? null,
         mem: options.mem,
-        device: options.device,
+        // The target's GPU.
+        device: options.peerDevice,
         agents: options.agents,
         bytes,
         notify: options.notify,
@@ -146,6 +148,12 @@ export async function runInitiator(ctx: RunContext, host: string, port: number):
     if (options.baselines.includes('memcpy')) {
       const why = memcpyUnavailable();
       if (why !== undefined) baselineSeries.get('memcpy')!.unavailable = why;
+    }
+    if (options.baselines.includes('cuda_memcpy')) {
+      const series = baselineSeries.get('cuda_memcpy')!;
+      series.name = cudaMemcpyName(options.device, options.peerDevice);
+      const why = cudaMemcpyUnavailable(options.device, options.peerDevice);
+      if (why !== undefined) series.unavailable = why;
     }
 
     let pointId = 0;
@@ -229,6 +237,7 @@ export async function runInitiator(ctx: RunContext, host: string, port: number):
   } finally {
     bar.done();
     await Promise.allSettled(pairs.map((p) => p.agent.close()));
+    for (const p of pairs) freeBenchMemory(p.region);
     ch.socket.destroy();
   }
 }
@@ -343,6 +352,10 @@ async function runBaseline(
   const seconds = options.duration ?? 1;
   if (b === 'memcpy') {
     const r = await runMemcpy(blockSize, options.duration !== undefined ? Math.min(options.duration, 0.5) : undefined, options.iters, progress);
+    return { ...base, inFlight: 1, figures: { gbps: r.gbps, msgRate: r.iterations / r.seconds, iterations: r.iterations, bytes: r.bytes, seconds: r.seconds, latAvgUs: r.latAvgUs } };
+  }
+  if (b === 'cuda_memcpy') {
+    const r = await runCudaMemcpy(blockSize, options.device, options.peerDevice, options.duration, options.iters, progress);
     return { ...base, inFlight: 1, figures: { gbps: r.gbps, msgRate: r.iterations / r.seconds, iterations: r.iterations, bytes: r.bytes, seconds: r.seconds, latAvgUs: r.latAvgUs } };
   }
   if (b === 'net') {

@@ -1,30 +1,37 @@
 /**
  * Bench memory. DRAM comes from agent.allocate(): engine-allocated shared
- * memory, the fast path (a same-host peer copies straight into it).
- *
- * VRAM would be register({ kind: 'vram', address, length, device }) over a
- * CUDA allocation. Node cannot allocate device memory without a CUDA binding,
- * which kvxfer does not ship, so --mem vram stops here with the reason; this
- * is the one place a CUDA allocator would plug in.
+ * memory, the fast path (a same-host peer copies straight into it). VRAM is
+ * device memory from kvxfer/cuda, registered as a 'vram' region, as a
+ * serving worker registers its KV cache.
  */
-import * as fs from 'node:fs';
 import { info, type Agent, type Region } from 'kvxfer';
+import * as cuda from 'kvxfer/cuda';
 
-/** Why --mem vram cannot run here. */
-export function vramUnavailable(device: number): string {
-  const hasGpu = fs.existsSync(`/dev/nvidia${device}`);
-  const ucx = info().engines.ucx;
-  const cuda = (ucx.transports ?? []).some((t) => t.name.startsWith('cuda'));
-  if (!hasGpu) return `--mem vram needs an NVIDIA GPU (/dev/nvidia${device}); this machine has none. Use --mem dram.`;
-  if (!cuda) {
-    return '--mem vram needs a UCX built with CUDA (transports cuda_copy/cuda_ipc); the UCX kvxfer loaded reports none. ' +
-      'Point LD_LIBRARY_PATH at a CUDA-enabled UCX, or use --mem dram.';
-  }
-  return '--mem vram: kvxfer bench has no CUDA allocator (allocating device memory from Node needs a CUDA binding that kvxfer ' +
-    "does not ship). Your own code can register({ kind: 'vram', address, length, device }) with a pointer from one.";
+/** Why --mem vram cannot run here on `engine` with GPU `device`; undefined when it can. */
+export function vramUnavailable(engine: 'auto' | 'ucx' | 'nixl', device: number): string | undefined {
+  const gpus = cuda.status();
+  if (gpus.deviceCount === 0) return `--mem vram needs a CUDA device; ${gpus.reason ?? 'there is none'}. Use --mem dram.`;
+  if (device >= gpus.deviceCount) return `--mem vram: there is no GPU ${device} (this machine has ${gpus.deviceCount}).`;
+  const engines = info().engines;
+  const which = engine === 'auto' ? (engines.nixl.available ? 'nixl' : 'ucx') : engine;
+  const support = engines[which].cuda;
+  if (!support?.supported) return `--mem vram: the ${which} engine cannot move GPU memory here: ${support?.reason ?? 'unknown'}`;
+  return undefined;
 }
 
 export async function allocateBenchMemory(agent: Agent, bytes: number, mem: 'dram' | 'vram', device: number): Promise<Region> {
-  if (mem === 'vram') throw new Error(vramUnavailable(device));
-  return agent.allocate(Math.max(bytes, 4096));
+  if (mem === 'dram') return agent.allocate(Math.max(bytes, 4096));
+  const length = Math.max(bytes, 4096);
+  const pointer = cuda.malloc(device, length);
+  try {
+    return await agent.register({ kind: 'vram', address: pointer, length, device });
+  } catch (error) {
+    cuda.free(pointer);
+    throw error;
+  }
+}
+
+/** Gives back what allocateBenchMemory took from CUDA; call it once the region's agent is closed. */
+export function freeBenchMemory(region: Region | undefined): void {
+  if (region?.kind === 'vram') cuda.free(region.address);
 }

@@ -25,6 +25,7 @@ export const BASELINE_FIGURES: Record<BaselineName, readonly string[]> = {
   ucx_perftest: ['gbps', 'msgRate', 'iterations', 'latAvgUs', 'latP50Us'],
   net: ['gbps', 'msgRate', 'iterations', 'bytes', 'seconds', 'latAvgUs', 'latP50Us', 'latP99Us', 'latP999Us', 'cpuSeconds', 'cpuPercent', 'eldP99Ms', 'eldMaxMs'],
   memcpy: ['gbps', 'msgRate', 'iterations', 'bytes', 'seconds', 'latAvgUs'],
+  cuda_memcpy: ['gbps', 'msgRate', 'iterations', 'bytes', 'seconds', 'latAvgUs'],
 };
 
 export interface CheckResult {
@@ -91,6 +92,7 @@ export function optionsForReport(o: BenchOptions): Record<string, unknown> {
     reuse: o.reuse,
     engine: o.engine,
     mem: o.mem,
+    ...(o.mem === 'vram' ? { device: o.device, peerDevice: o.peerDevice } : {}),
     agents: o.agents,
     notify: o.notify,
     check: o.check,
@@ -195,7 +197,7 @@ function us(v: number | undefined): string {
   return v >= 100 ? v.toFixed(0) : v.toFixed(v >= 10 ? 1 : 2);
 }
 
-const SHORT_BASELINE: Record<BaselineName, string> = { ucx_perftest: 'perftest', net: 'net', memcpy: 'memcpy' };
+const SHORT_BASELINE: Record<BaselineName, string> = { ucx_perftest: 'perftest', net: 'net', memcpy: 'memcpy', cuda_memcpy: 'cudaMemcpy' };
 
 /** The terminal table: for each block size, the kvxfer rows, then the baselines. */
 export function formatTable(report: Report): string {

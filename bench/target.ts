@@ -12,7 +12,7 @@ import { Agent, DescList, info, type Region } from 'kvxfer';
 import type { BenchOptions } from './args';
 import { startNetSink } from './baselines/net';
 import { findPerftest, startPerftestServer, type PerftestServer } from './baselines/perftest';
-import { allocateBenchMemory } from './memory';
+import { allocateBenchMemory, freeBenchMemory } from './memory';
 import { checkBlock, fillBlock, poison } from './pattern';
 import { Channel, type Message } from './wire';
 
@@ -193,6 +193,7 @@ class Session {
     for (const p of this.perftests) if (p.child.exitCode === null) p.child.kill('SIGKILL');
     this.sink?.close();
     await Promise.allSettled(this.agents.map((a) => a.close()));
+    for (const region of this.regions.splice(0)) freeBenchMemory(region);
   }
 }
 

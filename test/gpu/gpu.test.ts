@@ -235,3 +235,23 @@ describe.each(ENGINES)('%s engine: VRAM', (engine) => {
     expect(await decode.kvHash(decodePool)).toBe(sha256(applyMoves(afterPull, randomBytesFor(layout.bytes, 33), moves, layout.headBytes)))
   })
 })
+
+describe(titled('kvxfer bench --mem vram', firstReason(NO_GPU, engineWithoutCuda('ucx'))), () => {
+  const skip = firstReason(NO_GPU, engineWithoutCuda('ucx'))
+  it.skipIf(skip !== null)('runs VRAM to VRAM between two processes beside cudaMemcpy in the same run, as JSON', async () => {
+    const { spawnSync } = await import('node:child_process')
+    const { mkdtempSync, readFileSync } = await import('node:fs')
+    const { tmpdir } = await import('node:os')
+    const { join } = await import('node:path')
+    const json = join(mkdtempSync(join(tmpdir(), 'kvxfer-gpu-bench-')), 'vram.json')
+    const peerDevice = gpus.deviceCount > 1 ? '1' : '0'
+    const cli = join(__dirname, '..', '..', 'dist', 'cli', 'main.js')
+    const r = spawnSync(process.execPath, [cli, 'bench', '--engine', 'ucx', '--mem', 'vram', '--peer-device', peerDevice, '--block-sizes', '4M', '--duration', '0.3', '--json', json, '--no-progress'], { encoding: 'utf8', timeout: 120_000 })
+    expect(r.status, r.stderr).toBe(0)
+    const report = JSON.parse(readFileSync(json, 'utf8')) as { series: Array<{ kind: string; baseline?: string; points: Array<{ figures: { gbps: number }; ratio?: Record<string, number | null> }> }> }
+    const kvxfer = report.series.find((s) => s.kind === 'kvxfer')!
+    const baseline = report.series.find((s) => s.baseline === 'cuda_memcpy')!
+    expect(baseline.points[0].figures.gbps).toBeGreaterThan(0)
+    expect(kvxfer.points[0].ratio?.cuda_memcpy).toBeGreaterThan(0)
+  })
+})

@@ -76,6 +76,16 @@ describe('parseCount and parseHostPort', () => {
 })
 
 describe('parseBenchArgs', () => {
+  it('--mem vram: GPU --device here, --peer-device on the target (default the same), cudaMemcpy as the baseline', () => {
+    const same = parse('--mem', 'vram', '--device', '2')
+    expect([same.mem, same.device, same.peerDevice]).toEqual(['vram', 2, 2])
+    expect(same.baselines).toEqual(['cuda_memcpy'])
+    const two = parse('--mem', 'vram', '--peer-device', '1', '--baseline', 'all')
+    expect([two.device, two.peerDevice]).toEqual([0, 1])
+    expect(two.baselines).toEqual(['ucx_perftest', 'net', 'memcpy', 'cuda_memcpy'])
+    expect(parse('--baseline', 'all').baselines).toEqual(['ucx_perftest', 'net', 'memcpy'])
+  })
+
   it('has defaults that make a short local run', () => {
     const o = parse()
     expect(o.mode).toBe('local')
@@ -143,6 +153,10 @@ describe('parseBenchArgs', () => {
     [['--block-sizes', '3K..1M'], /powers of two/],
     [['--op', 'copy'], /--op: 'copy' is not one of write, read/],
     [['--mem', 'hbm'], /--mem/],
+    [['--peer-device', '1'], /--peer-device is for --mem vram/],
+    [['--baseline', 'cuda_memcpy'], /the cuda_memcpy baseline is for --mem vram/],
+    [['--mem', 'vram', '--check'], /--check reads the bench memory from the host/],
+    [['--mem', 'vram', '--peer-device', 'x'], /--peer-device/],
     [['--engine', 'rdma'], /--engine/],
     [['--reuse', 'some'], /--reuse/],
     [['--in-flight', '0'], /--in-flight: must be at least 1/],
