@@ -3,7 +3,7 @@
 
 /** The stable error codes of kvxfer: `KvxferError.code` is one of these. */
 export const ErrorCode = {
-  /** A wrong argument: a type, a count or length mismatch, an empty descriptor, a notification over 16 KiB, a malformed descriptor list. */
+  /** A wrong argument: a type, a count or length mismatch, an empty descriptor, a notification over 16 KiB, a malformed descriptor list, memory registered as the wrong kind. */
   INVALID_ARG: 'ERR_INVALID_ARG',
   /** A local descriptor in no registered region, or a remote one in none of the peer's. */
   NOT_REGISTERED: 'ERR_NOT_REGISTERED',
@@ -23,7 +23,7 @@ export const ErrorCode = {
   CLOSED: 'ERR_CLOSED',
   /** The resource is in use: a region with unreleased transfers, a transfer still in flight. */
   BUSY: 'ERR_BUSY',
-  /** UCX or NIXL failed; engineStatus and engineCode say how. */
+  /** UCX, NIXL or CUDA failed, or the engine cannot do it at all (VRAM on a UCX without CUDA); engineStatus and engineCode say how. */
   ENGINE: 'ERR_ENGINE',
   /** Metadata of a second live agent under the name of a loaded one: forget the loaded one first. */
   NAME_IN_USE: 'ERR_NAME_IN_USE',

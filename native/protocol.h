@@ -15,7 +15,7 @@
 // Stable error codes, in the order of kvxfer::Code (status.h), after kOk:
 // X(enumerator, public name, when: the doc comment of ErrorCode's member).
 #define KVXFER_ERROR_CODES(X)                                                                                 \
-  X(InvalidArg, "ERR_INVALID_ARG", "A wrong argument: a type, a count or length mismatch, an empty descriptor, a notification over 16 KiB, a malformed descriptor list.") \
+  X(InvalidArg, "ERR_INVALID_ARG", "A wrong argument: a type, a count or length mismatch, an empty descriptor, a notification over 16 KiB, a malformed descriptor list, memory registered as the wrong kind.") \
   X(NotRegistered, "ERR_NOT_REGISTERED", "A local descriptor in no registered region, or a remote one in none of the peer's.") \
   X(OutOfRange, "ERR_OUT_OF_RANGE", "A descriptor, slice or view that starts inside a region and runs past its end.") \
   X(UnknownPeer, "ERR_UNKNOWN_PEER", "A peer name never loaded, forgotten, or replaced by newer metadata.") \
@@ -25,7 +25,7 @@
   X(Aborted, "ERR_ABORTED", "The operation's signal aborted.")                                                      \
   X(Closed, "ERR_CLOSED", "The agent is closed, or was closed while the operation was pending.")                    \
   X(Busy, "ERR_BUSY", "The resource is in use: a region with unreleased transfers, a transfer still in flight.")     \
-  X(Engine, "ERR_ENGINE", "UCX or NIXL failed; engineStatus and engineCode say how.")                               \
+  X(Engine, "ERR_ENGINE", "UCX, NIXL or CUDA failed, or the engine cannot do it at all (VRAM on a UCX without CUDA); engineStatus and engineCode say how.")                               \
   X(NameInUse, "ERR_NAME_IN_USE", "Metadata of a second live agent under the name of a loaded one: forget the loaded one first.") \
   X(Unauthorized, "ERR_UNAUTHORIZED", "A side-channel exchange where one side did not prove it knows the shared secret, or etcd refused the credentials.") \
   X(LeaseExpired, "ERR_LEASE_EXPIRED", "A lease ran out: a KV pull the offering worker could not confirm while its lease held (the blocks may have been reused, so their bytes are not handed out), or an etcd membership's record (etcd no longer holds it).")
