@@ -37,6 +37,14 @@ import { invalidArg } from './errors';
 /** A device pointer as CUDA gives it: a `bigint`, or an exact `number`. */
 export type DevicePointer = bigint | number;
 
+/** Where {@link checksum} runs on a device, as {@link checksumPlacement} says. */
+export interface ChecksumPlacement {
+  /** On the device (the kernel loaded); else on the host, from a copy. */
+  onDevice: boolean;
+  /** Why not on the device, when not. */
+  reason?: string;
+}
+
 /** What {@link status} says of CUDA here. */
 export interface CudaStatus {
   /** At least one device can be used. */
@@ -121,7 +129,7 @@ export function checksumHost(bytes: ArrayBufferView): bigint {
 }
 
 /** Whether {@link checksum} runs on `device`, and why not when it does not. */
-export function checksumPlacement(device: number): { onDevice: boolean; reason?: string } {
+export function checksumPlacement(device: number): ChecksumPlacement {
   return native().checksumPlacement(device);
 }
 

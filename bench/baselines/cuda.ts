@@ -47,8 +47,11 @@ export async function runCudaMemcpy(
     const perCall = Math.max(1, Math.min(100_000, Math.floor(0.02 / Math.max(probe, 1e-7))));
     let elapsed = 0;
     let iterations = 0;
+    // The events' time decides; the wall clock only bounds a device that reports none.
+    const wallLimit = performance.now() + 1000 * (10 + 4 * (seconds ?? 0.5));
     const done = (): boolean =>
-      seconds === undefined && iters !== undefined ? iterations >= iters : elapsed >= Math.max(0.05, seconds ?? 0.5);
+      performance.now() > wallLimit ||
+      (seconds === undefined && iters !== undefined ? iterations >= iters : elapsed >= Math.max(0.05, seconds ?? 0.5));
     while (!done()) {
       const n = seconds === undefined && iters !== undefined ? Math.min(perCall, iters - iterations) : perCall;
       elapsed += cuda.timeMemcpyDtoD(target, source, blockSize, n);

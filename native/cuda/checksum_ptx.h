@@ -13,7 +13,7 @@ inline constexpr char kChecksumPtx[] =
     "//\n"
     "\n"
     ".version 7.0\n"
-    ".target sm_75\n"
+    ".target sm_60\n"
     ".address_size 64\n"
     "\n"
     "	// .globl	kvxfer_checksum\n"

@@ -152,8 +152,10 @@ void EnablePeerAccess(const Runtime& rt, int a, int b) {
     int can = 0;
     if (rt.cudaDeviceCanAccessPeer(&can, from, to) != kCudaRtSuccess || can == 0) continue;
     if (rt.cudaSetDevice(from) != kCudaRtSuccess) continue;
+    // Already enabled is the usual answer after the first call; any other
+    // failure only leaves the copies to go through the host, still correct.
     const cudaError_t error = rt.cudaDeviceEnablePeerAccess(to, 0);
-    if (error != kCudaRtSuccess) rt.cudaGetLastError();  // already enabled is fine
+    if (error != kCudaRtSuccess) rt.cudaGetLastError();
   }
 }
 
@@ -183,7 +185,14 @@ CUfunction ChecksumKernel(int device, std::string* why) {
   const Driver* driver = LoadDriver(&reason);
   if (driver != nullptr) {
     CUmodule module = nullptr;
-    // The runtime made the device's primary context current (SetDevice).
+    // CUDA 12 on makes the device's primary context current in
+    // cudaSetDevice; before that only a runtime call that needs a context
+    // does (cudaFree(nullptr) is the documented way).
+    CUcontext context = nullptr;
+    if (driver->cuCtxGetCurrent(&context) != kCudaSuccess || context == nullptr) {
+      const Runtime* rt = LoadRuntime(nullptr);
+      if (rt != nullptr) rt->cudaFree(nullptr);
+    }
     CUresult r = driver->cuModuleLoadData(&module, kChecksumPtx);
     if (r == kCudaSuccess) r = driver->cuModuleGetFunction(&function, module, "kvxfer_checksum");
     if (r != kCudaSuccess) {
@@ -325,10 +334,12 @@ Napi::Value HelperFree(const Napi::CallbackInfo& info) {
       Throw(env, Code::kInvalidArg, "free(): the pointer was not returned by malloc(), or was freed already");
     }
     allocation = it->second;
-    allocations.by_address.erase(it);
   }
   SetDevice(env, rt, allocation.device);
   Check(env, rt, rt.cudaFree(Pointer(address)), "cudaFree");
+  Allocations& allocations = TheAllocations();
+  std::lock_guard<std::mutex> lock(allocations.mutex);
+  allocations.by_address.erase(address);
   return env.Undefined();
 }
 
@@ -355,6 +366,10 @@ Napi::Value HelperCopyFromHost(const Napi::CallbackInfo& info) {
   SetDevice(env, rt, DeviceOf(env, address, source.ByteLength(), "copyFromHost()"));
   Check(env, rt, rt.cudaMemcpy(Pointer(address), source.Data(), source.ByteLength(), kMemcpyHostToDevice),
         "cudaMemcpy host to device");
+  // From pageable memory cudaMemcpy may return once the bytes are staged,
+  // before they land; UCX's CUDA transports copy on streams of their own,
+  // unordered with this one, so a transfer posted next could read old bytes.
+  Check(env, rt, rt.cudaDeviceSynchronize(), "cudaMemcpy host to device");
   return env.Undefined();
 }
 
@@ -432,6 +447,8 @@ Napi::Value HelperMemcpy(const Napi::CallbackInfo& info) {
   EnablePeerAccess(rt, source_device, target_device);
   SetDevice(env, rt, source_device);
   Check(env, rt, rt.cudaMemcpy(Pointer(target), Pointer(source), bytes, kMemcpyDefault), "cudaMemcpy");
+  // Device-to-device cudaMemcpy does not wait for the copy.
+  Check(env, rt, rt.cudaDeviceSynchronize(), "cudaMemcpy");
   return env.Undefined();
 }
 

@@ -20,7 +20,7 @@ const FIXTURES = fileURLToPath(new URL('./fixtures', import.meta.url))
 
 const PUBLIC_VALUES = ['Agent', 'DescList', 'ErrorCode', 'EtcdDiscovery', 'KvHandoff', 'KvLayout', 'KvPool', 'KvxferError', 'Region', 'RemoteKvPool', 'Transfer', 'decodeTicket', 'info']
 const PUBLIC_TYPES = [
-  'AgentOptions', 'AgentStats', 'CostEstimate', 'Desc', 'DescLike', 'Descriptors', 'EngineInfo',
+  'AgentOptions', 'AgentStats', 'CostEstimate', 'CudaSupport', 'Desc', 'DescLike', 'Descriptors', 'EngineInfo',
   'EngineName', 'EtcdConnectOptions', 'EtcdEvent', 'EtcdJoinOptions', 'EtcdMembership', 'EtcdMembershipState', 'EtcdPeer',
   'ExternalMemory', 'FileMemory', 'FetchPeerOptions', 'KvBlockOptions', 'KvDescCount', 'KvDtype', 'KvElement', 'KvHeadLayout',
   'KvLayoutOptions', 'KvOrder', 'KvPairedDescs', 'KvPart', 'KvPoolDescriptor', 'KvPoolRegion', 'KvTp', 'KvxferErrorDetails', 'KvxferInfo', 'ListenOptions', 'Memory',
@@ -31,6 +31,12 @@ const PUBLIC = [...PUBLIC_VALUES, ...PUBLIC_TYPES].sort()
 /** kvxfer/prometheus. */
 const PROMETHEUS_VALUES = ['DEFAULT_DURATION_BUCKETS', 'collectMetrics']
 const PROMETHEUS = [...PROMETHEUS_VALUES, 'MetricsCollector', 'MetricsOptions', 'MetricsRegistry'].sort()
+/** kvxfer/cuda. */
+const CUDA_VALUES = [
+  'canAccessPeer', 'checksum', 'checksumHost', 'checksumPlacement', 'copyFromHost', 'copyToHost', 'deviceCount', 'fill', 'free', 'malloc',
+  'memcpyDtoD', 'status', 'timeMemcpyDtoD',
+]
+const CUDA = [...CUDA_VALUES, 'ChecksumPlacement', 'CudaStatus', 'DevicePointer'].sort()
 
 let tmp: string
 let pkg: string
@@ -95,6 +101,7 @@ describe('the published typings', () => {
   it.each([
     { entry: 'index', names: PUBLIC, values: PUBLIC_VALUES },
     { entry: 'prometheus', names: PROMETHEUS, values: PROMETHEUS_VALUES },
+    { entry: 'cuda', names: CUDA, values: CUDA_VALUES },
   ])('export from dist/$entry exactly its public names; its values are what its .js and .mjs export', ({ entry, names, values }) => {
     const [dts, dmts] = [`dist/${entry}.d.ts`, `dist/${entry}.d.mts`]
     const exports = readExports([dts, dmts])
@@ -118,9 +125,10 @@ describe('the published typings', () => {
     expect(declarations).toContain('dist/index.d.ts')
     expect(declarations).toContain('dist/index.d.mts')
     expect(declarations).toContain('dist/prometheus.d.ts')
+    expect(declarations).toContain('dist/cuda.d.ts')
     const outside: string[] = []
     for (const [file, { all }] of readExports(declarations)) {
-      const allowed = file.startsWith('dist/prometheus.') ? PROMETHEUS : PUBLIC
+      const allowed = file.startsWith('dist/prometheus.') ? PROMETHEUS : file.startsWith('dist/cuda.') ? CUDA : PUBLIC
       for (const name of all) if (name !== 'default' && !allowed.includes(name)) outside.push(`${file}: ${name}`)
     }
     expect(outside).toEqual([])
