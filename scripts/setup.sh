@@ -22,8 +22,9 @@ export NEEDRESTART_MODE=a   # Ubuntu: never prompt about restarting services
 # build finds UCX with it), and what node-gyp needs to compile the addon:
 # python3, make, a C++ compiler. ca-certificates lets npm reach the registry
 # over TLS on a minimal image. etcd-server: the etcd the discovery tests
-# start (EtcdDiscovery; they skip without /usr/bin/etcd).
-APT_PACKAGES=(libucx-dev ucx-utils pkg-config python3 make g++ ca-certificates etcd-server)
+# start (EtcdDiscovery; they skip without /usr/bin/etcd). clang and
+# libclang-rt-dev: libFuzzer, for the native fuzz targets (npm run test:fuzz).
+APT_PACKAGES=(libucx-dev ucx-utils pkg-config python3 make g++ ca-certificates etcd-server clang libclang-rt-dev)
 NODE_MIN_MAJOR=20
 
 step() { printf '\n==> %s\n' "$*"; }
