@@ -17,7 +17,8 @@ function write(target, name, bytes) {
 
 for (const target of ['ucx_metadata', 'desc_list']) rmSync(join(CORPUS, target), { recursive: true, force: true })
 
-const agent = await Agent.create({ name: 'fuzz-seed', engine: 'ucx' })
+// Shared memory only: the worker address then names no network interface of this machine.
+const agent = await Agent.create({ name: 'fuzz-seed', engine: 'ucx', transports: 'sm,self' })
 try {
   write('ucx_metadata', 'no-regions', agent.metadata())
   const buffer = await agent.register(Buffer.alloc(64 << 10))
