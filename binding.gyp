@@ -38,6 +38,7 @@
         "native/progress.cc",
         "native/nixl/nixl_api.cc",
         "native/nixl/nixl_engine.cc",
+        "native/nixl/nixl_envelope.cc",
         "native/ucx/ucx_defaults.cc",
         "native/ucx/ucx_engine.cc",
         "native/ucx/ucx_metadata.cc",

@@ -22,6 +22,7 @@
 #include "ucx/ucx_info.h"
 #include "wire.h"
 #include "nixl/nixl_api.h"
+#include "nixl/nixl_envelope.h"
 
 namespace kvxfer {
 
@@ -47,98 +48,6 @@ std::string MemTypeList(const std::vector<nixl::MemType>& types) {
 
 constexpr const char* kLocalAgent = "";  // NIXL_INIT_AGENT: "this agent's own descriptors"
 constexpr int kIdlePollMs = 1;
-
-// kvxfer's envelope around NIXL's own metadata. NIXL's blobs carry no
-// integrity check (NIXL 1.4 accepts some corrupted ones and keeps a
-// half-loaded peer after refusing others), and say nothing kvxfer can read:
-// the envelope adds a CRC, who the agent is (identity.h: same-host liveness,
-// incarnations) and its region table, so remote descriptors are checked at
-// prepare() as on the UCX engine. A bare blob from another NIXL agent
-// (Python, C++) is still accepted as is, unchecked.
-//   0   "KVXN", u16 version (2), u16 reserved,
-//   8   u32 NIXL blob length, u32 CRC-32 of everything after the header
-//   16  the NIXL blob
-//   then identity (48 bytes, wire.h), u32 region count, regions:
-//        u64 address, u64 length, u8 kind, 3 bytes reserved, u32 device
-constexpr uint8_t kEnvelopeMagic[4] = {'K', 'V', 'X', 'N'};
-constexpr size_t kEnvelopeHeader = limits::kNixlEnvelopeBytes;
-constexpr uint16_t kEnvelopeVersion = 2;
-constexpr uint32_t kMaxEnvelopeRegions = 1u << 20;
-
-std::vector<uint8_t> Envelope(const std::vector<uint8_t>& raw, const ProcessIdentity& identity,
-                              const std::vector<const LocalRegion*>& regions) {
-  std::vector<uint8_t> blob(kEnvelopeHeader);
-  wire::Writer w(&blob);
-  w.PutBytes(raw.data(), raw.size());
-  wire::PutIdentity(w, identity);
-  w.Put<uint32_t>(static_cast<uint32_t>(regions.size()));
-  for (const LocalRegion* r : regions) {
-    wire::PutRegion(w, {r->address, r->length, static_cast<uint8_t>(r->kind), r->device});
-  }
-  const uint32_t length = static_cast<uint32_t>(raw.size());
-  const uint32_t crc = Crc32(blob.data() + kEnvelopeHeader, blob.size() - kEnvelopeHeader);
-  std::memcpy(blob.data(), kEnvelopeMagic, 4);
-  std::memcpy(blob.data() + 4, &kEnvelopeVersion, 2);
-  std::memcpy(blob.data() + 8, &length, 4);
-  std::memcpy(blob.data() + 12, &crc, 4);
-  return blob;
-}
-
-// What a blob holds: the NIXL blob inside it, and for an envelope who sent
-// it and its regions.
-struct Unwrapped {
-  const uint8_t* raw = nullptr;
-  size_t raw_length = 0;
-  bool enveloped = false;
-  ProcessIdentity identity;
-  std::vector<RemoteRegion> regions;  // sorted by address
-};
-
-Status Unwrap(const uint8_t* blob, size_t length, Unwrapped* out) {
-  if (length < 4 || std::memcmp(blob, kEnvelopeMagic, 4) != 0) {
-    out->raw = blob;
-    out->raw_length = length;
-    return Status::Ok();
-  }
-  auto bad = [](const std::string& why) {
-    return Status::Error(Code::kBadMetadata, "malformed peer metadata: " + why);
-  };
-  if (length < kEnvelopeHeader) return bad("shorter than its header");
-  uint16_t version;
-  uint32_t raw_length, crc;
-  std::memcpy(&version, blob + 4, 2);
-  std::memcpy(&raw_length, blob + 8, 4);
-  std::memcpy(&crc, blob + 12, 4);
-  if (version != kEnvelopeVersion) return bad("envelope version " + std::to_string(version) + " is not supported");
-  if (blob[6] != 0 || blob[7] != 0) return bad("reserved header bytes are set");
-  const size_t body = length - kEnvelopeHeader;
-  if (Crc32(blob + kEnvelopeHeader, body) != crc) return bad("checksum mismatch (corrupted)");
-  wire::Reader r(blob + kEnvelopeHeader, body);
-  out->raw = r.Take(raw_length);
-  out->raw_length = raw_length;
-  out->identity = wire::GetIdentity(r);
-  const uint32_t count = r.Get<uint32_t>();
-  if (r.failed()) return bad("length field does not match the blob");
-  if (count > kMaxEnvelopeRegions || r.left() != static_cast<size_t>(count) * wire::kRegionFixedBytes) {
-    return bad("region count");
-  }
-  out->regions.reserve(count);
-  for (uint32_t i = 0; i < count; ++i) {
-    const wire::RegionFields fields = wire::GetRegion(r);
-    if (fields.kind > static_cast<uint8_t>(MemKind::kFile)) return bad("region " + std::to_string(i) + " kind");
-    if (!fields.BoundsValid()) return bad("region " + std::to_string(i) + " bounds");
-    RemoteRegion region;
-    region.address = fields.address;
-    region.length = fields.length;
-    region.kind = static_cast<MemKind>(fields.kind);
-    region.device = fields.device;
-    out->regions.push_back(region);
-  }
-  std::sort(out->regions.begin(), out->regions.end(),
-            [](const RemoteRegion& a, const RemoteRegion& b) { return a.address < b.address; });
-  out->enveloped = true;
-  return Status::Ok();
-}
 
 uint64_t NowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -295,7 +204,7 @@ class NixlEngine final : public Engine {
   }
 
   std::vector<uint8_t> Metadata() override {
-    return Envelope(RawMetadata(), identity_, std::vector<const LocalRegion*>(regions_.begin(), regions_.end()));
+    return NixlEnvelope(RawMetadata(), identity_, std::vector<const LocalRegion*>(regions_.begin(), regions_.end()));
   }
 
   Status CanRegister(MemKind kind) override {
@@ -378,8 +287,8 @@ class NixlEngine final : public Engine {
 
   Status Describe(const uint8_t* blob, size_t length, std::string* name, ProcessIdentity* identity,
                   bool* identity_known) override {
-    Unwrapped unwrapped;
-    Status s = Unwrap(blob, length, &unwrapped);
+    NixlUnwrapped unwrapped;
+    Status s = UnwrapNixlMetadata(blob, length, &unwrapped);
     if (!s.ok()) return s;
     if (!PeekNixlAgentName(unwrapped.raw, unwrapped.raw_length, name)) {
       return Status::Error(Code::kBadMetadata, "loading peer metadata: not NIXL metadata");
@@ -392,8 +301,8 @@ class NixlEngine final : public Engine {
   Status LoadPeer(const uint8_t* blob, size_t length, std::unique_ptr<Peer>* out) override {
     // Our own metadata names this agent as the peer of its local backends
     // (FILE through POSIX, a loopback copy): NIXL needs no remote entry.
-    Unwrapped unwrapped;
-    Status s = Unwrap(blob, length, &unwrapped);
+    NixlUnwrapped unwrapped;
+    Status s = UnwrapNixlMetadata(blob, length, &unwrapped);
     if (!s.ok()) return s;
     const uint8_t* raw = unwrapped.raw;
     const size_t raw_length = unwrapped.raw_length;
@@ -458,8 +367,8 @@ class NixlEngine final : public Engine {
         failed_.count(peer) != 0 || forgotten_.count(peer) != 0) {
       return Status::Ok();
     }
-    Unwrapped unwrapped;
-    Status s = Unwrap(blob, length, &unwrapped);
+    NixlUnwrapped unwrapped;
+    Status s = UnwrapNixlMetadata(blob, length, &unwrapped);
     if (!s.ok()) return s;
     std::string name;
     if (!unwrapped.enveloped || !PeekNixlAgentName(unwrapped.raw, unwrapped.raw_length, &name) || name != peer->name) {
@@ -916,10 +825,10 @@ class NixlEngine final : public Engine {
         if (api_.notif_map_get_notif(notifications_, agent, n, &data, &length) != nixl::kSuccess) continue;
         const auto* bytes = static_cast<const uint8_t*>(data);
         if (length > sizeof kMetadataMarker && std::memcmp(bytes, kMetadataMarker, sizeof kMetadataMarker) == 0) {
-          Unwrapped unwrapped;
+          NixlUnwrapped unwrapped;
           const uint8_t* blob = bytes + sizeof kMetadataMarker;
           const size_t blob_length = length - sizeof kMetadataMarker;
-          if (Unwrap(blob, blob_length, &unwrapped).ok() && unwrapped.enveloped) {
+          if (UnwrapNixlMetadata(blob, blob_length, &unwrapped).ok() && unwrapped.enveloped) {
             events_->MetadataPushed(agent, unwrapped.identity.incarnation,
                                     std::vector<uint8_t>(blob, blob + blob_length));
           }
@@ -1018,10 +927,10 @@ std::unique_ptr<Engine> CreateNixlEngine(EngineEvents* events, Status* error) {
 
 Status NarrowNixlMetadata(const std::vector<uint8_t>& full, const std::vector<const LocalRegion*>& regions,
                           std::vector<uint8_t>* out) {
-  Unwrapped unwrapped;
-  Status s = Unwrap(full.data(), full.size(), &unwrapped);
+  NixlUnwrapped unwrapped;
+  Status s = UnwrapNixlMetadata(full.data(), full.size(), &unwrapped);
   if (!s.ok()) return s;
-  *out = Envelope(std::vector<uint8_t>(unwrapped.raw, unwrapped.raw + unwrapped.raw_length), unwrapped.identity, regions);
+  *out = NixlEnvelope(std::vector<uint8_t>(unwrapped.raw, unwrapped.raw + unwrapped.raw_length), unwrapped.identity, regions);
   return Status::Ok();
 }
 

@@ -1,12 +1,14 @@
 // Writes the seed corpus of the native fuzz targets (test/fuzz/native/) from
 // real blobs: UCX metadata of agents with no, one and several regions (a
 // registered Buffer, allocate()d memory, a narrowed blob), and encoded
-// descriptor lists. Run it again after a format change:
+// descriptor lists; with NIXL installed, the NIXL engine's envelopes too
+// (without it that corpus is left as it is). Run it again after a format change:
 //   node test/fuzz/seeds.mjs
+//   NIXL_PREFIX=/opt/nixl LD_LIBRARY_PATH=<NIXL's UCX>/lib:/opt/nixl/lib/x86_64-linux-gnu node test/fuzz/seeds.mjs
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { Agent, DescList } from '../../dist/index.js'
+import { Agent, DescList, info } from '../../dist/index.js'
 
 const CORPUS = join(dirname(fileURLToPath(import.meta.url)), 'corpus')
 
@@ -33,5 +35,20 @@ try {
   write('desc_list', 'devices', DescList.from([{ address: 1n << 40n, length: 1 << 20, device: 3 }, { address: 0xffff_ffff_0000n, length: 65536, device: 0 }]).encode())
 } finally {
   await agent.close()
+}
+if (info().engines.nixl.available) {
+  rmSync(join(CORPUS, 'nixl_envelope'), { recursive: true, force: true })
+  const nixl = await Agent.create({ name: 'fuzz-seed-nixl', engine: 'nixl', transports: 'sm' })
+  try {
+    write('nixl_envelope', 'no-regions', nixl.metadata())
+    await nixl.register(Buffer.alloc(64 << 10))
+    const pool = await nixl.allocate(1 << 20)
+    write('nixl_envelope', 'two-regions', nixl.metadata())
+    write('nixl_envelope', 'narrowed', nixl.metadata({ regions: [pool] }))
+  } finally {
+    await nixl.close()
+  }
+} else {
+  console.log(`NIXL is not available here: test/fuzz/corpus/nixl_envelope is left as it is (${info().engines.nixl.reason?.split('\n')[0]})`)
 }
 console.log(`seeds written under ${CORPUS}`)
