@@ -32,6 +32,7 @@
         "native/cuda/cuda_helper.cc",
         "native/cuda/memory_check.cc",
         "native/descs.cc",
+        "native/host_memory.cc",
         "native/identity.cc",
         "native/liveness.cc",
         "native/loop/busy_poll.cc",

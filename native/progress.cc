@@ -9,6 +9,7 @@
 #include <chrono>
 
 #include "cuda/memory_check.h"
+#include "host_memory.h"
 
 namespace kvxfer {
 
@@ -154,6 +155,9 @@ void OwnerThread::Execute(cmd::Register& c) {
   Status s = engine_->CanRegister(c.region->kind);
   if (s.ok() && c.check_memory_type) {
     s = cuda::CheckMemoryType(c.region->kind, c.region->address, c.region->length, c.region->device);
+    // Memory a copy would fault on (unmapped, read-only, a device range)
+    // crashes the worker at the first transfer otherwise.
+    if (s.ok() && c.region->kind == MemKind::kDram) s = CheckHostMemory(c.region->address, c.region->length);
   }
   if (s.ok()) s = engine_->Register(c.region);
   ev::Registered e{c.token, std::move(s), c.region, {}};

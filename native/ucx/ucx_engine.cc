@@ -22,6 +22,7 @@
 #endif
 
 #include "engine.h"
+#include "host_memory.h"
 #include "ucx/ucx_defaults.h"
 #include "ucx/ucx_info.h"
 #include "ucx/ucx_metadata.h"
@@ -81,23 +82,13 @@ enum class Mapping { kCovers, kDoesNotCover, kUnknown };
 // this process (/proc/self/maps; read once per peer region loaded).
 Mapping SharedMappingOf(uintptr_t start, uint64_t length) {
   if (length == 0 || start + length < start) return Mapping::kDoesNotCover;
-  FILE* maps = std::fopen("/proc/self/maps", "r");
-  if (maps == nullptr) return Mapping::kUnknown;
   bool covered = false;
-  char line[512];
-  while (std::fgets(line, sizeof line, maps) != nullptr) {
-    unsigned long from = 0, to = 0;
-    char perms[5] = {};
-    if (std::sscanf(line, "%lx-%lx %4s", &from, &to, perms) != 3) continue;
-    if (start >= from && start < to) {
-      covered = start + length <= to && perms[3] == 's';
-      break;
-    }
-    // Lines that do not end in a newline were longer than `line`: skip their rest.
-    while (std::strchr(line, '\n') == nullptr && std::fgets(line, sizeof line, maps) != nullptr) {
-    }
-  }
-  std::fclose(maps);
+  const bool read = ForEachMapping([&](const MappedRange& m) {
+    if (start < m.from || start >= m.to) return true;
+    covered = start + length <= m.to && m.perms[3] == 's';
+    return false;
+  });
+  if (!read) return Mapping::kUnknown;
   return covered ? Mapping::kCovers : Mapping::kDoesNotCover;
 }
 
