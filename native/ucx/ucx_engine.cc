@@ -38,6 +38,7 @@ constexpr unsigned kNotifyAmId = 7;
 constexpr unsigned kRevokeAmId = 8;
 constexpr unsigned kMetadataAmId = 9;
 constexpr auto kShutdownDeadline = std::chrono::seconds(5);
+constexpr auto kQuietBeforeDestroy = std::chrono::milliseconds(100);
 // Larger pushed metadata is dropped (a peer's registrations reach us
 // otherwise only by the application loading its metadata).
 constexpr size_t kMaxPushedMetadataBytes = 16 << 20;
@@ -706,7 +707,19 @@ class UcxEngine final : public Engine {
   }
 
   void Teardown() {
-    if (worker_ != nullptr) ucp_worker_destroy(worker_);
+    if (worker_ != nullptr) {
+      // A peer that disconnected just now leaves UCX a one-shot callback on
+      // this worker for the internal endpoint it replied on; destroyed with
+      // it still queued, UCX 1.13 aborts the process (ucp_ep.c:382,
+      // "req->flags & UCP_REQUEST_FLAG_RELEASED": 2 of 8 soak runs whose
+      // worker_threads ended with two connected agents). Progress until the
+      // worker is quiet first, for a bounded time.
+      const auto quiet_by = std::chrono::steady_clock::now() + kQuietBeforeDestroy;
+      for (int idle = 0; idle < 3 && std::chrono::steady_clock::now() < quiet_by;) {
+        idle = ucp_worker_progress(worker_) == 0 ? idle + 1 : 0;
+      }
+      ucp_worker_destroy(worker_);
+    }
     worker_ = nullptr;
     context_holder_.reset();  // ucp_cleanup, now or when the last allocation goes
     context_ = nullptr;

@@ -1,0 +1,66 @@
+// The soak program (test/soak/soak.mjs) at a short size: 50,000 transfers with a notification
+// each (RSS outside V8's heap and V8's live heap grow under 5 % after warm-up; fds and active
+// handles unchanged), 10,000 transfers in flight at once (all land, every byte checked), 100
+// agents created, used and closed beside one long-lived peer, and 30 worker_threads terminated
+// with agents open (fds and handles unchanged but for one-time ones). `npm run test:soak` runs
+// it at full size (10^6 transfers, 1,000 agents, 1,000 workers).
+import { spawnSync } from 'node:child_process'
+import { join } from 'node:path'
+import { beforeAll, describe, expect, it } from 'vitest'
+import { itUnlessKnownBug } from '../fixtures/index.js'
+
+const SOAK = join(__dirname, 'soak.mjs')
+// Known defect, open: about 1 run in 10 of the whole program aborts in UCX 1.13's
+// ucp_worker_destroy (ucp_ep.c:382, "req->flags & UCP_REQUEST_FLAG_RELEASED") as an agent
+// closes just after a peer disconnected from it. Each phase alone no longer does (0 of 44 runs,
+// since UcxEngine::Teardown lets the worker go quiet first). Until it is fixed this runs where
+// asked for, so that CI does not turn red by chance.
+const NOT_ASKED = process.env.KVXFER_SOAK === '1' ? null : 'set KVXFER_SOAK=1 (a known UCX abort at agent close, about 1 run in 10)'
+
+interface Sample { rssMiB: number; heapTotalMiB: number; fds: number; mappings: number; handles: number }
+
+describe.skipIf(NOT_ASKED !== null)(`soak, short${NOT_ASKED ? ` [skipped: ${NOT_ASKED}]` : ''}`, { timeout: 300_000 }, () => {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  let r: any
+  beforeAll(() => {
+    const env = { ...process.env, KVXFER_SOAK_TRANSFERS: '50000', KVXFER_SOAK_AGENTS: '100', KVXFER_SOAK_WORKERS: '30' }
+    const run = spawnSync(process.execPath, ['--expose-gc', SOAK], { env, encoding: 'utf8', timeout: 280_000 })
+    expect(run.status, run.stdout + run.stderr).toBe(0)
+    r = JSON.parse(run.stdout.split('\n').find((l) => l.startsWith('RESULT '))!.slice('RESULT '.length))
+  }, 300_000)
+
+  it('50,000 transfers with notifications: nothing lost, no growth after warm-up, no new fds or handles', () => {
+    expect(r.transfers.notificationsReceived).toBe(50_000)
+    // V8's reserved young generation grows with the allocation rate up to its limit: reported
+    // (rssGrowth), not bounded; what kvxfer and UCX hold is outside it.
+    expect(r.transfers.rssOutsideHeapGrowth).toBeLessThan(0.05)
+    expect(r.transfers.heapUsedGrowth).toBeLessThan(0.05)
+    expect(r.transfers.end.fds).toBe(r.transfers.warm.fds)
+    expect(r.transfers.end.handles).toBe(r.transfers.warm.handles)
+  })
+
+  it('10,000 transfers in flight at once all land', () => {
+    expect(r.inFlight).toMatchObject({ transfers: 10_000, rejected: 0, bytesChecked: true, inFlightAfter: 0 })
+  })
+
+  it('100 agents created and closed: fds and handles stay (one-time ones aside)', () => {
+    const { before, after } = r.agents as { before: Sample; after: Sample }
+    expect(after.fds - before.fds).toBeLessThanOrEqual(2)
+    expect(after.handles - before.handles).toBeLessThanOrEqual(1)
+  })
+
+  // Known defect: a long-lived agent keeps UCX's endpoint (and ~3 mappings, ~30 KB) for every
+  // agent that connected to it and closed, until it closes itself (1,000 agents: +29 MiB,
+  // 222 -> ~3,200 mappings).
+  itUnlessKnownBug(true)('100 agents created and closed: the long-lived peer they wrote to keeps nothing of them', () => {
+    const { before, after } = r.agents as { before: Sample; after: Sample }
+    expect(after.mappings - before.mappings).toBeLessThanOrEqual(20)
+  })
+
+  it('30 worker_threads terminated with agents open: fds and handles stay (one-time ones aside)', () => {
+    const { before, after } = r.workers as { before: Sample; after: Sample }
+    // The workers' stdio, piped to this process's, leaves its pipes once.
+    expect(after.fds - before.fds).toBeLessThanOrEqual(2)
+    expect(after.handles - before.handles).toBeLessThanOrEqual(2)
+  })
+})
