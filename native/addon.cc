@@ -1,7 +1,5 @@
 #include "addon.h"
 
-#include <algorithm>
-
 #include "agent/agent.h"
 #include "agent/convert.h"
 #include "cuda/cuda_helper.h"
@@ -112,23 +110,19 @@ Napi::Value KvxferAddon::Info(const Napi::CallbackInfo& info) {
     Napi::Array plugins = Napi::Array::New(env);
     Napi::Object memory_types = Napi::Object::New(env);
     std::vector<std::string> vram_backends;
+    std::string no_vram = "no NIXL backend plugin here handles VRAM";
     for (const NixlPlugin& p : nixl_info.plugins) {
       plugins.Set(plugins.Length(), p.name);
       memory_types.Set(p.name, Strings(env, p.memory_types));
-      const bool lists_vram =
-          std::find(p.memory_types.begin(), p.memory_types.end(), "VRAM") != p.memory_types.end();
-      // The UCX plugin lists VRAM on any UCX (NixlEngine::CanRegister).
-      if (lists_vram && (p.name != "UCX" || ucx_cuda.supported)) vram_backends.push_back(p.name);
+      if (p.vram_refusal.empty()) vram_backends.push_back(p.name);
+      if (p.name == "UCX") no_vram = p.vram_refusal;  // the backend agents use by default says why
     }
     nixl.Set("plugins", plugins);
     nixl.Set("memoryTypes", memory_types);
     Napi::Object nixl_cuda = Napi::Object::New(env);
     nixl_cuda.Set("supported", !vram_backends.empty());
     nixl_cuda.Set("backends", Strings(env, vram_backends));
-    if (vram_backends.empty()) {
-      nixl_cuda.Set("reason", ucx_cuda.supported ? "no NIXL backend plugin here handles VRAM"
-                                                 : "NIXL's UCX backend runs on this process's UCX: " + ucx_cuda.reason);
-    }
+    if (vram_backends.empty()) nixl_cuda.Set("reason", no_vram);
     nixl.Set("cuda", nixl_cuda);
   } else {
     nixl.Set("reason", nixl_info.reason);

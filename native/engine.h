@@ -295,6 +295,8 @@ std::unique_ptr<Engine> CreateNixlEngine(EngineEvents* events, Status* error);
 struct NixlPlugin {
   std::string name;
   std::vector<std::string> memory_types;  // "DRAM", "VRAM", ... as NIXL lists them
+  // Why it cannot take VRAM here, as NixlEngine::CanRegister says; empty when it can.
+  std::string vram_refusal = "its memory types are unknown";
 };
 struct NixlInfo {
   bool available = false;

@@ -126,8 +126,9 @@ std::string NoDeviceReason(const Runtime& rt, cudaError_t error) {
   return "cudaGetDeviceCount: " + RuntimeErrorText(rt, error);
 }
 
-// The runtime with at least one device, or a KvxferError saying why not.
-const Runtime& Require(Napi::Env env) {
+// The runtime with at least one device (`device_count` of them, when
+// asked), or a KvxferError saying why not.
+const Runtime& Require(Napi::Env env, int* device_count = nullptr) {
   std::string why;
   const Runtime* rt = LoadRuntime(&why);
   if (rt == nullptr) Throw(env, Code::kEngine, "CUDA is unavailable: " + why);
@@ -137,6 +138,7 @@ const Runtime& Require(Napi::Env env) {
     rt->cudaGetLastError();
     Throw(env, Code::kEngine, "CUDA has no usable device: " + NoDeviceReason(*rt, error));
   }
+  if (device_count != nullptr) *device_count = count;
   return *rt;
 }
 
@@ -252,6 +254,17 @@ uint64_t HostChecksumOfDevice(Napi::Env env, const Runtime& rt, uint64_t address
 
 void* Pointer(uint64_t address) { return reinterpret_cast<void*>(address); }
 
+// Before a copy of `bytes` from `source` to `target`, device memory both:
+// checks both spans, lets the devices reach each other where they can, and
+// makes the source's device current (its stream carries the copy).
+void PrepareCopy(Napi::Env env, const Runtime& rt, uint64_t target, uint64_t source, uint64_t bytes,
+                 const std::string& what) {
+  const int target_device = DeviceOf(env, target, bytes, (what + " target").c_str());
+  const int source_device = DeviceOf(env, source, bytes, (what + " source").c_str());
+  EnablePeerAccess(rt, source_device, target_device);
+  SetDevice(env, rt, source_device);
+}
+
 // status() -> { available, deviceCount, reason?, runtime?, runtimeVersion?,
 // driverVersion?, devices? }
 Napi::Value HelperStatus(const Napi::CallbackInfo& info) {
@@ -302,9 +315,8 @@ Napi::Value HelperMalloc(const Napi::CallbackInfo& info) {
   const uint32_t device = ToU32(env, info[0], "device");
   const uint64_t bytes = ToU64(env, info[1], "bytes");
   if (bytes == 0) Throw(env, Code::kInvalidArg, "bytes must be greater than 0");
-  const Runtime& rt = Require(env);
   int count = 0;
-  rt.cudaGetDeviceCount(&count);
+  const Runtime& rt = Require(env, &count);
   if (device >= static_cast<uint32_t>(count)) {
     Throw(env, Code::kInvalidArg,
           "device " + std::to_string(device) + " does not exist (this machine has " + std::to_string(count) + ")");
@@ -442,10 +454,7 @@ Napi::Value HelperMemcpy(const Napi::CallbackInfo& info) {
   const uint64_t source = ToU64(env, info[1], "source");
   const uint64_t bytes = ToU64(env, info[2], "bytes");
   const Runtime& rt = Require(env);
-  const int target_device = DeviceOf(env, target, bytes, "memcpy() target");
-  const int source_device = DeviceOf(env, source, bytes, "memcpy() source");
-  EnablePeerAccess(rt, source_device, target_device);
-  SetDevice(env, rt, source_device);
+  PrepareCopy(env, rt, target, source, bytes, "memcpy()");
   Check(env, rt, rt.cudaMemcpy(Pointer(target), Pointer(source), bytes, kMemcpyDefault), "cudaMemcpy");
   // Device-to-device cudaMemcpy does not wait for the copy.
   Check(env, rt, rt.cudaDeviceSynchronize(), "cudaMemcpy");
@@ -463,10 +472,7 @@ Napi::Value HelperTimeMemcpy(const Napi::CallbackInfo& info) {
   const uint32_t iterations = ToU32(env, info[3], "iterations");
   if (bytes == 0 || iterations == 0) Throw(env, Code::kInvalidArg, "bytes and iterations must be greater than 0");
   const Runtime& rt = Require(env);
-  const int target_device = DeviceOf(env, target, bytes, "timeMemcpy() target");
-  const int source_device = DeviceOf(env, source, bytes, "timeMemcpy() source");
-  EnablePeerAccess(rt, source_device, target_device);
-  SetDevice(env, rt, source_device);
+  PrepareCopy(env, rt, target, source, bytes, "timeMemcpy()");
   cudaEvent_t start = nullptr;
   cudaEvent_t end = nullptr;
   Check(env, rt, rt.cudaEventCreate(&start), "cudaEventCreate");

@@ -45,6 +45,19 @@ std::string MemTypeList(const std::vector<nixl::MemType>& types) {
   return out.empty() ? "none" : out;
 }
 
+// Why NIXL's `backend`, registering `types`, cannot take VRAM here; empty
+// when it can. NIXL's UCX plugin lists VRAM whatever UCX it runs on, and the
+// UCX in this process is the one it runs on (one libucp.so.0 per process).
+std::string VramRefusal(const std::string& backend, const std::vector<nixl::MemType>& types) {
+  if (std::find(types.begin(), types.end(), nixl::kVram) == types.end()) {
+    return "NIXL's '" + backend + "' backend does not handle it (its memory types: " + MemTypeList(types) + ")";
+  }
+  if (backend == "UCX" && !QueryUcxCuda().supported) {
+    return "NIXL's UCX backend runs on a UCX without CUDA: " + QueryUcxCuda().reason;
+  }
+  return "";
+}
+
 
 constexpr const char* kLocalAgent = "";  // NIXL_INIT_AGENT: "this agent's own descriptors"
 constexpr int kIdlePollMs = 1;
@@ -209,18 +222,8 @@ class NixlEngine final : public Engine {
 
   Status CanRegister(MemKind kind) override {
     if (kind != MemKind::kVram) return Status::Ok();
-    if (std::find(backend_memory_.begin(), backend_memory_.end(), nixl::kVram) == backend_memory_.end()) {
-      return Status::Error(Code::kEngine, "cannot register VRAM: NIXL's '" + backend_name_ +
-                                              "' backend does not handle it (its memory types: " +
-                                              MemTypeList(backend_memory_) + ")");
-    }
-    // NIXL's UCX plugin lists VRAM whatever UCX it runs on; the UCX in this
-    // process is the one it runs on (one libucp.so.0 per process).
-    if (backend_name_ == "UCX" && !QueryUcxCuda().supported) {
-      return Status::Error(Code::kEngine, "cannot register VRAM: NIXL's UCX backend runs on a UCX without CUDA: " +
-                                              QueryUcxCuda().reason);
-    }
-    return Status::Ok();
+    const std::string refusal = VramRefusal(backend_name_, backend_memory_);
+    return refusal.empty() ? Status::Ok() : Status::Error(Code::kEngine, "cannot register VRAM: " + refusal);
   }
 
   Status Register(LocalRegion* region) override {
@@ -903,7 +906,9 @@ NixlInfo QueryNixl(bool with_plugins) {
       nixl::MemList mems = nullptr;
       nixl::Params params = nullptr;
       if (api->get_plugin_params(agent, plugin, &mems, &params) == nixl::kSuccess) {
-        for (nixl::MemType type : MemTypes(*api, mems)) entry.memory_types.emplace_back(nixl::MemTypeName(type));
+        const std::vector<nixl::MemType> types = MemTypes(*api, mems);
+        for (nixl::MemType type : types) entry.memory_types.emplace_back(nixl::MemTypeName(type));
+        entry.vram_refusal = VramRefusal(entry.name, types);
         api->destroy_mem_list(mems);
         api->destroy_params(params);
       }
