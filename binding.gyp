@@ -36,6 +36,7 @@
         "native/identity.cc",
         "native/liveness.cc",
         "native/loop/busy_poll.cc",
+        "native/process_copy.cc",
         "native/progress.cc",
         "native/nixl/nixl_api.cc",
         "native/nixl/nixl_engine.cc",

@@ -15,6 +15,21 @@ bool AllowsSharedMemory(const std::string& tls) {
   return false;
 }
 
+bool AllowsCma(const std::string& tls) {
+  if (tls.empty()) return true;
+  const bool excluding = tls[0] == '^';
+  bool named = false;
+  size_t from = excluding ? 1 : 0;
+  while (from <= tls.size()) {
+    size_t comma = tls.find(',', from);
+    if (comma == std::string::npos) comma = tls.size();
+    const std::string name = tls.substr(from, comma - from);
+    named |= name == "cma" || name == "sm" || name == "shm" || name == "all";
+    from = comma + 1;
+  }
+  return excluding != named;
+}
+
 std::vector<std::pair<std::string, std::string>> UcxDefaults(const std::string& transports) {
   std::vector<std::pair<std::string, std::string>> settings;
   auto set = [&](const char* key, const char* value) {

@@ -18,4 +18,8 @@ std::vector<std::pair<std::string, std::string>> UcxDefaults(const std::string& 
 // Whether a UCX_TLS value leaves shared-memory transports in.
 bool AllowsSharedMemory(const std::string& tls);
 
+// Whether a UCX_TLS value leaves cma in: named (itself, or as sm, shm or
+// all), or not excluded by a '^' list.
+bool AllowsCma(const std::string& tls);
+
 }  // namespace kvxfer

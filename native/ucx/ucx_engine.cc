@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -23,6 +24,7 @@
 
 #include "engine.h"
 #include "host_memory.h"
+#include "process_copy.h"
 #include "ucx/ucx_defaults.h"
 #include "ucx/ucx_info.h"
 #include "ucx/ucx_metadata.h"
@@ -214,6 +216,10 @@ struct UcxConn {
   // Every key unpacked for the peer and not yet dropped: they go when the
   // endpoint closes.
   std::vector<ucp_rkey_h> keys;
+  // The peer's process, where this agent copies into and out of its memory
+  // itself (ProcessCopy); 0 where it cannot (CrossMemoryPid), or once the
+  // kernel refused it.
+  pid_t cma_pid = 0;
 };
 
 // One posted plan or standalone notification, from post to its UCX
@@ -249,6 +255,8 @@ class UcxEngine final : public Engine {
     direct_copy_ = direct == nullptr || std::strcmp(direct, "0") != 0;
     const char* prefault = std::getenv("KVXFER_UCX_PREFAULT");
     prefault_ = prefault == nullptr || std::strcmp(prefault, "0") != 0;
+    const char* env_tls = std::getenv("UCX_TLS");
+    cma_ = direct_copy_ && AllowsCma(!options.transports.empty() ? options.transports : env_tls ? env_tls : "");
     am_header_.clear();
     wire::Writer header(&am_header_);
     header.Put<uint8_t>(kAmHeaderVersion);
@@ -463,6 +471,7 @@ class UcxEngine final : public Engine {
     }
     conns_.insert(conn);
     peer->engine_conn = conn;
+    conn->cma_pid = CrossMemoryPid(md.identity);
     conn->worker_address.assign(md.worker_address, md.worker_address + md.worker_address_length);
     PeerUpdate update;
     s = UnpackRegions(conn, md, &update);
@@ -527,10 +536,7 @@ class UcxEngine final : public Engine {
     cuda.op_attr_mask = UCP_OP_ATTR_FIELD_MEMORY_TYPE;
     cuda.memory_type = UCS_MEMORY_TYPE_CUDA;
     const bool write = plan.op == XferOp::kWrite;
-    if (CopyDirectly(plan, write)) {
-      AfterFlush(op, UCS_OK);
-      return;
-    }
+    if (CopyDirectly(plan, write, op)) return;
     // No callbacks per descriptor: requests that do not complete at once are
     // freed right away (UCX finishes them anyway) and the flush below
     // completes when every one of them has reached the peer.
@@ -560,24 +566,43 @@ class UcxEngine final : public Engine {
     return false;
   }
 
-  // The peer's memory is shared memory mapped here (UCX allocated it on this
-  // host): one memcpy per descriptor. UCX itself would copy small requests
-  // twice (through its bounce buffer) or emulate large ones with active
-  // messages, which halves the throughput of a KV request's thousands of
-  // 16-64 KiB descriptors. All or nothing: a plan with any other segment
-  // goes through UCX. Synchronous, as UCX's own cma copy is.
-  bool CopyDirectly(const Plan& plan, bool write) const {
+  // The peer lives on this host and the engine can move the plan's bytes
+  // itself, which it does, synchronously (as UCX's own cma copy is):
+  // - into the peer's shared memory mapped here (UCX allocated it on this
+  //   host), one memcpy per descriptor. UCX itself would copy small requests
+  //   twice (through its bounce buffer) or emulate large ones with active
+  //   messages, which halves the throughput of a KV request's thousands of
+  //   16-64 KiB descriptors;
+  // - into any other memory of the peer's process (a registered Buffer), by
+  //   the kernel's cross-memory copy. UCX 1.13 picks no cma lane for it and
+  //   emulates the put over the shared-memory queues: half the speed of
+  //   allocate() on a quiet host, a hundredth when the peer's cores are busy
+  //   (every put waits for its CPU to acknowledge it), and a peer killed
+  //   mid-acknowledgement leaves this worker's receive queue stopped for
+  //   every peer.
+  // All or nothing: a plan with any other segment goes through UCX. False
+  // when it did not (the plan goes through UCX); otherwise the operation is
+  // finished or failed.
+  bool CopyDirectly(const Plan& plan, bool write, UcxOp* op) {
+    UcxConn* conn = op->conn;
     if (!direct_copy_ || plan.segments.empty()) return false;
-    for (const Segment& s : plan.segments) {
-      if (s.remote_region == nullptr || s.remote_region->engine_mapped == nullptr ||
-          s.local_region->kind != MemKind::kDram) {
-        return false;
-      }
-    }
     uint64_t total = 0;
-    for (const Segment& s : plan.segments) total += s.length;
-    const bool streaming = plan.segments.size() > 1 && total >= kStreamingCopyBytes;
+    bool cross_process = false;
     for (const Segment& s : plan.segments) {
+      if (s.remote_region == nullptr || s.local_region->kind != MemKind::kDram) return false;
+      if (s.remote_region->engine_mapped == nullptr) {
+        if (conn->cma_pid == 0 || s.remote_region->kind != MemKind::kDram) return false;
+        cross_process = true;
+      }
+      total += s.length;
+    }
+    const bool streaming = plan.segments.size() > 1 && total >= kStreamingCopyBytes;
+    ProcessCopy kernel(cross_process ? conn->cma_pid : 0, write);
+    for (const Segment& s : plan.segments) {
+      if (s.remote_region->engine_mapped == nullptr) {
+        if (!kernel.Add(s.local, s.remote, s.length)) break;
+        continue;
+      }
       uint8_t* remote = s.remote_region->engine_mapped + (s.remote - s.remote_region->address);
       auto* local = reinterpret_cast<uint8_t*>(s.local);
       uint8_t* to = write ? remote : local;
@@ -588,10 +613,60 @@ class UcxEngine final : public Engine {
         std::memcpy(to, from, s.length);
       }
     }
+    if (cross_process && !kernel.Finish()) return CrossMemoryFailed(kernel, op);
     // The data's stores (streaming ones included) are visible before the
     // notification that follows.
     StoreFence();
+    AfterFlush(op, UCS_OK);
     return true;
+  }
+
+  // A cross-memory copy failed: the peer's process is gone (its work fails
+  // now, before its pidfd says so), or the kernel does not let this process
+  // reach it (then UCX does, from this plan on: copied again, the bytes
+  // already moved are the same), or the peer's memory is not mapped there.
+  bool CrossMemoryFailed(const ProcessCopy& kernel, UcxOp* op) {
+    UcxConn* conn = op->conn;
+    const std::string& name = conn->peer->name;
+    if (kernel.error() == EPERM) {
+      conn->cma_pid = 0;
+      return false;
+    }
+    if (kernel.error() == ESRCH) {
+      FailConn(conn, UCS_ERR_CONNECTION_RESET,
+               Status::Error(Code::kPeerUnreachable, "peer '" + name + "' (pid " +
+                                                         std::to_string(conn->peer->identity.pid) + ") exited"));
+      AfterFlush(op, UCS_ERR_CONNECTION_RESET);
+      return true;
+    }
+    char where[32];
+    std::snprintf(where, sizeof where, "0x%llx", static_cast<unsigned long long>(kernel.failed_remote()));
+    FailOp(op, kernel.error() == EFAULT
+                   ? Status::Error(Code::kNotRegistered, "peer '" + name + "' has no memory mapped at " + where +
+                                                             " (freed without being deregistered?)")
+                   : Status::Error(Code::kEngine, "copying to or from peer '" + name + "' at " + where + ": " +
+                                                      std::strerror(kernel.error())));
+    return true;
+  }
+
+  // Fails one operation with its own reason (its peer is fine).
+  void FailOp(UcxOp* op, Status why) {
+    Unlink(op);
+    op->reported = true;
+    events_->OperationDone(op->token, std::move(why), NowNs() - op->start_ns);
+    Finish(op);
+  }
+
+  // The pid of a peer this agent may copy into itself (CopyDirectly), or 0:
+  // on another host or in another pid namespace, in this very process (UCX's
+  // self transport copies directly there), or a pid that names a later
+  // process now. A peer that dies afterwards is found by its pidfd, or by the
+  // copy failing with ESRCH; the pid cannot name another process before the
+  // dead one is reaped.
+  pid_t CrossMemoryPid(const ProcessIdentity& peer) const {
+    if (!cma_ || peer.pid == 0 || peer.pid == identity_.pid || !identity_.SameProcessSpace(peer)) return 0;
+    if (peer.start_time == 0 || ProcessStartTime(peer.pid) != peer.start_time) return 0;
+    return static_cast<pid_t>(peer.pid);
   }
 
   void Notify(Peer* peer, const std::vector<uint8_t>& message, uint32_t token) override {
@@ -1062,9 +1137,12 @@ class UcxEngine final : public Engine {
   size_t live_ops_ = 0;
   int closing_ = 0;
   bool shutting_down_ = false;
-  // Same-host shared memory copied by memcpy (CopyDirectly); off with
-  // KVXFER_UCX_DIRECT_COPY=0, which the bench compares against.
+  // Same-host peers' memory copied by the engine itself (CopyDirectly); off
+  // with KVXFER_UCX_DIRECT_COPY=0, which the bench compares against.
   bool direct_copy_ = true;
+  // Cross-memory copies allowed: direct copies on, and cma not left out of
+  // the agent's transports.
+  bool cma_ = true;
   // Allocated memory, and peers' memory mapped for direct copies, faulted
   // in ahead of use (PrefaultInBackground); off with KVXFER_UCX_PREFAULT=0.
   bool prefault_ = true;

@@ -220,6 +220,56 @@ describe.each(VARIANTS)('$engine engine: two processes, $label', { timeout: 120_
     })
   })
 
+  // On one host a peer's registered Buffer is reached by the kernel's cross-memory copy, which
+  // takes at most 1,024 descriptors per call; its allocate()d memory is mapped here and copied
+  // by memcpy. One request mixing both, more than two batches long: every byte where it belongs.
+  describe('2,500 descriptors alternating between a peer Buffer and its allocate()d memory', () => {
+    const N = 2500
+    const L = 61
+    const STRIDE = 97
+    const into = (i: number) => (i % 2 === 0 ? remoteBuf : remote)
+    const slot = (i: number) => Math.floor(i / 2) * STRIDE + 5
+    const localSlices: Slice[] = range(N).map((i) => [perm(i, N) * L, L])
+    const slicesOf = (region: 0 | 1): Slice[] => range(N).filter((i) => i % 2 === region).map((i): Slice => [slot(i), L])
+    const gapsOf = (region: 0 | 1): Slice[] => range(N).filter((i) => i % 2 === region).map((i): Slice => [slot(i) + L, STRIDE - L])
+    const remoteList = () => DescList.from(range(N).map((i) => rdesc(into(i), slot(i), L)))
+    const localList = () => DescList.from(localSlices.map(([o, l]) => local.slice(o, l)))
+    /** The local bytes in the order of the remote descriptors that land in region `r`. */
+    const wantFor = (area: Buffer, r: 0 | 1) => sha256Slices(area, localSlices.filter((_, i) => i % 2 === r))
+
+    it('WRITE: every block lands in its region at its address, the gaps stay untouched', async () => {
+      const s = nextSeed()
+      const area = fillBytes(local.view(0, N * L), s)
+      const span = slot(N - 1) + STRIDE
+      await peer.fill(remoteBuf, s + 3, 0, span)
+      await peer.fill(remote, s + 4, 0, span)
+      const gaps = [await peer.hashSlices(remoteBuf, gapsOf(0)), await peer.hashSlices(remote, gapsOf(1))]
+
+      const res = await agent.write(localList(), remoteList(), peerName, { timeoutMs: XFER_TIMEOUT })
+
+      expect(res.bytes).toBe(N * L)
+      expect(await peer.hashSlices(remoteBuf, slicesOf(0))).toBe(wantFor(area, 0))
+      expect(await peer.hashSlices(remote, slicesOf(1))).toBe(wantFor(area, 1))
+      expect(await peer.hashSlices(remoteBuf, gapsOf(0)), 'a gap in the Buffer was written').toBe(gaps[0])
+      expect(await peer.hashSlices(remote, gapsOf(1)), 'a gap in allocate()d memory was written').toBe(gaps[1])
+    })
+
+    it('READ: every block comes from its region and address', async () => {
+      const s = nextSeed()
+      const span = slot(N - 1) + STRIDE
+      await peer.fill(remoteBuf, s, 0, span)
+      await peer.fill(remote, s + 1, 0, span)
+      const want = [await peer.hashSlices(remoteBuf, slicesOf(0)), await peer.hashSlices(remote, slicesOf(1))]
+      invertBytes(fillBytes(local.view(0, N * L), s))
+
+      const res = await agent.read(localList(), remoteList(), peerName, { timeoutMs: XFER_TIMEOUT })
+
+      expect(res.bytes).toBe(N * L)
+      expect(wantFor(local.view(0, N * L), 0)).toBe(want[0])
+      expect(wantFor(local.view(0, N * L), 1)).toBe(want[1])
+    })
+  })
+
   // ---- prepared transfers -----------------------------------------------------------------------
 
   describe('a prepared transfer posted several times', () => {
