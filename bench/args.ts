@@ -4,6 +4,7 @@
  * UsageError, which the CLI prints with a pointer to --help and exits 2.
  */
 import { KV_MODELS, DTYPE_BYTES, type KvShape } from './kv';
+import type { BenchMem } from './memory';
 
 export type Mode = 'local' | 'target' | 'initiator';
 export type Reuse = 'none' | 'requests' | 'all';
@@ -47,7 +48,7 @@ export interface BenchOptions {
    */
   reuse: Reuse;
   engine: 'auto' | 'ucx' | 'nixl';
-  mem: 'dram' | 'vram';
+  mem: BenchMem;
   device: number;
   /** --mem vram: the target's GPU (default --device). */
   peerDevice: number;
@@ -71,6 +72,8 @@ export interface BenchOptions {
   busyPollUs?: number;
   /** Rounds per block size (kvxfer and baselines interleaved); the median round is reported. */
   repeat: number;
+  /** Busy processes beside the run (--load N; bench/load.ts), 0: none. */
+  load: number;
   /** Run nothing: print and write the outputs of a saved --json report. */
   from?: string;
   /** KV handoff between two processes instead of the transfer points (bench/handoff.ts). */
@@ -213,7 +216,7 @@ function parseBaselines(text: string, into: Set<BaselineName>, vram: boolean): v
 const VALUE_OPTIONS = new Set([
   'listen', 'connect', 'op', 'block-sizes', 'batch-sizes', 'iters', 'warmup', 'duration', 'in-flight',
   'reuse', 'engine', 'mem', 'device', 'peer-device', 'agents', 'transports', 'baseline', 'kv', 'tokens', 'layers', 'kv-heads',
-  'head-dim', 'dtype', 'block-tokens', 'json', 'csv', 'chart', 'max-memory', 'timeout', 'repeat', 'from',
+  'head-dim', 'dtype', 'block-tokens', 'json', 'csv', 'chart', 'max-memory', 'timeout', 'repeat', 'load', 'from',
   'busy-poll', 'handoff', 'compute-ms', 'pool',
 ]);
 const FLAG_OPTIONS = new Set(['once', 'prepared', 'no-prepared', 'recreate', 'notify', 'check', 'no-progress', 'help']);
@@ -286,7 +289,7 @@ export function parseBenchArgs(argv: readonly string[]): ParsedCommand {
     prepared: !(given.has('no-prepared') || given.has('recreate')),
     reuse: oneOf(last('reuse') ?? 'requests', ['none', 'requests', 'all'] as const, '--reuse'),
     engine: oneOf(last('engine') ?? 'auto', ['auto', 'ucx', 'nixl'] as const, '--engine'),
-    mem: oneOf(last('mem') ?? 'dram', ['dram', 'vram'] as const, '--mem'),
+    mem: oneOf(last('mem') ?? 'dram', ['dram', 'buffer', 'vram'] as const, '--mem'),
     device: last('device') !== undefined ? parseZeroOrCount(last('device')!, '--device') : 0,
     peerDevice: 0,
     agents: last('agents') !== undefined ? parseCount(last('agents')!, '--agents') : 1,
@@ -301,6 +304,7 @@ export function parseBenchArgs(argv: readonly string[]): ParsedCommand {
     maxMemory: last('max-memory') !== undefined ? parseSize(last('max-memory')!, '--max-memory') : 4 * 2 ** 30,
     timeoutMs: last('timeout') !== undefined ? parseSeconds(last('timeout')!, '--timeout') * 1000 : 60_000,
     repeat: last('repeat') !== undefined ? parseCount(last('repeat')!, '--repeat') : 1,
+    load: last('load') !== undefined ? parseZeroOrCount(last('load')!, '--load') : 0,
     computeMs: last('compute-ms') !== undefined ? Number(last('compute-ms')) : 1,
     pool: oneOf(last('pool') ?? 'allocate', ['allocate', 'buffer'] as const, '--pool'),
     given,
@@ -312,8 +316,8 @@ export function parseBenchArgs(argv: readonly string[]): ParsedCommand {
   }
   if (given.has('pool') && options.handoff === undefined) throw new UsageError('--pool is for --handoff');
   options.peerDevice = last('peer-device') !== undefined ? parseZeroOrCount(last('peer-device')!, '--peer-device') : options.device;
+  if (options.handoff !== undefined && given.has('mem')) throw new UsageError('--handoff takes its pools\' memory from --pool; --mem is for transfers');
   if (options.mem === 'vram') {
-    if (options.handoff !== undefined) throw new UsageError('--handoff runs on host pools; --mem vram is for transfers');
     if (options.check) throw new UsageError('--check reads the bench memory from the host; with --mem vram the GPU tests (scripts/gpu-smoke.sh) check the bytes');
   } else {
     if (given.has('peer-device')) throw new UsageError('--peer-device is for --mem vram');
@@ -335,6 +339,8 @@ export function parseBenchArgs(argv: readonly string[]): ParsedCommand {
   if (options.inFlight > 4096) throw new UsageError('--in-flight: at most 4096');
   if (options.agents > 64) throw new UsageError('--agents: at most 64');
   if (options.repeat > 100) throw new UsageError('--repeat: at most 100');
+  if (options.load > 256) throw new UsageError('--load: at most 256 busy processes');
+  if (options.load > 0 && mode === 'target') throw new UsageError('--load runs beside an initiator or a local run; start load on the target host yourself');
   if (options.transports !== undefined && !/^\^?[\w,:-]+$/.test(options.transports)) {
     throw new UsageError(`--transports: '${options.transports}' is not a UCX_TLS list such as sm,self or tcp`);
   }
@@ -453,9 +459,11 @@ what to move
                              side, ucx_perftest's footprint)
   --agents N                 agent pairs running in parallel (default 1)
   --notify                   every request carries a notification the target waits for
-  --mem dram|vram            bench memory (default dram; vram: GPU memory, allocated with
-                             kvxfer/cuda, on --device N here and --peer-device M on the
-                             target (default N); needs a GPU and a CUDA-enabled UCX)
+  --mem dram|buffer|vram     bench memory on both sides (default dram: allocate(); buffer:
+                             a Buffer.alloc registered with register(); vram: GPU memory,
+                             allocated with kvxfer/cuda, on --device N here and
+                             --peer-device M on the target (default N); needs a GPU and a
+                             CUDA-enabled UCX)
   --engine auto|ucx|nixl     kvxfer engine (default auto)
   --transports TLS           UCX_TLS for both sides and ucx_perftest, e.g. sm,self or tcp
 
@@ -469,6 +477,8 @@ how long
   --check                    after the timed loop, verify every byte at the destination
   --repeat N                 N rounds per block size, kvxfer and baselines interleaved; each
                              point reports its median round (for noisy machines)
+  --load N                   N processes keep a core busy each for the whole run, kvxfer and
+                             baselines alike (a busy serving host; default 0)
 
 KV-shaped runs (descriptors from a model's KV cache layout)
   --kv MODEL                 ${Object.keys(KV_MODELS).join(', ')}, or custom

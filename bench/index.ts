@@ -8,6 +8,7 @@ import { USAGE, UsageError, parseBenchArgs, type BenchOptions } from './args';
 import { renderChart } from './chart';
 import { formatHandoffTable, runHandoffBench } from './handoff';
 import { runInitiator, type RunContext } from './initiator';
+import { startLoad } from './load';
 import { runLocal } from './local';
 import { vramUnavailable } from './memory';
 import { formatCsv, formatTable, validateReport, type Report } from './report';
@@ -70,6 +71,15 @@ export async function bench(argv: string[]): Promise<number> {
     return 1;
   }
   if (options.mode === 'target') return runTarget(options, userEnv);
+  const load = options.load > 0 ? startLoad(options.load) : undefined;
+  try {
+    return await run(options, argv, userEnv);
+  } finally {
+    await load?.stop();
+  }
+}
+
+async function run(options: BenchOptions, argv: string[], userEnv: NodeJS.ProcessEnv): Promise<number> {
   if (options.handoff !== undefined) {
     const command = ['kvxfer', 'bench', ...argv].map(quote).join(' ');
     const report = await runHandoffBench({ ...options, handoff: options.handoff }, command, (line) => process.stderr.write(`${line}\n`));

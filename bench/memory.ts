@@ -1,8 +1,9 @@
 /**
- * Bench memory. DRAM comes from agent.allocate(): engine-allocated shared
- * memory, the fast path (a same-host peer copies straight into it). VRAM is
- * device memory from kvxfer/cuda, registered as a 'vram' region, as a
- * serving worker registers its KV cache.
+ * Bench memory. 'dram' comes from agent.allocate(): engine-allocated shared
+ * memory (a same-host peer copies straight into it). 'buffer' is a
+ * Buffer.alloc registered with agent.register(), what a Node user registers
+ * first. 'vram' is device memory from kvxfer/cuda, registered as a 'vram'
+ * region, as a serving worker registers its KV cache.
  */
 import { info, type Agent, type Region } from 'kvxfer';
 import * as cuda from 'kvxfer/cuda';
@@ -19,9 +20,12 @@ export function vramUnavailable(engine: 'auto' | 'ucx' | 'nixl', device: number)
   return undefined;
 }
 
-export async function allocateBenchMemory(agent: Agent, bytes: number, mem: 'dram' | 'vram', device: number): Promise<Region> {
-  if (mem === 'dram') return agent.allocate(Math.max(bytes, 4096));
+export type BenchMem = 'dram' | 'buffer' | 'vram';
+
+export async function allocateBenchMemory(agent: Agent, bytes: number, mem: BenchMem, device: number): Promise<Region> {
   const length = Math.max(bytes, 4096);
+  if (mem === 'dram') return agent.allocate(length);
+  if (mem === 'buffer') return agent.register(Buffer.alloc(length));
   const pointer = cuda.malloc(device, length);
   try {
     return await agent.register({ kind: 'vram', address: pointer, length, device });

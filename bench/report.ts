@@ -100,6 +100,7 @@ export function optionsForReport(o: BenchOptions): Record<string, unknown> {
     baselines: o.baselines,
     kv: o.kv ?? null,
     repeat: o.repeat,
+    load: o.load,
   };
 }
 

@@ -12,11 +12,11 @@ import { Agent, DescList, info, type Region } from 'kvxfer';
 import type { BenchOptions } from './args';
 import { startNetSink } from './baselines/net';
 import { findPerftest, startPerftestServer, type PerftestServer } from './baselines/perftest';
-import { allocateBenchMemory, freeBenchMemory } from './memory';
+import { allocateBenchMemory, freeBenchMemory, type BenchMem } from './memory';
 import { checkBlock, fillBlock, poison } from './pattern';
 import { Channel, type Message } from './wire';
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 /** What the target says about itself; also the initiator's `host` in the report. */
 export function hostInfo(): Record<string, unknown> {
@@ -36,7 +36,7 @@ interface HelloBody {
   version: number;
   engine: 'auto' | 'ucx' | 'nixl';
   transports: string | null;
-  mem: 'dram' | 'vram';
+  mem: BenchMem;
   device: number;
   agents: number;
   bytes: number;

@@ -142,6 +142,21 @@ describe('kvxfer bench, local mode', { timeout: 120_000 }, () => {
     expect(run.stdout).toMatch(/--notify: every notification arrived/)
   })
 
+  it('--mem buffer moves registered Buffers, WRITE and READ verified; --load 1 runs a busy process for the run and stops it', async () => {
+    const spinners = () => spawnSync('pgrep', ['-f', 'process.ppid; for'], { encoding: 'utf8' }).stdout.trim().split('\n').filter(Boolean).length
+    const before = spinners()
+    for (const op of ['write', 'read']) {
+      const json = join(dir, `buffer-${op}.json`)
+      const run = await bench(['--mem', 'buffer', '--load', '1', '--op', op, '--block-sizes', '4K,1M', '--batch-sizes', '1,4', '--iters', '16', '--warmup', '2', '--check', '--baseline', 'none', '--json', json])
+      expectOk(run)
+      const report = readReport(json)
+      expect(validateReport(report)).toEqual([])
+      expect(report.options).toMatchObject({ mem: 'buffer', load: 1 })
+      for (const series of report.series) for (const p of series.points) expect(p.check).toMatchObject({ verified: true, ok: true, badBlocks: 0 })
+    }
+    expect(spinners(), 'a --load process outlived the run').toBe(before)
+  })
+
   it('--kv turns a model shape and prompt lengths into descriptors', async () => {
     const json = join(dir, 'kv.json')
     const run = await bench([

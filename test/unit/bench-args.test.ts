@@ -106,7 +106,14 @@ describe('parseBenchArgs', () => {
     expect(o.notify).toBe(false)
     expect(o.progress).toBe('auto')
     expect(o.repeat).toBe(1)
+    expect(o.load).toBe(0)
     expect(o.busyPollUs, 'the library default applies').toBeUndefined()
+  })
+
+  it('--mem buffer registers Buffers on both sides; --load N runs N busy processes beside the run', () => {
+    expect(parse('--mem', 'buffer').mem).toBe('buffer')
+    expect(parse('--load', '2').load).toBe(2)
+    expect(parse('--load=0').load).toBe(0)
   })
 
   it('reads every option, in both --opt value and --opt=value forms', () => {
@@ -152,7 +159,11 @@ describe('parseBenchArgs', () => {
     [['--block-sizes', '4X'], /--block-sizes: '4X' is not a size/],
     [['--block-sizes', '3K..1M'], /powers of two/],
     [['--op', 'copy'], /--op: 'copy' is not one of write, read/],
-    [['--mem', 'hbm'], /--mem/],
+    [['--mem', 'hbm'], /--mem: 'hbm' is not one of dram, buffer, vram/],
+    [['--load', '-1'], /--load/],
+    [['--load', '1000'], /--load: at most 256/],
+    [['target', '--load', '2'], /--load runs beside an initiator or a local run/],
+    [['--kv', 'llama-3.1-8b', '--handoff', 'pull', '--mem', 'buffer'], /--handoff takes its pools' memory from --pool/],
     [['--peer-device', '1'], /--peer-device is for --mem vram/],
     [['--baseline', 'cuda_memcpy'], /the cuda_memcpy baseline is for --mem vram/],
     [['--mem', 'vram', '--check'], /--check reads the bench memory from the host/],
