@@ -233,9 +233,17 @@ function load(): Binding {
   process.env.UCX_MEM_EVENTS ??= 'no';
   let addon: Binding;
   try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const nodeGypBuild = require('node-gyp-build') as (dir: string) => Binding;
-    addon = nodeGypBuild(path.join(__dirname, '..'));
+    // KVXFER_ADDON names another build of the addon, such as the sanitizer
+    // build `npm run test:asan` makes (build/asan/kvxfer.node).
+    const override = process.env.KVXFER_ADDON;
+    if (override !== undefined && override !== '') {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      addon = require(path.resolve(override)) as Binding;
+    } else {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const nodeGypBuild = require('node-gyp-build') as (dir: string) => Binding;
+      addon = nodeGypBuild(path.join(__dirname, '..'));
+    }
   } catch (error) {
     throw explainLoadFailure(error);
   }

@@ -541,6 +541,10 @@ class UcxEngine final : public Engine {
     // freed right away (UCX finishes them anyway) and the flush below
     // completes when every one of them has reached the peer.
     for (const Segment& s : plan.segments) {
+      // UCX may run the endpoint's error handler from inside a put (seen
+      // over tcp with the peer just killed: 1 round in about 45), which
+      // fails the connection and closes the endpoint under this loop.
+      if (conn->failure != UCS_OK) break;
       const ucp_request_param_t* param =
           s.local_region->kind == MemKind::kVram ? &cuda : &host;
       auto rkey = static_cast<ucp_rkey_h>(s.remote_region->engine_key);
@@ -553,6 +557,11 @@ class UcxEngine final : public Engine {
         break;
       }
       if (request != nullptr) ucp_request_free(request);
+    }
+    // Failed meanwhile: the operation was reported with its peer.
+    if (conn->failure != UCS_OK) {
+      AfterFlush(op, conn->failure);
+      return;
     }
     Flush(op);
   }

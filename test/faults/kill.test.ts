@@ -49,16 +49,20 @@ describe.each(ENGINES)('%s engine', (engine) => {
       await disposeAllPeers()
     }, 60_000)
 
-    it(`${FAULT_ROUNDS} rounds: ${WRITES} x 4 MiB WRITEs, the peer killed ${KILL_AFTER_MS} ms after posting`, { timeout: 60_000 + FAULT_ROUNDS * 15_000 }, async () => {
+    // Over tcp a round is cheap, and the suite runs 30: UCX once ran the endpoint's error
+    // handler from inside a put, closing the endpoint under the engine's loop (a crash about
+    // 1 round in 45; 2 rounds would rarely see it).
+    const rounds = process.env.KVXFER_FAULT_ROUNDS === undefined && transports === 'tcp' ? 30 : FAULT_ROUNDS
+    it(`${rounds} rounds: ${WRITES} x 4 MiB WRITEs, the peer killed ${KILL_AFTER_MS} ms after posting`, { timeout: 60_000 + rounds * 15_000 }, async () => {
       // The victim of the next round starts while this one runs: spawning dominates a round.
       let next = spawnVictim()
       // A failed round leaves the next victim to afterAll's cleanup, which kills it.
       next.catch(() => {})
-      for (let round = 0; round < FAULT_ROUNDS; round++) {
+      for (let round = 0; round < rounds; round++) {
         const { peer, region } = await next
         // Every victim has the one name: each round loads it again, replacing the dead one.
         const name = await agent.loadPeer(await peer.metadata())
-        if (round + 1 < FAULT_ROUNDS) {
+        if (round + 1 < rounds) {
           next = spawnVictim()
           next.catch(() => {})
         }
