@@ -41,6 +41,8 @@ constexpr unsigned kRevokeAmId = 8;
 constexpr unsigned kMetadataAmId = 9;
 constexpr auto kShutdownDeadline = std::chrono::seconds(5);
 constexpr auto kQuietBeforeDestroy = std::chrono::milliseconds(100);
+constexpr uint64_t kCloseDeferredLimitNs = 2000000000;
+constexpr int kCloseDeferredPollMs = 100;
 // Larger pushed metadata is dropped (a peer's registrations reach us
 // otherwise only by the application loading its metadata).
 constexpr size_t kMaxPushedMetadataBytes = 16 << 20;
@@ -129,6 +131,36 @@ void PrefaultInBackground(const void* start, uint64_t length) {
   (void)start;
   (void)length;
 #endif
+}
+
+// allocate() promises zero-filled memory. UCX allocates it from a fresh
+// shared-memory segment where a transport maps one (zero already), and
+// otherwise from the heap (its thp and heap methods: posix_memalign,
+// malloc), which may hand back memory used before (ASan's allocator fills
+// it on purpose: the sanitizer run found it over tcp). Whole pages of such
+// private memory are given back to the kernel (MADV_DONTNEED: they read as
+// zero, and cost nothing until touched); the partial pages at either end
+// are cleared.
+void ZeroUnlessFresh(void* start, uint64_t length) {
+  const auto from = reinterpret_cast<uintptr_t>(start);
+  bool shared = false;
+  ForEachMapping([&](const MappedRange& m) {
+    if (from < m.from || from >= m.to) return true;
+    shared = m.perms[3] == 's';
+    return false;
+  });
+  if (shared) return;
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t to = from + length;
+  const uintptr_t inner_from = (from + page - 1) & ~(page - 1);
+  const uintptr_t inner_to = to & ~(page - 1);
+  if (inner_from >= inner_to ||
+      madvise(reinterpret_cast<void*>(inner_from), inner_to - inner_from, MADV_DONTNEED) != 0) {
+    std::memset(start, 0, length);
+    return;
+  }
+  std::memset(start, 0, inner_from - from);
+  std::memset(reinterpret_cast<void*>(inner_to), 0, to - inner_to);
 }
 
 uint64_t NowNs() {
@@ -220,6 +252,17 @@ struct UcxConn {
   // itself (ProcessCopy); 0 where it cannot (CrossMemoryPid), or once the
   // kernel refused it.
   pid_t cma_pid = 0;
+  // UCX requests on the endpoint not yet called back (flushes, active
+  // messages): a failed endpoint closes once they are (CloseEndpoint).
+  uint32_t requests = 0;
+  bool close_deferred = false;
+  uint64_t close_deferred_ns = 0;
+};
+
+// An active message whose payload the send owns until it completes.
+struct UcxOwnedSend {
+  UcxConn* conn;
+  std::shared_ptr<const std::vector<uint8_t>> data;
 };
 
 // One posted plan or standalone notification, from post to its UCX
@@ -405,6 +448,7 @@ class UcxEngine final : public Engine {
     Status packed = PackKey(memh, region);
     if (!packed.ok()) return packed;
     region->address = reinterpret_cast<uint64_t>(attr.address);
+    ZeroUnlessFresh(attr.address, region->length);
     if (prefault_) PrefaultInBackground(attr.address, region->length);
     region->engine_handle = memh;
     region->memory = std::move(allocation);
@@ -689,7 +733,14 @@ class UcxEngine final : public Engine {
     SendNotification(op);
   }
 
-  bool Progress() override { return ucp_worker_progress(worker_) != 0; }
+  bool Progress() override {
+    const bool progressed = ucp_worker_progress(worker_) != 0;
+    if (!close_after_progress_.empty() || deferred_closes_ > 0) CloseQueued();
+    return progressed;
+  }
+
+  // While a close waits, the owner thread comes back to check it.
+  int idle_poll_ms() const override { return deferred_closes_ > 0 ? kCloseDeferredPollMs : -1; }
 
   int event_fd() const override { return event_fd_; }
 
@@ -739,7 +790,29 @@ class UcxEngine final : public Engine {
 
   // Closes the endpoint (by force once it failed: UCX can flush nothing to a
   // dead peer); EndpointClosed follows, now or from progress.
-  void CloseEndpoint(UcxConn* conn) {
+  //
+  // A failed endpoint closes only once UCX has called back every request on
+  // it, and never from inside a UCX callback (CloseQueued, after progress;
+  // `now` is CloseQueued's). Closed by force with a flush still out, UCX
+  // 1.22 later resumed the flush on the freed endpoint (ucp_ep_flush_progress
+  // from ucp_ep_flush_resume_slow_path_callback), and closed from inside
+  // UCX's failure handling, UCX went on with the freed endpoint (UCX 1.13:
+  // ucs_mpool_get_grow; 1.22: ucp_stream_ep_cleanup): each a SIGSEGV within
+  // 30 rounds of test/faults/kill.test.ts over tcp. Shutdown does not wait.
+  void CloseEndpoint(UcxConn* conn, bool now = false) {
+    if (conn->failure != UCS_OK && !shutting_down_ && !now) {
+      if (!conn->close_deferred) {
+        conn->close_deferred = true;
+        conn->close_deferred_ns = NowNs();
+        ++deferred_closes_;
+      }
+      if (conn->requests == 0) QueueClose(conn);
+      return;
+    }
+    if (conn->close_deferred) {
+      conn->close_deferred = false;
+      --deferred_closes_;
+    }
     ucp_request_param_t param{};
     param.op_attr_mask =
         UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
@@ -842,7 +915,11 @@ class UcxEngine final : public Engine {
     param.cb.send = &UcxEngine::OnFlushed;
     param.user_data = op;
     ucs_status_ptr_t request = ucp_ep_flush_nbx(op->conn->ep, &param);
-    if (!UCS_PTR_IS_PTR(request)) AfterFlush(op, UCS_PTR_STATUS(request));
+    if (UCS_PTR_IS_PTR(request)) {
+      ++op->conn->requests;
+    } else {
+      AfterFlush(op, UCS_PTR_STATUS(request));
+    }
   }
 
   void AfterFlush(UcxOp* op, ucs_status_t status) {
@@ -876,7 +953,9 @@ class UcxEngine final : public Engine {
 
   void SendNotification(UcxOp* op) {
     ucs_status_ptr_t request = SendAm(op->conn->ep, kNotifyAmId, *op->message, &UcxEngine::OnNotificationSent, op);
-    if (!UCS_PTR_IS_PTR(request)) {
+    if (UCS_PTR_IS_PTR(request)) {
+      ++op->conn->requests;
+    } else {
       op->status = UCS_PTR_STATUS(request);
       Finish(op);
     }
@@ -886,12 +965,28 @@ class UcxEngine final : public Engine {
     const std::vector<uint8_t> message = wire::PackRevocation(
         identity_.incarnation,
         {wire::RegionFields{region.address, region.length, static_cast<uint8_t>(region.kind), region.device}});
+    auto shared = std::make_shared<const std::vector<uint8_t>>(message);
     for (UcxConn* conn : conns_) {
       if (conn->endpoint != UcxConn::Endpoint::kOpen || conn->failure != UCS_OK || conn->peer == nullptr) continue;
-      // Owned by the send until it completes.
-      auto* copy = new std::vector<uint8_t>(message);
-      if (!UCS_PTR_IS_PTR(SendAm(conn->ep, kRevokeAmId, *copy, &UcxEngine::OnRevocationSent, copy))) delete copy;
+      SendOwned(conn, kRevokeAmId, shared);
     }
+  }
+
+  void SendOwned(UcxConn* conn, unsigned id, const std::shared_ptr<const std::vector<uint8_t>>& data) {
+    auto* send = new UcxOwnedSend{conn, data};
+    if (UCS_PTR_IS_PTR(SendAm(conn->ep, id, *data, &UcxEngine::OnOwnedSent, send))) {
+      ++conn->requests;
+    } else {
+      delete send;
+    }
+  }
+
+  static void OnOwnedSent(void* request, ucs_status_t, void* user_data) {
+    ucp_request_free(request);
+    auto* send = static_cast<UcxOwnedSend*>(user_data);
+    UcxConn* conn = send->conn;
+    delete send;
+    conn->engine->RequestDone(conn);
   }
 
   // Undoes what UnpackRegions added so far: their keys destroyed, none kept.
@@ -977,15 +1072,8 @@ class UcxEngine final : public Engine {
     for (UcxConn* conn : conns_) {
       if (conn->endpoint != UcxConn::Endpoint::kOpen || conn->failure != UCS_OK || conn->peer == nullptr) continue;
       if (!blob) blob = std::make_shared<const std::vector<uint8_t>>(Metadata());
-      // Owned by the send until it completes.
-      auto* hold = new std::shared_ptr<const std::vector<uint8_t>>(blob);
-      if (!UCS_PTR_IS_PTR(SendAm(conn->ep, kMetadataAmId, *blob, &UcxEngine::OnMetadataSent, hold))) delete hold;
+      SendOwned(conn, kMetadataAmId, blob);
     }
-  }
-
-  static void OnMetadataSent(void* request, ucs_status_t, void* user_data) {
-    ucp_request_free(request);
-    delete static_cast<std::shared_ptr<const std::vector<uint8_t>>*>(user_data);
   }
 
   static ucs_status_t OnMetadata(void* arg, const void* header, size_t header_length, void* data, size_t length,
@@ -1000,11 +1088,6 @@ class UcxEngine final : public Engine {
     const auto* bytes = static_cast<const uint8_t*>(data);
     self->events_->MetadataPushed(std::move(peer), incarnation, std::vector<uint8_t>(bytes, bytes + length));
     return UCS_OK;
-  }
-
-  static void OnRevocationSent(void* request, ucs_status_t, void* user_data) {
-    ucp_request_free(request);
-    delete static_cast<std::vector<uint8_t>*>(user_data);
   }
 
   static ucs_status_t OnRevocation(void* arg, const void* header, size_t header_length, void* data, size_t length,
@@ -1075,6 +1158,8 @@ class UcxEngine final : public Engine {
 
   void ForgetConn(UcxConn* conn) {
     conns_.erase(conn);
+    close_after_progress_.erase(std::remove(close_after_progress_.begin(), close_after_progress_.end(), conn),
+                                close_after_progress_.end());
     Peer* peer = conn->peer;
     const bool report = conn->report_destroyed && !shutting_down_;
     delete conn;
@@ -1086,14 +1171,47 @@ class UcxEngine final : public Engine {
   static void OnFlushed(void* request, ucs_status_t status, void* user_data) {
     ucp_request_free(request);
     auto* op = static_cast<UcxOp*>(user_data);
+    UcxConn* conn = op->conn;
     op->engine->AfterFlush(op, status);
+    conn->engine->RequestDone(conn);
   }
 
   static void OnNotificationSent(void* request, ucs_status_t status, void* user_data) {
     ucp_request_free(request);
     auto* op = static_cast<UcxOp*>(user_data);
+    UcxConn* conn = op->conn;
     if (op->status == UCS_OK) op->status = status;
     op->engine->Finish(op);
+    conn->engine->RequestDone(conn);
+  }
+
+  // From UCX's callbacks: a close waiting for this happens after progress.
+  void RequestDone(UcxConn* conn) {
+    if (--conn->requests == 0 && conn->close_deferred) QueueClose(conn);
+  }
+
+  void QueueClose(UcxConn* conn) {
+    if (std::find(close_after_progress_.begin(), close_after_progress_.end(), conn) == close_after_progress_.end()) {
+      close_after_progress_.push_back(conn);
+    }
+  }
+
+  // Outside UCX's callbacks: the failed endpoints whose requests have all
+  // been called back, and those that waited past kCloseDeferredLimitNs for
+  // it (the peer is dead: what UCX holds for it must go).
+  void CloseQueued() {
+    const uint64_t now = NowNs();
+    if (deferred_closes_ > 0) {
+      for (UcxConn* conn : conns_) {
+        if (conn->close_deferred && now - conn->close_deferred_ns > kCloseDeferredLimitNs) QueueClose(conn);
+      }
+    }
+    while (!close_after_progress_.empty()) {
+      UcxConn* conn = close_after_progress_.back();
+      close_after_progress_.pop_back();
+      const bool overdue = now - conn->close_deferred_ns > kCloseDeferredLimitNs;
+      if (conn->endpoint == UcxConn::Endpoint::kOpen && (conn->requests == 0 || overdue)) CloseEndpoint(conn, true);
+    }
   }
 
   static void OnEndpointClosed(void* request, ucs_status_t status, void* user_data) {
@@ -1145,6 +1263,8 @@ class UcxEngine final : public Engine {
   std::vector<UcxOp*> spare_ops_;
   size_t live_ops_ = 0;
   int closing_ = 0;
+  size_t deferred_closes_ = 0;  // conns with close_deferred
+  std::vector<UcxConn*> close_after_progress_;
   bool shutting_down_ = false;
   // Same-host peers' memory copied by the engine itself (CopyDirectly); off
   // with KVXFER_UCX_DIRECT_COPY=0, which the bench compares against.

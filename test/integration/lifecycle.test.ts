@@ -25,6 +25,7 @@ describe('GC safety (node --expose-gc)', { timeout: 90_000 }, () => {
     'deregistered-buffer-is-collectable',
     'closed-agent-is-collectable',
     'dropped-without-close',
+    'allocate-reused-memory-is-zero',
   ])('%s', async (scenario) => {
     const run = await runFixture('gc.mjs', [scenario], { execArgv: ['--expose-gc'], timeoutMs: 60_000 })
     expect(run.code, explain(run)).toBe(0)
