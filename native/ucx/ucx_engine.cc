@@ -771,6 +771,9 @@ class UcxEngine final : public Engine {
       delete conn;
     }
     conns_.clear();
+    // Their ops were reported and recycled; UCX went with the worker.
+    for (UcxConn* conn : orphans_) delete conn;
+    orphans_.clear();
   }
 
  private:
@@ -1156,13 +1159,30 @@ class UcxEngine final : public Engine {
     if (conn->destroy_requested) ForgetConn(conn);
   }
 
+  // The connection goes with its peer; while UCX still holds requests of it
+  // (a force close returns at once, and UCX calls them back later, from
+  // progress), it lives on as an orphan that the last one deletes.
   void ForgetConn(UcxConn* conn) {
     conns_.erase(conn);
     close_after_progress_.erase(std::remove(close_after_progress_.begin(), close_after_progress_.end(), conn),
                                 close_after_progress_.end());
     Peer* peer = conn->peer;
     const bool report = conn->report_destroyed && !shutting_down_;
-    delete conn;
+    if (conn->requests > 0) {
+      Status gone = shutting_down_ ? Status::Error(Code::kClosed, "the agent was closed before the operation finished")
+                    : conn->failure != UCS_OK ? conn->failure_status
+                                              : Status::Error(Code::kPeerUnreachable, "the peer was forgotten");
+      while (conn->ops != nullptr) {
+        UcxOp* op = conn->ops;
+        Unlink(op);
+        op->reported = true;
+        events_->OperationDone(op->token, gone, NowNs() - op->start_ns);
+      }
+      conn->peer = nullptr;
+      orphans_.insert(conn);
+    } else {
+      delete conn;
+    }
     if (peer == nullptr) return;
     peer->engine_conn = nullptr;
     if (report) events_->PeerDestroyed(peer);
@@ -1187,7 +1207,15 @@ class UcxEngine final : public Engine {
 
   // From UCX's callbacks: a close waiting for this happens after progress.
   void RequestDone(UcxConn* conn) {
-    if (--conn->requests == 0 && conn->close_deferred) QueueClose(conn);
+    --conn->requests;
+    if (orphans_.count(conn) != 0) {
+      if (conn->requests == 0) {
+        orphans_.erase(conn);
+        delete conn;
+      }
+      return;
+    }
+    if (conn->requests == 0 && conn->close_deferred) QueueClose(conn);
   }
 
   void QueueClose(UcxConn* conn) {
@@ -1259,6 +1287,8 @@ class UcxEngine final : public Engine {
   std::vector<uint8_t> worker_address_;
   std::unordered_set<LocalRegion*> regions_;
   std::unordered_set<UcxConn*> conns_;
+  // Forgotten connections UCX still has requests of (ForgetConn).
+  std::unordered_set<UcxConn*> orphans_;
   // Ops are recycled: a small transfer should not cost an allocation.
   std::vector<UcxOp*> spare_ops_;
   size_t live_ops_ = 0;
