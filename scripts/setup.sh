@@ -24,7 +24,9 @@ export NEEDRESTART_MODE=a   # Ubuntu: never prompt about restarting services
 # over TLS on a minimal image. etcd-server: the etcd the discovery tests
 # start (EtcdDiscovery; they skip without /usr/bin/etcd). clang and
 # libclang-rt-dev: libFuzzer, for the native fuzz targets (npm run test:fuzz).
-APT_PACKAGES=(libucx-dev ucx-utils pkg-config python3 make g++ ca-certificates etcd-server clang libclang-rt-dev)
+# valgrind: the memcheck smoke of the addon (npm run test:asan; g++ brings
+# the AddressSanitizer runtime itself).
+APT_PACKAGES=(libucx-dev ucx-utils pkg-config python3 make g++ ca-certificates etcd-server clang libclang-rt-dev valgrind)
 NODE_MIN_MAJOR=20
 
 step() { printf '\n==> %s\n' "$*"; }

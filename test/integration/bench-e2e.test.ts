@@ -3,7 +3,7 @@
 // every byte at the destination, and the --json/--csv/--chart outputs. Correctness only: no
 // figure is compared with anything (timings on a shared 2-core machine prove nothing).
 import { spawn, spawnSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -143,7 +143,16 @@ describe('kvxfer bench, local mode', { timeout: 120_000 }, () => {
   })
 
   it('--mem buffer moves registered Buffers, WRITE and READ verified; --load 1 runs a busy process for the run and stops it', async () => {
-    const spinners = () => spawnSync('pgrep', ['-f', 'process.ppid; for'], { encoding: 'utf8' }).stdout.trim().split('\n').filter(Boolean).length
+    // The --load processes, by their command line (read from /proc: no subprocess).
+    const spinners = () =>
+      readdirSync('/proc').filter((pid) => {
+        if (!/^\d+$/.test(pid)) return false
+        try {
+          return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('process.ppid; for')
+        } catch {
+          return false
+        }
+      }).length
     const before = spinners()
     for (const op of ['write', 'read']) {
       const json = join(dir, `buffer-${op}.json`)
