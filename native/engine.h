@@ -112,6 +112,13 @@ struct Peer {
   void* engine_conn = nullptr;
 };
 
+// What a peer's work fails with once its process is known to have exited
+// (its pidfd, or a copy into it that found it gone).
+inline Status PeerExited(const Peer& peer) {
+  return Status::Error(Code::kPeerUnreachable,
+                       "peer '" + peer.name + "' (pid " + std::to_string(peer.identity.pid) + ") exited");
+}
+
 struct Segment {
   uint64_t local;
   uint64_t remote;

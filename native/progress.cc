@@ -328,8 +328,7 @@ void OwnerThread::CheckLiveness() {
 }
 
 void OwnerThread::FailExited(Peer* peer) {
-  engine_->FailPeer(peer, Status::Error(Code::kPeerUnreachable,
-                                        "peer '" + peer->name + "' (pid " + std::to_string(peer->identity.pid) + ") exited"));
+  engine_->FailPeer(peer, PeerExited(*peer));
 }
 
 void OwnerThread::CheckStalls() {

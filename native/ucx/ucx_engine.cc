@@ -143,13 +143,7 @@ void PrefaultInBackground(const void* start, uint64_t length) {
 // are cleared.
 void ZeroUnlessFresh(void* start, uint64_t length) {
   const auto from = reinterpret_cast<uintptr_t>(start);
-  bool shared = false;
-  ForEachMapping([&](const MappedRange& m) {
-    if (from < m.from || from >= m.to) return true;
-    shared = m.perms[3] == 's';
-    return false;
-  });
-  if (shared) return;
+  if (SharedMappingOf(from, length) == Mapping::kCovers) return;
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   const uintptr_t to = from + length;
   const uintptr_t inner_from = (from + page - 1) & ~(page - 1);
@@ -257,6 +251,8 @@ struct UcxConn {
   uint32_t requests = 0;
   bool close_deferred = false;
   uint64_t close_deferred_ns = 0;
+  // Forgotten while UCX still had requests of it (UcxEngine::orphans_).
+  bool orphaned = false;
 };
 
 // An active message whose payload the send owns until it completes.
@@ -686,9 +682,7 @@ class UcxEngine final : public Engine {
       return false;
     }
     if (kernel.error() == ESRCH) {
-      FailConn(conn, UCS_ERR_CONNECTION_RESET,
-               Status::Error(Code::kPeerUnreachable, "peer '" + name + "' (pid " +
-                                                         std::to_string(conn->peer->identity.pid) + ") exited"));
+      FailConn(conn, UCS_ERR_CONNECTION_RESET, PeerExited(*conn->peer));
       AfterFlush(op, UCS_ERR_CONNECTION_RESET);
       return true;
     }
@@ -841,13 +835,19 @@ class UcxEngine final : public Engine {
     conn->failure = status;
     conn->failure_status = std::move(why);
     if (conn->peer != nullptr && !shutting_down_) events_->PeerFailed(conn->peer, conn->failure_status);
+    ReportOps(conn, conn->failure_status);
+    if (conn->endpoint == UcxConn::Endpoint::kOpen && !shutting_down_) CloseEndpoint(conn);
+  }
+
+  // Every operation of the connection not reported yet fails now with `why`;
+  // UCX's callbacks for them later only recycle them.
+  void ReportOps(UcxConn* conn, const Status& why) {
     while (conn->ops != nullptr) {
       UcxOp* op = conn->ops;
       Unlink(op);
       op->reported = true;
-      events_->OperationDone(op->token, conn->failure_status, NowNs() - op->start_ns);
+      events_->OperationDone(op->token, why, NowNs() - op->start_ns);
     }
-    if (conn->endpoint == UcxConn::Endpoint::kOpen && !shutting_down_) CloseEndpoint(conn);
   }
 
   Status PackKey(ucp_mem_h memh, LocalRegion* region) {
@@ -1172,13 +1172,9 @@ class UcxEngine final : public Engine {
       Status gone = shutting_down_ ? Status::Error(Code::kClosed, "the agent was closed before the operation finished")
                     : conn->failure != UCS_OK ? conn->failure_status
                                               : Status::Error(Code::kPeerUnreachable, "the peer was forgotten");
-      while (conn->ops != nullptr) {
-        UcxOp* op = conn->ops;
-        Unlink(op);
-        op->reported = true;
-        events_->OperationDone(op->token, gone, NowNs() - op->start_ns);
-      }
+      ReportOps(conn, gone);
       conn->peer = nullptr;
+      conn->orphaned = true;
       orphans_.insert(conn);
     } else {
       delete conn;
@@ -1208,7 +1204,7 @@ class UcxEngine final : public Engine {
   // From UCX's callbacks: a close waiting for this happens after progress.
   void RequestDone(UcxConn* conn) {
     --conn->requests;
-    if (orphans_.count(conn) != 0) {
+    if (conn->orphaned) {
       if (conn->requests == 0) {
         orphans_.erase(conn);
         delete conn;
