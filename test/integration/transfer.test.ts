@@ -26,6 +26,10 @@ const XFER_TIMEOUT = 60_000
 const TRANSPORTS = [
   { label: 'default transports (shared memory)', transports: undefined as string | undefined },
   { label: 'tcp', transports: 'tcp' as string | undefined },
+  // Shared memory with cma left out: a peer's registered Buffer is then reached through UCX's
+  // emulated put, as when the kernel refuses the cross-memory copy (EPERM) or
+  // KVXFER_UCX_DIRECT_COPY=0.
+  { label: 'shared memory without cma', transports: 'posix,sysv,self' as string | undefined },
 ]
 /** Every engine here with every transport choice. */
 const VARIANTS = ENGINES.flatMap((engine, e) => TRANSPORTS.map((t, i) => ({ ...t, engine, seedBase: (e * TRANSPORTS.length + i) * 100_000 + 1 })))
