@@ -33,7 +33,7 @@ node - "$OUT/memcheck.xml" "$status" <<'EOF'
 const fs = require('node:fs')
 const [file, status] = process.argv.slice(2)
 const xml = fs.readFileSync(file, 'utf8')
-let inAddon = 0, elsewhere = 0, lostBytes = 0
+let inAddon = 0, elsewhere = 0, lostBytes = 0, nixlLostBytes = 0
 const shown = []
 for (const [, error] of xml.matchAll(/<error>([\s\S]*?)<\/error>/g)) {
   const kind = /<kind>(.*?)<\/kind>/.exec(error)?.[1] ?? '?'
@@ -45,7 +45,15 @@ for (const [, error] of xml.matchAll(/<error>([\s\S]*?)<\/error>/g)) {
   const ours = kind.startsWith('Leak_') ? objs.some((o) => o.endsWith('kvxfer.node')) : innermost.endsWith('kvxfer.node')
   if (kind.startsWith('Leak_')) {
     if (!ours) continue
-    lostBytes += Number(/<leakedbytes>(\d+)<\/leakedbytes>/.exec(error)?.[1] ?? 0)
+    const bytes = Number(/<leakedbytes>(\d+)<\/leakedbytes>/.exec(error)?.[1] ?? 0)
+    // NIXL's C API allocates a wrapper for every prepared descriptor list that its own
+    // release function never frees (nixl_capi_release_xfer_dlist_handle, NIXL 1.4.0; its
+    // Rust binding leaks it the same way): counted apart, not as the addon's.
+    if (innermost.endsWith('libnixl_capi.so')) {
+      nixlLostBytes += bytes
+      continue
+    }
+    lostBytes += bytes
   } else if (!ours) {
     elsewhere++
     continue
@@ -56,6 +64,7 @@ for (const [, error] of xml.matchAll(/<error>([\s\S]*?)<\/error>/g)) {
   shown.push(`${kind}: ${/<text>(.*?)<\/text>/.exec(error)?.[1] ?? /<what>(.*?)<\/what>/.exec(error)?.[1] ?? ''}\n    ${frames.join('\n    ')}`)
 }
 for (const s of shown) console.error(s)
-console.log(`valgrind-smoke: ${inAddon} errors, ${lostBytes} bytes definitely lost in the addon; ${elsewhere} errors outside it (Node, V8, UCX); smoke exit ${status}`)
+const nixlLost = nixlLostBytes > 0 ? `; ${nixlLostBytes} bytes lost inside NIXL's C API` : ''
+console.log(`valgrind-smoke: ${inAddon} errors, ${lostBytes} bytes definitely lost in the addon; ${elsewhere} errors outside it (Node, V8, UCX)${nixlLost}; smoke exit ${status}`)
 process.exit(inAddon === 0 && lostBytes === 0 && status === '0' ? 0 : 1)
 EOF

@@ -5,7 +5,7 @@
 // Rounds per case: KVXFER_FAULT_ROUNDS (npm run test:faults runs 100; the suite runs a few).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Agent, PeerEvent, Region } from '../../dist/index.js'
-import { ENGINES, MiB, closeAll, createAgent, exchangeMetadata, fillBytes, rdesc, settle, sha256, within } from '../fixtures/index.js'
+import { ENGINES, MiB, closeAll, createAgent, exchangeMetadata, fillBytes, rdesc, settle, sha256, withEnv, within } from '../fixtures/index.js'
 import { disposeAllPeers, spawnPeer, type Peer, type PeerRegion } from '../fixtures/peers.js'
 import { FAULT_ROUNDS, FAULT_SETTLE_MS, recordFigure, summarize } from './report.js'
 
@@ -27,6 +27,14 @@ describe.each(ENGINES)('%s engine', (engine) => {
   describe.each(CASES)('SIGKILL mid-transfer over $transports, $memory memory', ({ transports, memory }) => {
     // 'sm' is UCX's default selection (shared memory, which is what same-host peers use).
     const agentTransports = transports === 'tcp' ? 'tcp' : undefined
+    // Known UCX defect, not kvxfer's (README "Peers and failures", limits): on the NIXL
+    // engine over tcp with two network devices, UCX gives the endpoint two lanes, and a peer
+    // killed while a flush waits on one of them leaves that flush's resume callback queued
+    // after NIXL's error callback force-closed the endpoint: the next progress reads the
+    // freed endpoint (SIGSEGV in ucp_ep_flush_resume_slow_path_callback; 5 of 7 runs of
+    // 100 rounds crashed with lo and eth0, 0 of 4 with lo alone). The UCX engine closes a
+    // failed endpoint only once its requests are back, which is why it runs on every device.
+    const deviceEnv: Record<string, string> = engine === 'nixl' && transports === 'tcp' ? { UCX_NET_DEVICES: 'lo' } : {}
     let agent: Agent
     let local: Region
     // A second peer that stays alive: the agent must keep working with it.
@@ -36,9 +44,9 @@ describe.each(ENGINES)('%s engine', (engine) => {
     const settleTimes: number[] = []
 
     beforeAll(async () => {
-      agent = await createAgent(`kill-${transports}-${memory}`, { engine, transports: agentTransports })
+      agent = await withEnv(deviceEnv, () => createAgent(`kill-${transports}-${memory}`, { engine, transports: agentTransports }))
       local = memory === 'register' ? await agent.register(Buffer.alloc(BLOCK)) : await agent.allocate(BLOCK)
-      witness = await spawnPeer({ engine, transports: agentTransports })
+      witness = await spawnPeer({ engine, transports: agentTransports, env: deviceEnv })
       witnessRegion = memory === 'register' ? await witness.register(BLOCK) : await witness.allocate(BLOCK)
       witnessName = await exchangeMetadata(agent, witness)
     }, 60_000)
@@ -126,7 +134,7 @@ describe.each(ENGINES)('%s engine', (engine) => {
 
     /** A peer under the one name every round reuses, not loaded yet. */
     async function spawnVictim(): Promise<{ peer: Peer; region: PeerRegion }> {
-      const peer = await spawnPeer({ engine, transports: agentTransports, name: `kill-victim-${engine}-${transports}-${memory}` })
+      const peer = await spawnPeer({ engine, transports: agentTransports, env: deviceEnv, name: `kill-victim-${engine}-${transports}-${memory}` })
       const region = memory === 'register' ? await peer.register(BLOCK) : await peer.allocate(BLOCK)
       return { peer, region }
     }
