@@ -253,6 +253,9 @@ struct UcxConn {
   uint64_t close_deferred_ns = 0;
   // Forgotten while UCX still had requests of it (UcxEngine::orphans_).
   bool orphaned = false;
+  // The endpoint's close, until UCX calls it back (OnEndpointClosed) or
+  // Teardown releases it to UCX.
+  void* close_request = nullptr;
 };
 
 // An active message whose payload the send owns until it completes.
@@ -824,7 +827,11 @@ class UcxEngine final : public Engine {
     ++closing_;
     conn->endpoint = UcxConn::Endpoint::kClosing;
     ucs_status_ptr_t request = ucp_ep_close_nbx(conn->ep, &param);
-    if (!UCS_PTR_IS_PTR(request)) EndpointClosed(conn);
+    if (UCS_PTR_IS_PTR(request)) {
+      conn->close_request = request;
+    } else {
+      EndpointClosed(conn);
+    }
   }
 
   // The peer failed: every operation still waiting on it fails now, new ones
@@ -878,12 +885,25 @@ class UcxEngine final : public Engine {
       for (int idle = 0; idle < 3 && std::chrono::steady_clock::now() < quiet_by;) {
         idle = ucp_worker_progress(worker_) == 0 ? idle + 1 : 0;
       }
+      // A close still in flight (its peer silent past the shutdown deadline,
+      // or its last step queued on the worker's progress) must be released
+      // to UCX first: UCX 1.13 aborts on a user's close request it finds
+      // unreleased while it destroys the endpoint (ucp_ep.c:382, 1 soak run
+      // in 12). UCX still calls it back, from ucp_worker_destroy.
+      for (UcxConn* conn : conns_) ReleaseClose(conn);
+      for (UcxConn* conn : orphans_) ReleaseClose(conn);
       ucp_worker_destroy(worker_);
     }
     worker_ = nullptr;
     context_holder_.reset();  // ucp_cleanup, now or when the last allocation goes
     context_ = nullptr;
     event_fd_ = -1;
+  }
+
+  static void ReleaseClose(UcxConn* conn) {
+    if (conn->close_request == nullptr) return;
+    ucp_request_free(conn->close_request);
+    conn->close_request = nullptr;
   }
 
   UcxOp* NewOp(UcxConn* conn, uint32_t token, const std::vector<uint8_t>* message) {
@@ -1239,8 +1259,10 @@ class UcxEngine final : public Engine {
   }
 
   static void OnEndpointClosed(void* request, ucs_status_t status, void* user_data) {
-    ucp_request_free(request);
     auto* conn = static_cast<UcxConn*>(user_data);
+    // Released by Teardown already: UCX frees it after this call.
+    if (conn->close_request != nullptr) ucp_request_free(request);
+    conn->close_request = nullptr;
     conn->engine->EndpointClosed(conn);
   }
 
