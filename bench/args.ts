@@ -39,6 +39,8 @@ export interface BenchOptions {
   /** Seconds per point; undefined when --iters alone bounds the loop. */
   duration?: number;
   inFlight: number;
+  /** Requests posted together by one Agent.postAll; 1: one post each. */
+  burst: number;
   prepared: boolean;
   /**
    * Which blocks requests share. 'requests' (default): the in-flight requests
@@ -214,7 +216,7 @@ function parseBaselines(text: string, into: Set<BaselineName>, vram: boolean): v
 
 /** Options that take a value, and flags that do not. */
 const VALUE_OPTIONS = new Set([
-  'listen', 'connect', 'op', 'block-sizes', 'batch-sizes', 'iters', 'warmup', 'duration', 'in-flight',
+  'listen', 'connect', 'op', 'block-sizes', 'batch-sizes', 'iters', 'warmup', 'duration', 'in-flight', 'burst',
   'reuse', 'engine', 'mem', 'device', 'peer-device', 'agents', 'transports', 'baseline', 'kv', 'tokens', 'layers', 'kv-heads',
   'head-dim', 'dtype', 'block-tokens', 'json', 'csv', 'chart', 'max-memory', 'timeout', 'repeat', 'load', 'from',
   'busy-poll', 'handoff', 'compute-ms', 'pool',
@@ -286,6 +288,7 @@ export function parseBenchArgs(argv: readonly string[]): ParsedCommand {
     warmup: last('warmup') !== undefined ? parseZeroOrCount(last('warmup')!, '--warmup') : undefined,
     duration: last('duration') !== undefined ? parseSeconds(last('duration')!, '--duration') : undefined,
     inFlight: last('in-flight') !== undefined ? parseCount(last('in-flight')!, '--in-flight') : DEFAULT_IN_FLIGHT,
+    burst: last('burst') !== undefined ? parseCount(last('burst')!, '--burst') : 1,
     prepared: !(given.has('no-prepared') || given.has('recreate')),
     reuse: oneOf(last('reuse') ?? 'requests', ['none', 'requests', 'all'] as const, '--reuse'),
     engine: oneOf(last('engine') ?? 'auto', ['auto', 'ucx', 'nixl'] as const, '--engine'),
@@ -337,6 +340,10 @@ export function parseBenchArgs(argv: readonly string[]): ParsedCommand {
   if (last('connect') !== undefined) options.connect = parseHostPort(last('connect')!, '--connect');
   if (options.iters === undefined && options.duration === undefined) options.duration = DEFAULT_DURATION;
   if (options.inFlight > 4096) throw new UsageError('--in-flight: at most 4096');
+  if (options.burst > 1) {
+    if (options.inFlight % options.burst !== 0) throw new UsageError('--burst must divide --in-flight (each burst is that many of its requests)');
+    if (!options.prepared) throw new UsageError('--burst posts prepared requests; it does not go with --recreate');
+  }
   if (options.agents > 64) throw new UsageError('--agents: at most 64');
   if (options.repeat > 100) throw new UsageError('--repeat: at most 100');
   if (options.load > 256) throw new UsageError('--load: at most 256 busy processes');
@@ -451,6 +458,8 @@ what to move
   --batch-sizes LIST         descriptors per request, e.g. 1,16,1024 or 1..1024 (default 1)
   --in-flight N              requests posted at once per agent pair (default 4; 1 for
                              per-request latency)
+  --burst N                  post the in-flight requests N at a time with one
+                             Agent.postAll (N divides --in-flight; default 1: one post each)
   --prepared | --recreate    prepare each request once and repost it (default), or
                              prepare + post + release every time
   --reuse requests|none|all  which blocks requests share (default requests: the in-flight

@@ -113,7 +113,7 @@ export async function runInitiator(ctx: RunContext, host: string, port: number):
     log(
       `kvxfer bench: ${options.op.toUpperCase()} ${pairs[0].agent.name} -> ${target.host.hostname as string} (${pairs[0].agent.engine}, ` +
         `UCX ${info().engines.ucx.version ?? '?'}, UCX_TLS=${options.transports ?? ctx.userEnv.UCX_TLS ?? 'default'}), ` +
-        `${options.agents} pair${options.agents > 1 ? 's' : ''}, in-flight ${options.inFlight}, ${options.prepared ? 'prepared' : 're-created'} requests` +
+        `${options.agents} pair${options.agents > 1 ? 's' : ''}, in-flight ${options.inFlight}${options.burst > 1 ? ` (bursts of ${options.burst})` : ''}, ${options.prepared ? 'prepared' : 're-created'} requests` +
         `${options.notify ? ', with notifications' : ''}${options.check ? ', --check' : ''}`,
     );
 
@@ -288,6 +288,7 @@ async function runKvxferPoint(
       timeoutMs: options.timeoutMs,
       requestBytes: p.batch * p.blockSize,
       batch: p.batch,
+      burst: options.burst,
     },
     progress,
   );

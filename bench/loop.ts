@@ -39,6 +39,8 @@ export interface LoopSpec {
   requestBytes: number;
   /** Descriptors per request. */
   batch: number;
+  /** Requests posted together by one Agent.postAll (consecutive lanes of one pair); 1: each posts its own. */
+  burst?: number;
 }
 
 export interface LoopResult {
@@ -177,6 +179,50 @@ async function runLane(
   }
 }
 
+/**
+ * A group of `burst` lanes of one pair posting their prepared transfers
+ * together (Agent.postAll) and waiting for all: each request in it counts
+ * as one, and its latency is the burst's.
+ */
+async function runBurst(
+  agent: Agent,
+  phase: Phase,
+  rec: Recorders | undefined,
+  transfers: Transfer[],
+  posts: number[],
+  first: number,
+): Promise<void> {
+  const mask = rec?.mask ?? 0;
+  let k = first;
+  try {
+    for (;;) {
+      let n = 0;
+      while (n < transfers.length && phase.claim()) n++;
+      if (n === 0) return;
+      const batch = n === transfers.length ? transfers : transfers.slice(0, n);
+      if (rec !== undefined && (k++ & mask) === 0) {
+        const t0 = performance.now();
+        const posted = agent.postAll(batch);
+        const t1 = performance.now();
+        const results = await posted;
+        const t2 = performance.now();
+        for (let i = 0; i < n; i++) {
+          rec.post.push((t1 - t0) / n);
+          rec.latency.push(t2 - t0);
+          rec.engine.push(results[i]!.durationNs / 1e6);
+        }
+      } else {
+        await agent.postAll(batch);
+      }
+      for (let i = 0; i < n; i++) posts[first + i]++;
+      phase.completed += n;
+      if (n < transfers.length) return;
+    }
+  } catch (error) {
+    phase.fail(error);
+  }
+}
+
 async function runPhase(
   lanes: Lane[],
   spec: LoopSpec,
@@ -206,7 +252,16 @@ async function runPhase(
     if (phase.failed !== undefined) failed();
   }, 100);
   try {
-    await Promise.race([Promise.all(lanes.map((lane, i) => runLane(lane, spec, phase, rec, transfers[i], posts, i))), failure]);
+    const burst = spec.burst ?? 1;
+    const running: Promise<void>[] = [];
+    if (burst > 1) {
+      for (let i = 0; i < lanes.length; i += burst) {
+        running.push(runBurst(lanes[i]!.agent, phase, rec, transfers.slice(i, i + burst) as Transfer[], posts, i));
+      }
+    } else {
+      lanes.forEach((lane, i) => running.push(runLane(lane, spec, phase, rec, transfers[i], posts, i)));
+    }
+    await Promise.race([Promise.all(running), failure]);
     if (phase.failed !== undefined) throw phase.failed;
   } finally {
     clearInterval(watchdog);

@@ -88,6 +88,7 @@ export function optionsForReport(o: BenchOptions): Record<string, unknown> {
     warmup: o.warmup ?? 'auto',
     duration: o.duration ?? null,
     inFlight: o.inFlight,
+    ...(o.burst > 1 ? { burst: o.burst } : {}),
     prepared: o.prepared,
     reuse: o.reuse,
     engine: o.engine,

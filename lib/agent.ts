@@ -384,6 +384,19 @@ export class Agent implements AsyncDisposable {
     return Transfer.create(core, id, spec, bytes, local.length, caller);
   }
 
+  /**
+   * Posts prepared transfers of this agent as one burst: all are checked
+   * first (none is posted if one is released, in flight, listed twice or
+   * its peer is unusable), then handed to the engine in one step. Resolves
+   * with every result, in order, once all succeeded; rejects with the first
+   * failure once every transfer has settled (their memory is then free to
+   * reuse), or at once on a timeout or abort (which cancels them). Cheaper
+   * per transfer than posting each: one call, one hand-off, one promise.
+   */
+  postAll(transfers: readonly Transfer[], options?: OperationOptions): Promise<TransferResult[]> {
+    return this.#core.submitAll(transfers, options);
+  }
+
   /** The engine's prediction of how long one post of `transfer` takes (NIXL engine). */
   estimate(transfer: Transfer, options?: OperationOptions): Promise<CostEstimate> {
     const core = this.#core;

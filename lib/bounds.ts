@@ -116,3 +116,71 @@ export class Bounded<T> {
     }
   }
 }
+
+/** What an operation's completion settles: a Bounded, or one slot of a Burst. @internal */
+export interface Settleable {
+  readonly settled: boolean;
+  resolve(value: unknown): void;
+  reject(error: unknown): void;
+}
+
+/**
+ * One promise for a burst of operations (Agent.postAll): it resolves with
+ * every result, in order, once all succeeded; once every one has settled,
+ * it rejects with the first failure. A timeout or an abort settles it at
+ * once, as Bounded does.
+ * @internal
+ */
+export class Burst<T> {
+  readonly bounded: Bounded<T[]>;
+  readonly #results: T[];
+  #left: number;
+  #failure: unknown;
+  #failed = false;
+
+  constructor(count: number, what: string, options: OperationOptions | undefined, onGiveUp: () => void, caller: Error) {
+    this.bounded = new Bounded<T[]>(what, options, onGiveUp, caller);
+    this.#results = new Array<T>(count);
+    this.#left = count;
+  }
+
+  slot(index: number): Settleable {
+    return new BurstSlot(this, index);
+  }
+
+  settle(index: number, failed: boolean, outcome: unknown): void {
+    if (failed) {
+      if (!this.#failed) this.#failure = outcome;
+      this.#failed = true;
+    } else {
+      this.#results[index] = outcome as T;
+    }
+    if (--this.#left > 0) return;
+    if (this.#failed) this.bounded.reject(this.#failure);
+    else this.bounded.resolve(this.#results);
+  }
+}
+
+interface BurstSettle {
+  readonly bounded: { readonly settled: boolean };
+  settle(index: number, failed: boolean, outcome: unknown): void;
+}
+
+class BurstSlot implements Settleable {
+  constructor(
+    readonly burst: BurstSettle,
+    readonly index: number,
+  ) {}
+
+  get settled(): boolean {
+    return this.burst.bounded.settled;
+  }
+
+  resolve(value: unknown): void {
+    this.burst.settle(this.index, false, value);
+  }
+
+  reject(error: unknown): void {
+    this.burst.settle(this.index, true, error);
+  }
+}

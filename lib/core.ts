@@ -1,5 +1,5 @@
-import { Bounded, abortedError, checkBounds } from './bounds';
-import { ErrorCode, KvxferError, withCallerStack } from './errors';
+import { Bounded, Burst, abortedError, checkBounds, type Settleable } from './bounds';
+import { ErrorCode, KvxferError, invalidArg, withCallerStack } from './errors';
 import { binding, type NativeAgent, type NativeAgentOptions, type NativeEvent, type NativeTelemetry } from './native';
 import { Mailbox } from './notifications';
 import type { Region } from './region';
@@ -9,7 +9,7 @@ import type { Transfer } from './transfer';
 import type { OperationOptions, PeerEvent, PeerListener, TransferResult } from './types';
 
 interface PendingOperation {
-  bounded: Bounded<any>;
+  bounded: Settleable;
   caller: Error | undefined;
   transfer: Transfer | undefined;
   /** The caller gave up but the operation succeeded: undo what it made. */
@@ -145,6 +145,44 @@ export class AgentCore {
       return bounded.promise;
     } catch (error) {
       if (extra.transfer !== undefined) this.stats.countRefused(extra.transfer.op, extra.transfer.peer, error);
+      return Promise.reject(error);
+    }
+  }
+
+  /**
+   * Posts prepared transfers of this agent as one burst (Agent.postAll):
+   * checked all before any is posted, handed to the owner thread at once.
+   */
+  submitAll(transfers: readonly Transfer[], options: OperationOptions | undefined): Promise<TransferResult[]> {
+    try {
+      if (!Array.isArray(transfers)) throw invalidArg('postAll takes an array of prepared transfers');
+      checkBounds(options);
+      this.checkOpen();
+      const what = `a burst of ${transfers.length} transfers`;
+      if (options?.signal?.aborted) return Promise.reject(abortedError(what, options.signal));
+      const ids = new Uint32Array(transfers.length);
+      for (let i = 0; i < transfers.length; i++) {
+        const transfer = transfers[i];
+        if (transfer === null || typeof transfer !== 'object' || !transfer.isOf?.(this)) {
+          throw invalidArg(`transfers[${i}] is not a transfer prepared by agent '${this.name}'`);
+        }
+        if (transfer.released) throw invalidArg(`transfers[${i}] was released`);
+        ids[i] = transfer.id;
+      }
+      if (transfers.length === 0) return Promise.resolve([]);
+      const tokens = this.native.postAll(ids);
+      this.stats.inFlight += tokens.length;
+      // Errors carry the stack of each transfer's prepare(), as post()'s do:
+      // capturing a stack per burst costs more than posting a small one.
+      const burst = new Burst<TransferResult>(tokens.length, what, options, () => {
+        for (const token of tokens) this.native.cancel(token);
+      }, transfers[0]!.caller);
+      for (let i = 0; i < tokens.length; i++) {
+        const transfer = transfers[i]!;
+        this.pending[tokens[i]!] = { bounded: burst.slot(i), caller: transfer.caller, transfer, onLateSuccess: undefined };
+      }
+      return burst.bounded.promise;
+    } catch (error) {
       return Promise.reject(error);
     }
   }

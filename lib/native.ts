@@ -93,6 +93,8 @@ export interface NativeAgent {
     remoteKind?: number,
   ): [number, number];
   post(transferId: number): number;
+  /** Posts prepared transfers as one burst, all or none; their tokens, in order. */
+  postAll(transferIds: Uint32Array): Uint32Array;
   /** The caller stopped waiting for a post: abort it where the engine can. */
   cancel(token: number): void;
   /** -> token; the completion's value is { durationUs, errorMarginUs, method }. */

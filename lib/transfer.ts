@@ -51,6 +51,16 @@ export class Transfer {
     return new Transfer(core, id, spec, bytes, descriptors, caller);
   }
 
+  /** Where prepare() was called: its stack goes on the errors of every post. @internal */
+  get caller(): Error {
+    return this.#caller;
+  }
+
+  /** Whether this transfer was prepared by the agent `core` belongs to. @internal */
+  isOf(core: AgentCore): boolean {
+    return this.#core === core;
+  }
+
   /** True once release() was called. */
   get released(): boolean {
     return this.#released;

@@ -70,6 +70,17 @@ void OwnerThread::Join() {
 
 void OwnerThread::Submit(Command command) {
   commands_.Push(std::move(command));
+  WakeIfSleeping();
+}
+
+void OwnerThread::SubmitAll(std::vector<Command>* commands) {
+  if (commands->empty()) return;
+  for (Command& command : *commands) commands_.Stage(std::move(command));
+  commands_.Publish();
+  WakeIfSleeping();
+}
+
+void OwnerThread::WakeIfSleeping() {
   // Only a sleeping thread needs the system call. The plain load first keeps
   // the flag's cache line shared while the owner thread is awake.
   if (sleeping_.load() && sleeping_.exchange(false)) {

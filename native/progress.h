@@ -32,6 +32,9 @@ class OwnerThread : private EngineEvents {
   OwnerThread& operator=(const OwnerThread&) = delete;
 
   void Submit(Command command);  // JS thread
+  // JS thread: commands the owner thread sees all at once (one publishing
+  // store, at most one wake-up), in order.
+  void SubmitAll(std::vector<Command>* commands);
   // JS thread. Completions are reported apart from (and before) the other
   // events of the same batch.
   void TakeEvents(std::vector<Event>* events, std::vector<Completion>* completions);
@@ -47,6 +50,7 @@ class OwnerThread : private EngineEvents {
   enum class EngineState : uint8_t { kIdle, kRunning, kStopped };
 
   void Run();
+  void WakeIfSleeping();
   bool DrainCommands();
   void Execute(Command& command);
   void Execute(cmd::Start& c);

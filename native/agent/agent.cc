@@ -51,6 +51,7 @@ Napi::Function NativeAgent::Init(Napi::Env env) {
                          InstanceAccessor<&NativeAgent::Engine>("engine"),
                          InstanceMethod<&NativeAgent::Cancel>("cancel"),
                          InstanceMethod<&NativeAgent::Estimate>("estimate"),
+                         InstanceMethod<&NativeAgent::PostAll>("postAll"),
                          InstanceMethod<&NativeAgent::BusyPollStats>("busyPollStats"),
                      });
 }
@@ -364,6 +365,42 @@ uint32_t NativeAgent::PostById(Napi::Env env, uint32_t id) {
   ThrowIfError(env, tables_.FindXfer(id, &xfer));
   ThrowIfError(env, AgentTables::CheckPostable(*xfer));
   return SubmitWithPlan(xfer, false);
+}
+
+// postAll(ids: Uint32Array) -> tokens: Uint32Array, in the same order. All
+// or nothing: every transfer is checked before any is handed over, and the
+// owner thread receives them as one burst (SubmitAll).
+Napi::Value NativeAgent::PostAll(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CheckOpen(env);
+  if (info.Length() < 1 || !info[0].IsTypedArray() ||
+      info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {
+    Throw(env, Code::kInvalidArg, "postAll(transferIds: Uint32Array)");
+  }
+  Napi::Uint32Array ids = info[0].As<Napi::Uint32Array>();
+  const size_t count = ids.ElementLength();
+  std::vector<XferEntry*> xfers(count);
+  for (size_t i = 0; i < count; ++i) {
+    ThrowIfError(env, tables_.FindXfer(ids[i], &xfers[i]));
+    ThrowIfError(env, AgentTables::CheckPostable(*xfers[i]));
+  }
+  std::vector<XferEntry*> sorted(xfers);
+  std::sort(sorted.begin(), sorted.end());
+  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+    Throw(env, Code::kInvalidArg, "a transfer appears twice in one postAll (one post of it would still be in flight)");
+  }
+  Napi::Uint32Array tokens = Napi::Uint32Array::New(env, count);
+  std::vector<Command> commands;
+  commands.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    tables_.MarkBusy(xfers[i]);
+    const uint32_t token = tables_.AddPending(xfers[i]);
+    tokens[i] = token;
+    commands.emplace_back(cmd::Post{token, xfers[i]->plan.get()});
+  }
+  owner_->SubmitAll(&commands);
+  UpdateRef();
+  return tokens;
 }
 
 // The owner thread works on the plan until the token completes: the

@@ -59,6 +59,7 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent>, private TableEvents {
   static napi_value PostFast(napi_env env, napi_callback_info info);
   void DefinePostFunction(Napi::Object self);
   uint32_t PostById(Napi::Env env, uint32_t id);
+  Napi::Value PostAll(const Napi::CallbackInfo& info);
   Napi::Value Cancel(const Napi::CallbackInfo& info);
   Napi::Value Estimate(const Napi::CallbackInfo& info);
   Napi::Value Release(const Napi::CallbackInfo& info);

@@ -166,6 +166,21 @@ describe('kvxfer bench, local mode', { timeout: 120_000 }, () => {
     expect(spinners(), 'a --load process outlived the run').toBe(before)
   })
 
+  it('--burst posts the in-flight requests together with postAll, every block checked', async () => {
+    const json = join(dir, 'burst.json')
+    const run = await bench(['--in-flight', '8', '--burst', '4', '--block-sizes', '4K,64K', '--iters', '64', '--warmup', '8', '--check', '--baseline', 'none', '--json', json])
+    expectOk(run)
+    const report = readReport(json)
+    expect(validateReport(report)).toEqual([])
+    expect(report.options).toMatchObject({ inFlight: 8, burst: 4 })
+    for (const series of report.series) {
+      for (const p of series.points) {
+        expect(p.check).toMatchObject({ verified: true, ok: true, badBlocks: 0 })
+        expect(p.figures.iterations).toBeGreaterThanOrEqual(64)
+      }
+    }
+  })
+
   it('--kv turns a model shape and prompt lengths into descriptors', async () => {
     const json = join(dir, 'kv.json')
     const run = await bench([

@@ -116,6 +116,11 @@ describe('parseBenchArgs', () => {
     expect(parse('--load=0').load).toBe(0)
   })
 
+  it('--burst N posts the in-flight requests N at a time (one postAll); default 1, one post each', () => {
+    expect(parse().burst).toBe(1)
+    expect(parse('--in-flight', '64', '--burst', '16').burst).toBe(16)
+  })
+
   it('reads every option, in both --opt value and --opt=value forms', () => {
     const o = parse(
       '--op', 'read', '--block-sizes=4K..1M', '--batch-sizes', '1,16,1K', '--iters', '500', '--warmup', '0', '--duration', '500ms',
@@ -161,6 +166,9 @@ describe('parseBenchArgs', () => {
     [['--op', 'copy'], /--op: 'copy' is not one of write, read/],
     [['--mem', 'hbm'], /--mem: 'hbm' is not one of dram, buffer, vram/],
     [['--load', '-1'], /--load/],
+    [['--in-flight', '64', '--burst', '10'], /--burst must divide --in-flight/],
+    [['--in-flight', '4', '--burst', '2', '--recreate'], /--burst posts prepared requests/],
+    [['--burst', '0'], /--burst: must be at least 1/],
     [['--load', '1000'], /--load: at most 256/],
     [['target', '--load', '2'], /--load runs beside an initiator or a local run/],
     [['--kv', 'llama-3.1-8b', '--handoff', 'pull', '--mem', 'buffer'], /--handoff takes its pools' memory from --pool/],
