@@ -196,6 +196,43 @@ describe('public API arguments', { timeout: 120_000 }, () => {
     )
     await local.deregister()
   })
+
+  it('postAll of any mix of good, released, repeated and foreign transfers: all posted and landed, or none', async () => {
+    const source = fillBytes(Buffer.alloc(8 * 4096), 3)
+    const local = await a.register(source)
+    const good = Array.from({ length: 8 }, (_, i) =>
+      a.prepare({ op: 'write', local: [local.slice(i * 4096, 4096)], remote: [pool.slice(i * 4096, 4096)], peer: b.name }))
+    const released = a.prepare({ op: 'write', local: [local.slice(0, 4096)], remote: [pool.slice(0, 4096)], peer: b.name })
+    released.release()
+    await b.loadPeer(a.metadata())
+    const foreign = b.prepare({ op: 'write', local: [pool.slice(0, 4096)], remote: [local.slice(0, 4096)], peer: a.name })
+    const strays = [released, foreign, {}, null, 7, 'x']
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.oneof(fc.integer({ min: 0, max: 7 }).map((i) => ({ good: i })), fc.integer({ min: 0, max: strays.length - 1 }).map((i) => ({ stray: i }))), { maxLength: 12 }),
+        async (picks) => {
+          const list = picks.map((p) => ('good' in p ? good[p.good] : strays[p.stray])) as never[]
+          const goodOnes = picks.flatMap((p) => ('good' in p ? [p.good] : []))
+          const valid = goodOnes.length === picks.length && new Set(goodOnes).size === goodOnes.length
+          pool.view(0, 8 * 4096).fill(0xee)
+          const result = await outcome(() => a.postAll(list))
+          const expected = Buffer.alloc(8 * 4096, 0xee)
+          if (valid) {
+            expect(result.ok, JSON.stringify(result)).toBe(true)
+            for (const i of goodOnes) source.copy(expected, i * 4096, i * 4096, i * 4096 + 4096)
+          } else {
+            expect(result).toEqual({ ok: false, code: 'ERR_INVALID_ARG' })
+          }
+          expect(Buffer.compare(pool.view(0, 8 * 4096), expected)).toBe(0)
+          expect(a.stats().inFlight).toBe(0)
+        },
+      ),
+      params(200),
+    )
+    for (const t of good) t.release()
+    foreign.release()
+    await local.deregister()
+  })
 })
 
 describe('agent names with odd bytes', { timeout: 120_000 }, () => {
