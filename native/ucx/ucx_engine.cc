@@ -4,12 +4,14 @@
 #include <atomic>
 #include <cctype>
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
-#include <chrono>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <system_error>
 #include <thread>
 #include <unordered_set>
@@ -97,36 +99,80 @@ Mapping SharedMappingOf(uintptr_t start, uint64_t length) {
   return covered ? Mapping::kCovers : Mapping::kDoesNotCover;
 }
 
-constexpr int kMaxPrefaultThreads = 4;
+constexpr size_t kMaxPrefaultThreads = 4;
+constexpr size_t kMaxPrefaultsQueued = 64;
 
-// Faults a mapping's pages into this process's page tables on a thread of
-// its own, so that the first transfers into a fresh pool, or from a peer's
-// pool just loaded, do not pay a page fault per 4 KiB page (about 3 us each
-// here: a first 2 MiB READ took 6.5 ms, later ones 0.3 ms). Contents are
-// untouched. Harmless if the range is unmapped meanwhile (madvise fails),
-// and a no-op on kernels before 5.14 (no MADV_POPULATE_WRITE). Past
-// kMaxPrefaultThreads running, a region is left to fault in on use.
+// Faults mappings' pages into this process's page tables in the background,
+// so that the first transfers into a fresh pool, or from a peer's pool just
+// loaded, do not pay a page fault per 4 KiB page (about 3 us each here: a
+// first 2 MiB READ took 6.5 ms, later ones 0.3 ms). Contents are untouched.
+// Harmless if a range is unmapped meanwhile (madvise fails), and a no-op on
+// kernels before 5.14 (no MADV_POPULATE_WRITE).
+//
+// A few threads for the whole process, started as they are first needed and
+// kept: an application that loads many peers at once must not start a
+// thread per region, nor one that loads and forgets peers all day a thread
+// per load (each leaves its stack in glibc's cache, and costs the start).
+// Past kMaxPrefaultsQueued waiting, a region is left to fault in on use.
+class Prefaulter {
+ public:
+  static Prefaulter& Instance() {
+    // Never destroyed: its threads live as long as the process.
+    static Prefaulter* instance = new Prefaulter;
+    return *instance;
+  }
+
+  void Enqueue(uintptr_t from, uintptr_t to) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (queue_.size() >= kMaxPrefaultsQueued) return;
+    queue_.push_back({from, to});
+    if (idle_ == 0 && threads_ < kMaxPrefaultThreads) {
+      try {
+        std::thread([this] { Work(); }).detach();
+        ++threads_;
+        ++idle_;
+      } catch (const std::system_error&) {
+        // No thread: a running one takes it, or the pages fault in on use.
+      }
+    }
+    ready_.notify_one();
+  }
+
+ private:
+  struct Range {
+    uintptr_t from;
+    uintptr_t to;
+  };
+
+  void Work() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      ready_.wait(lock, [this] { return !queue_.empty(); });
+      const Range range = queue_.front();
+      queue_.pop_front();
+      --idle_;
+      lock.unlock();
+#ifdef MADV_POPULATE_WRITE
+      madvise(reinterpret_cast<void*>(range.from), range.to - range.from, MADV_POPULATE_WRITE);
+#endif
+      lock.lock();
+      ++idle_;
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<Range> queue_;
+  size_t threads_ = 0;
+  size_t idle_ = 0;
+};
+
 void PrefaultInBackground(const void* start, uint64_t length) {
 #ifdef MADV_POPULATE_WRITE
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   const uintptr_t from = reinterpret_cast<uintptr_t>(start) & ~(page - 1);
   const uintptr_t to = reinterpret_cast<uintptr_t>(start) + length;
-  // A few at a time, for every agent of the process: an application that
-  // loads many peers at once must not start a thread per region.
-  static std::atomic<int> running{0};
-  if (running.fetch_add(1) >= kMaxPrefaultThreads) {
-    running.fetch_sub(1);
-    return;
-  }
-  try {
-    std::thread([from, to] {
-      madvise(reinterpret_cast<void*>(from), to - from, MADV_POPULATE_WRITE);
-      running.fetch_sub(1);
-    }).detach();
-  } catch (const std::system_error&) {
-    // No thread: the pages fault in on first use instead.
-    running.fetch_sub(1);
-  }
+  Prefaulter::Instance().Enqueue(from, to);
 #else
   (void)start;
   (void)length;
