@@ -14,20 +14,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DescList, KvxferError, type Agent, type Region } from '../../dist/index.js'
 import { ENGINES, KiB, closeAll, createAgent, range, reportNixlSkipped, settle, within } from '../fixtures/index.js'
+import { mulberry32 } from './js/rng.mjs'
 
 const ITERATIONS = 2_000
 const SEED = Number(process.env.KVXFER_FUZZ_SEED ?? 0x6b76_7866)
-
-function mulberry32(seed: number) {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let t = s
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 type Rng = ReturnType<typeof mulberry32>
 const int = (rng: Rng, n: number) => Math.floor(rng() * n) // [0, n)

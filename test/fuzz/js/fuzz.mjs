@@ -12,6 +12,7 @@
 // Usage: node test/fuzz/js/fuzz.mjs [ticket|listener|fetch ...]; KVXFER_FUZZ_JS_RUNS (default
 // 10^6 tickets, 20,000 connections each side), KVXFER_FUZZ_SEED. Prints one `RESULT {json}` line.
 import { createServer, connect } from 'node:net'
+import { mulberry32 } from './rng.mjs'
 
 const ROOT = new URL('../../../dist/', import.meta.url).href
 const { Agent, KvxferError } = await import(`${ROOT}index.js`)
@@ -21,16 +22,6 @@ const SEED = Number(process.env.KVXFER_FUZZ_SEED ?? 0x6b767866)
 const RUNS = process.env.KVXFER_FUZZ_JS_RUNS === undefined ? undefined : Number(process.env.KVXFER_FUZZ_JS_RUNS)
 const targets = process.argv.slice(2).length > 0 ? process.argv.slice(2) : ['ticket', 'listener', 'fetch']
 
-function mulberry32(seed) {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let t = s
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 const int = (rng, n) => Math.floor(rng() * n)
 const randomBytes = (rng, n) => Buffer.from(Uint8Array.from({ length: n }, () => int(rng, 256)))
 
