@@ -88,26 +88,14 @@ const RUN_ARGS = {
   prepare: ['--block-sizes', '4K', '--batch-sizes', '10000', '--in-flight', '1', '--recreate', '--duration', '1', '--baseline', 'none'],
 };
 
+/** A target that compares run `run` with run `base`, each as its ratio to ucx_perftest: >= 0.8. */
+const relativeTarget = (id, goal, run, base) => ({ id, goal, runs: [run, base], read: (r) => relative(r[run], r[base], 0.8) });
+
 /** Each target: the runs it reads and how to read its figure out of their reports. */
 const TARGETS = [
-  {
-    id: '1',
-    goal: 'register(Buffer) >= 0.8 of allocate() at 1 MiB to 64 MiB, quiet (worst block; each as its ratio to ucx_perftest)',
-    runs: ['buffer', 'allocate'],
-    read: ({ buffer, allocate }) => relative(buffer, allocate, 0.8),
-  },
-  {
-    id: '2a',
-    goal: 'allocate() with both cores loaded (--load 2) keeps >= 0.8 of its quiet ratio to ucx_perftest (worst block)',
-    runs: ['allocateLoaded', 'allocate'],
-    read: ({ allocateLoaded, allocate }) => relative(allocateLoaded, allocate, 0.8),
-  },
-  {
-    id: '2b',
-    goal: 'register(Buffer) the same',
-    runs: ['bufferLoaded', 'buffer'],
-    read: ({ bufferLoaded, buffer }) => relative(bufferLoaded, buffer, 0.8),
-  },
+  relativeTarget('1', 'register(Buffer) >= 0.8 of allocate() at 1 MiB to 64 MiB, quiet (worst block; each as its ratio to ucx_perftest)', 'buffer', 'allocate'),
+  relativeTarget('2a', 'allocate() with both cores loaded (--load 2) keeps >= 0.8 of its quiet ratio to ucx_perftest (worst block)', 'allocateLoaded', 'allocate'),
+  relativeTarget('2b', 'register(Buffer) the same', 'bufferLoaded', 'buffer'),
   {
     id: '2c',
     goal: 'event-loop delay p99 <= 5 ms under that load (worst point of both loaded runs)',

@@ -935,9 +935,9 @@ class UcxEngine final : public Engine {
       // or its last step queued on the worker's progress) must be released
       // to UCX first: UCX 1.13 aborts on a user's close request it finds
       // unreleased while it destroys the endpoint (ucp_ep.c:382, 1 soak run
-      // in 12). UCX still calls it back, from ucp_worker_destroy.
+      // in 12). UCX still calls it back, from ucp_worker_destroy. (Orphans
+      // hold none: a connection is forgotten only once its endpoint closed.)
       for (UcxConn* conn : conns_) ReleaseClose(conn);
-      for (UcxConn* conn : orphans_) ReleaseClose(conn);
       ucp_worker_destroy(worker_);
     }
     worker_ = nullptr;
