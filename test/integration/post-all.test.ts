@@ -53,6 +53,22 @@ describe.each(ENGINES)('%s engine: postAll', { timeout: 60_000 }, (engine) => {
     expect(agent.stats().inFlight).toBe(0)
   })
 
+  it("a burst into the peer's registered Buffer (not allocate()d memory) lands every byte", async () => {
+    const buffer = await peer.register(COUNT * BLOCK, 'Buffer')
+    // Its newer metadata, rather than waiting for the pushed update.
+    await agent.loadPeer(await peer.metadata())
+    const intoBuffer = Array.from({ length: COUNT }, (_, i) =>
+      agent.prepare({ op: 'write', local: [local.slice(i * BLOCK, BLOCK)], remote: [rdesc(buffer, i * BLOCK, BLOCK)], peer: name }))
+    try {
+      const want = fillAll(21)
+      const results = await agent.postAll(intoBuffer)
+      expect(results.map((r) => r.bytes)).toEqual(Array.from({ length: COUNT }, () => BLOCK))
+      expect(await peer.hash(buffer)).toBe(want)
+    } finally {
+      for (const t of intoBuffer) t.release()
+    }
+  })
+
   it('an empty burst resolves with no results', async () => {
     await expect(agent.postAll([])).resolves.toEqual([])
   })
