@@ -122,7 +122,7 @@ inline RegionFields GetRegion(Reader& r) {
 // refuse descriptors into them. "KVRV", u16 version 1, u16 reserved, the
 // sender's u64 incarnation (a revocation applies to the incarnation that
 // published the regions), u32 count, u32 reserved, then count region
-// entries. The same bytes travel in a UCX active message and in a NIXL
+// entries. The same bytes travel in a UCX control frame and in a NIXL
 // notification (after kRevocationMarker).
 constexpr uint8_t kRevocationMagic[4] = {'K', 'V', 'R', 'V'};
 constexpr uint16_t kRevocationVersion = 1;

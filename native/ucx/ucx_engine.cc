@@ -27,6 +27,7 @@
 #include "engine.h"
 #include "host_memory.h"
 #include "process_copy.h"
+#include "ucx/ucx_control.h"
 #include "ucx/ucx_defaults.h"
 #include "ucx/ucx_info.h"
 #include "ucx/ucx_metadata.h"
@@ -38,16 +39,10 @@ namespace kvxfer {
 
 namespace {
 
-constexpr unsigned kNotifyAmId = 7;
-constexpr unsigned kRevokeAmId = 8;
-constexpr unsigned kMetadataAmId = 9;
 constexpr auto kShutdownDeadline = std::chrono::seconds(5);
 constexpr auto kQuietBeforeDestroy = std::chrono::milliseconds(100);
 constexpr uint64_t kCloseDeferredLimitNs = 2000000000;
 constexpr int kCloseDeferredPollMs = 100;
-// Larger pushed metadata is dropped (a peer's registrations reach us
-// otherwise only by the application loading its metadata).
-constexpr size_t kMaxPushedMetadataBytes = 16 << 20;
 
 // From this many bytes, a direct copy of several descriptors bypasses the
 // cache: without reading each destination line first, thousands of 32 KiB
@@ -209,23 +204,6 @@ uint64_t NowNs() {
       .count();
 }
 
-// The header of kvxfer's active messages (UcxEngine::am_header_): u8
-// version, u64 incarnation, the sender's name. False for one no kvxfer peer
-// of this version sends.
-constexpr uint8_t kAmHeaderVersion = 1;
-constexpr size_t kAmHeaderFixedBytes = 1 + sizeof(uint64_t);
-
-bool ParseAmHeader(const void* header, size_t length, std::string* name, uint64_t* incarnation) {
-  const auto* bytes = static_cast<const uint8_t*>(header);
-  if (length <= kAmHeaderFixedBytes || length - kAmHeaderFixedBytes > limits::kMaxAgentNameBytes ||
-      bytes[0] != kAmHeaderVersion) {
-    return false;
-  }
-  std::memcpy(incarnation, bytes + 1, sizeof(uint64_t));
-  name->assign(reinterpret_cast<const char*>(bytes + kAmHeaderFixedBytes), length - kAmHeaderFixedBytes);
-  return true;
-}
-
 bool IsPeerFailure(ucs_status_t s) {
   switch (s) {
     case UCS_ERR_UNREACHABLE:
@@ -304,10 +282,24 @@ struct UcxConn {
   void* close_request = nullptr;
 };
 
-// An active message whose payload the send owns until it completes.
+// A control message whose frame the send owns until it completes.
 struct UcxOwnedSend {
   UcxConn* conn;
-  std::shared_ptr<const std::vector<uint8_t>> data;
+  std::shared_ptr<const std::vector<uint8_t>> frame;
+};
+
+// A control message being received, from UCX's probe to its callback.
+struct UcxControlRecv {
+  UcxEngine* engine;
+  ControlKind kind;
+  std::vector<uint8_t> bytes;
+  void* request = nullptr;
+  // UCX 1.13 completes a message whose fragments have all arrived inside
+  // ucp_tag_msg_recv_nbx, calling back first and returning the request
+  // after: the callback then only records the outcome.
+  bool posted = false;
+  bool done = false;
+  ucs_status_t status = UCS_OK;
 };
 
 // One posted plan or standalone notification, from post to its UCX
@@ -320,6 +312,7 @@ struct UcxOp {
   uint32_t token;
   uint64_t start_ns;
   const std::vector<uint8_t>* message;  // sent after the data; may be null
+  std::vector<uint8_t> frame;           // the message's control frame, while it is sent
   ucs_status_t status = UCS_OK;         // the first failure
   bool reported = false;
   UcxOp* prev = nullptr;  // in conn->ops while not reported
@@ -345,11 +338,7 @@ class UcxEngine final : public Engine {
     prefault_ = prefault == nullptr || std::strcmp(prefault, "0") != 0;
     const char* env_tls = std::getenv("UCX_TLS");
     cma_ = direct_copy_ && AllowsCma(!options.transports.empty() ? options.transports : env_tls ? env_tls : "");
-    am_header_.clear();
-    wire::Writer header(&am_header_);
-    header.Put<uint8_t>(kAmHeaderVersion);
-    header.Put<uint64_t>(identity_.incarnation);
-    header.PutBytes(reinterpret_cast<const uint8_t*>(name_.data()), name_.size());
+    control_header_ = PackControlHeader(identity_.incarnation, name_);
     ucp_config_t* config = nullptr;
     ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
     if (st != UCS_OK) return UcsError(Code::kEngine, "reading the UCX configuration", st);
@@ -375,10 +364,15 @@ class UcxEngine final : public Engine {
     for (const auto& [key, value] : UcxDefaults(options.transports)) {
       ucp_config_modify(config, key.c_str(), value.c_str());
     }
+    // Control messages go eagerly at any length (ucx_control.h): a
+    // rendezvous would make the peer's worker create an endpoint for this
+    // one that it keeps. Transfers are puts and gets, which this leaves as
+    // they are.
+    if (std::getenv("UCX_RNDV_THRESH") == nullptr) ucp_config_modify(config, "RNDV_THRESH", "inf");
     ucp_params_t params{};
     params.field_mask =
         UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
-    params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+    params.features = UCP_FEATURE_RMA | UCP_FEATURE_TAG | UCP_FEATURE_WAKEUP;
     params.name = name_.c_str();
     // The worker is used by the owner thread alone, but the last Buffer view
     // of allocated memory may unmap it from the JS thread (see UcxAllocation).
@@ -409,23 +403,6 @@ class UcxEngine final : public Engine {
     worker_address_.assign(bytes, bytes + address_length);
     ucp_worker_release_address(worker_, address);
 
-    ucp_am_handler_param_t am{};
-    am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
-                    UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
-    am.id = kNotifyAmId;
-    am.cb = &UcxEngine::OnNotification;
-    am.arg = this;
-    am.flags = UCP_AM_FLAG_WHOLE_MSG;
-    st = ucp_worker_set_am_recv_handler(worker_, &am);
-    if (st != UCS_OK) return Fail(UcsError(Code::kEngine, "installing the notification handler", st));
-    am.id = kRevokeAmId;
-    am.cb = &UcxEngine::OnRevocation;
-    st = ucp_worker_set_am_recv_handler(worker_, &am);
-    if (st != UCS_OK) return Fail(UcsError(Code::kEngine, "installing the revocation handler", st));
-    am.id = kMetadataAmId;
-    am.cb = &UcxEngine::OnMetadata;
-    st = ucp_worker_set_am_recv_handler(worker_, &am);
-    if (st != UCS_OK) return Fail(UcsError(Code::kEngine, "installing the metadata handler", st));
     return Status::Ok();
   }
 
@@ -777,7 +754,8 @@ class UcxEngine final : public Engine {
   }
 
   bool Progress() override {
-    const bool progressed = ucp_worker_progress(worker_) != 0;
+    bool progressed = ucp_worker_progress(worker_) != 0;
+    progressed |= ReceiveControl();
     if (!close_after_progress_.empty() || deferred_closes_ > 0) CloseQueued();
     return progressed;
   }
@@ -938,7 +916,15 @@ class UcxEngine final : public Engine {
       // in 12). UCX still calls it back, from ucp_worker_destroy. (Orphans
       // hold none: a connection is forgotten only once its endpoint closed.)
       for (UcxConn* conn : conns_) ReleaseClose(conn);
+      // Receives still in flight are called back, cancelled, and free
+      // their buffers.
+      const std::vector<UcxControlRecv*> receiving(control_recvs_.begin(), control_recvs_.end());
+      for (UcxControlRecv* recv : receiving) ucp_request_cancel(worker_, recv->request);
       ucp_worker_destroy(worker_);
+      // One UCX had matched already cannot be cancelled; it went with the
+      // worker.
+      for (UcxControlRecv* recv : control_recvs_) delete recv;
+      control_recvs_.clear();
     }
     worker_ = nullptr;
     context_holder_.reset();  // ucp_cleanup, now or when the last allocation goes
@@ -960,7 +946,11 @@ class UcxEngine final : public Engine {
       op = spare_ops_.back();
       spare_ops_.pop_back();
     }
-    *op = UcxOp{this, conn, token, NowNs(), message};
+    // A recycled op keeps its frame's capacity: a notification after a
+    // transfer costs no allocation.
+    std::vector<uint8_t> frame = std::move(op->frame);
+    *op = UcxOp{this, conn, token, NowNs(), message, {}};
+    op->frame = std::move(frame);
     ++live_ops_;
     op->next = conn->ops;
     if (conn->ops != nullptr) conn->ops->prev = op;
@@ -1007,21 +997,33 @@ class UcxEngine final : public Engine {
     Finish(op);
   }
 
-  // One of kvxfer's active messages, eager, after am_header_; `done` runs
-  // unless it completes at once (then the status says how).
-  ucs_status_ptr_t SendAm(ucp_ep_h ep, unsigned id, const std::vector<uint8_t>& data, ucp_send_nbx_callback_t done,
-                          void* user_data) {
+  // `payload` after control_header_.
+  std::vector<uint8_t> Frame(const std::vector<uint8_t>& payload) const {
+    std::vector<uint8_t> frame;
+    FrameInto(payload, &frame);
+    return frame;
+  }
+
+  void FrameInto(const std::vector<uint8_t>& payload, std::vector<uint8_t>* frame) const {
+    frame->assign(control_header_.begin(), control_header_.end());
+    frame->insert(frame->end(), payload.begin(), payload.end());
+  }
+
+  // One of kvxfer's control messages (ucx_control.h); `done` runs unless it
+  // completes at once (then the status says how).
+  static ucs_status_ptr_t SendControl(ucp_ep_h ep, ControlKind kind, const std::vector<uint8_t>& frame,
+                                      ucp_send_nbx_callback_t done, void* user_data) {
     ucp_request_param_t param{};
-    param.op_attr_mask =
-        UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-    param.flags = UCP_AM_SEND_FLAG_EAGER;
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     param.cb.send = done;
     param.user_data = user_data;
-    return ucp_am_send_nbx(ep, id, am_header_.data(), am_header_.size(), data.data(), data.size(), &param);
+    return ucp_tag_send_nbx(ep, frame.data(), frame.size(), ControlTagOf(kind), &param);
   }
 
   void SendNotification(UcxOp* op) {
-    ucs_status_ptr_t request = SendAm(op->conn->ep, kNotifyAmId, *op->message, &UcxEngine::OnNotificationSent, op);
+    FrameInto(*op->message, &op->frame);
+    ucs_status_ptr_t request =
+        SendControl(op->conn->ep, ControlKind::kNotification, op->frame, &UcxEngine::OnNotificationSent, op);
     if (UCS_PTR_IS_PTR(request)) {
       ++op->conn->requests;
     } else {
@@ -1034,16 +1036,16 @@ class UcxEngine final : public Engine {
     const std::vector<uint8_t> message = wire::PackRevocation(
         identity_.incarnation,
         {wire::RegionFields{region.address, region.length, static_cast<uint8_t>(region.kind), region.device}});
-    auto shared = std::make_shared<const std::vector<uint8_t>>(message);
+    auto frame = std::make_shared<const std::vector<uint8_t>>(Frame(message));
     for (UcxConn* conn : conns_) {
       if (conn->endpoint != UcxConn::Endpoint::kOpen || conn->failure != UCS_OK || conn->peer == nullptr) continue;
-      SendOwned(conn, kRevokeAmId, shared);
+      SendOwned(conn, ControlKind::kRevocation, frame);
     }
   }
 
-  void SendOwned(UcxConn* conn, unsigned id, const std::shared_ptr<const std::vector<uint8_t>>& data) {
-    auto* send = new UcxOwnedSend{conn, data};
-    if (UCS_PTR_IS_PTR(SendAm(conn->ep, id, *data, &UcxEngine::OnOwnedSent, send))) {
+  void SendOwned(UcxConn* conn, ControlKind kind, const std::shared_ptr<const std::vector<uint8_t>>& frame) {
+    auto* send = new UcxOwnedSend{conn, frame};
+    if (UCS_PTR_IS_PTR(SendControl(conn->ep, kind, *frame, &UcxEngine::OnOwnedSent, send))) {
       ++conn->requests;
     } else {
       delete send;
@@ -1137,42 +1139,93 @@ class UcxEngine final : public Engine {
   // application passing it around again.
   void PushMetadata() {
     if (!push_updates_ || shutting_down_) return;
-    std::shared_ptr<const std::vector<uint8_t>> blob;
+    std::shared_ptr<const std::vector<uint8_t>> frame;
     for (UcxConn* conn : conns_) {
       if (conn->endpoint != UcxConn::Endpoint::kOpen || conn->failure != UCS_OK || conn->peer == nullptr) continue;
-      if (!blob) blob = std::make_shared<const std::vector<uint8_t>>(Metadata());
-      SendOwned(conn, kMetadataAmId, blob);
+      if (!frame) frame = std::make_shared<const std::vector<uint8_t>>(Frame(Metadata()));
+      SendOwned(conn, ControlKind::kMetadata, frame);
     }
   }
 
-  static ucs_status_t OnMetadata(void* arg, const void* header, size_t header_length, void* data, size_t length,
-                                 const ucp_am_recv_param_t* param) {
-    auto* self = static_cast<UcxEngine*>(arg);
-    std::string peer;
+  // Takes every control message UCX holds for this worker. Called after
+  // each progress: UCX keeps a tagged message nobody asked for (its
+  // unexpected queue) until it is probed for.
+  bool ReceiveControl() {
+    bool received = false;
+    for (;;) {
+      ucp_tag_recv_info_t info{};
+      ucp_tag_message_h message = ucp_tag_probe_nb(worker_, kControlTag, kControlTagMask, 1, &info);
+      if (message == nullptr) return received;
+      received = true;
+      auto* recv = new UcxControlRecv{this, ControlKind::kNotification, {}};
+      // One of an unknown kind, or longer than its kind may be, is taken
+      // into no buffer at all: UCX completes it as truncated, and it is
+      // dropped without its bytes being held.
+      if (ControlKindOf(info.sender_tag, &recv->kind) && info.length <= MaxControlFrameBytes(recv->kind)) {
+        recv->bytes.resize(info.length);
+      }
+      ucp_request_param_t param{};
+      param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+      param.cb.recv = &UcxEngine::OnControlReceived;
+      param.user_data = recv;
+      ucs_status_ptr_t request = ucp_tag_msg_recv_nbx(worker_, recv->bytes.data(), recv->bytes.size(), message, &param);
+      recv->posted = true;
+      if (!UCS_PTR_IS_PTR(request)) {
+        ControlReceived(recv, UCS_PTR_STATUS(request));
+      } else if (recv->done) {
+        ControlReceived(recv, recv->status);
+      } else {
+        recv->request = request;
+        control_recvs_.insert(recv);
+      }
+    }
+  }
+
+  static void OnControlReceived(void* request, ucs_status_t status, const ucp_tag_recv_info_t*, void* user_data) {
+    ucp_request_free(request);
+    auto* recv = static_cast<UcxControlRecv*>(user_data);
+    recv->done = true;
+    recv->status = status;
+    if (!recv->posted) return;
+    recv->engine->control_recvs_.erase(recv);
+    recv->engine->ControlReceived(recv, status);
+  }
+
+  // Frames from peers: anything malformed is dropped.
+  void ControlReceived(UcxControlRecv* recv, ucs_status_t status) {
+    std::unique_ptr<UcxControlRecv> owned(recv);
+    ControlFrame frame;
+    if (status != UCS_OK || shutting_down_ || !ParseControlFrame(recv->bytes.data(), recv->bytes.size(), &frame)) {
+      return;
+    }
+    switch (recv->kind) {
+      case ControlKind::kNotification:
+        if (frame.payload_length > limits::kMaxNotificationBytes) return;
+        events_->NotificationReceived(std::move(frame.sender), frame.incarnation,
+                                      std::vector<uint8_t>(frame.payload, frame.payload + frame.payload_length));
+        return;
+      case ControlKind::kMetadata:
+        if (frame.payload_length > kMaxPushedMetadataBytes) return;
+        events_->MetadataPushed(std::move(frame.sender), frame.incarnation,
+                                std::vector<uint8_t>(frame.payload, frame.payload + frame.payload_length));
+        return;
+      case ControlKind::kRevocation:
+        OnRevocation(std::move(frame));
+        return;
+    }
+  }
+
+  void OnRevocation(ControlFrame frame) {
+    std::string& peer = frame.sender;
     uint64_t incarnation = 0;
-    if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || length > kMaxPushedMetadataBytes ||
-        !ParseAmHeader(header, header_length, &peer, &incarnation)) {
-      return UCS_OK;
-    }
-    const auto* bytes = static_cast<const uint8_t*>(data);
-    self->events_->MetadataPushed(std::move(peer), incarnation, std::vector<uint8_t>(bytes, bytes + length));
-    return UCS_OK;
-  }
-
-  static ucs_status_t OnRevocation(void* arg, const void* header, size_t header_length, void* data, size_t length,
-                                   const ucp_am_recv_param_t* param) {
-    auto* self = static_cast<UcxEngine*>(arg);
-    std::string peer;
-    uint64_t sender = 0, incarnation = 0;
     std::vector<wire::RegionFields> regions;
-    if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || !ParseAmHeader(header, header_length, &peer, &sender) ||
-        !wire::ParseRevocation(static_cast<const uint8_t*>(data), length, &incarnation, &regions) ||
-        incarnation != sender) {
-      return UCS_OK;
+    if (!wire::ParseRevocation(frame.payload, frame.payload_length, &incarnation, &regions) ||
+        incarnation != frame.incarnation) {
+      return;
     }
     // The same region registered again may come back with the same key:
     // newer metadata must then show it as new.
-    for (UcxConn* conn : self->conns_) {
+    for (UcxConn* conn : conns_) {
       if (conn->peer == nullptr || conn->peer->name != peer || conn->peer->identity.incarnation != incarnation) continue;
       auto& known = conn->known;
       known.erase(std::remove_if(known.begin(), known.end(),
@@ -1184,8 +1237,7 @@ class UcxEngine final : public Engine {
                                  }),
                   known.end());
     }
-    self->events_->RegionsRevoked(std::move(peer), incarnation, std::move(regions));
-    return UCS_OK;
+    events_->RegionsRevoked(std::move(peer), incarnation, std::move(regions));
   }
 
   // UCX is done with the operation; it is reported unless its peer's
@@ -1319,28 +1371,13 @@ class UcxEngine final : public Engine {
         conn, status, UcsError(Code::kPeerUnreachable, "peer '" + conn->peer->name + "' is unreachable", status));
   }
 
-  static ucs_status_t OnNotification(void* arg, const void* header, size_t header_length,
-                                     void* data, size_t length,
-                                     const ucp_am_recv_param_t* param) {
-    auto* self = static_cast<UcxEngine*>(arg);
-    std::string peer;
-    uint64_t incarnation = 0;
-    // kvxfer sends notifications eagerly, so a rendezvous message or one
-    // with a bad header did not come from a kvxfer peer: drop it.
-    if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || length > limits::kMaxNotificationBytes ||
-        !ParseAmHeader(header, header_length, &peer, &incarnation)) {
-      return UCS_OK;
-    }
-    const auto* bytes = static_cast<const uint8_t*>(data);
-    self->events_->NotificationReceived(std::move(peer), incarnation, std::vector<uint8_t>(bytes, bytes + length));
-    return UCS_OK;
-  }
-
   EngineEvents* const events_;
   std::string name_;
   ProcessIdentity identity_;
-  // Leads every active message kvxfer sends (ParseAmHeader).
-  std::vector<uint8_t> am_header_;
+  // Leads every control frame this agent sends (PackControlHeader).
+  std::vector<uint8_t> control_header_;
+  // Control messages UCX is still receiving (ReceiveControl).
+  std::unordered_set<UcxControlRecv*> control_recvs_;
   ucp_context_h context_ = nullptr;
   // The context's transports can carry CUDA memory (ucp_context_query).
   bool cuda_memory_ = false;

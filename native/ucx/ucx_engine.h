@@ -1,5 +1,5 @@
 // The engine over UCP: one context and one worker per agent, RMA for data,
-// active messages for notifications, peer error handling so a dead peer
+// tagged messages for notifications (ucx_control.h), peer error handling so a dead peer
 // fails its transfers instead of hanging them.
 #pragma once
 

@@ -28,7 +28,7 @@
 
 namespace kvxfer {
 
-constexpr uint16_t kUcxMetadataVersion = 2;
+constexpr uint16_t kUcxMetadataVersion = 3;
 
 struct UcxMetadataRegion {
   uint64_t address;

@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 
 const ROOT = join(__dirname, '..', '..')
-const TARGETS = ['desc_list', 'ucx_metadata', 'nixl_envelope', 'plan_builder']
+const TARGETS = ['desc_list', 'ucx_metadata', 'nixl_envelope', 'plan_builder', 'control_frame']
 const RUNS = Number(process.env.KVXFER_FUZZ_RUNS ?? 1_000_000)
 
 function clangAbsence(): string | null {

@@ -1,10 +1,12 @@
 // Writes the seed corpus of the native fuzz targets (test/fuzz/native/) from
 // real blobs: UCX metadata of agents with no, one and several regions (a
-// registered Buffer, allocate()d memory, a narrowed blob), and encoded
-// descriptor lists; with NIXL installed, the NIXL engine's envelopes too
-// (without it that corpus is left as it is). Run it again after a format change:
+// registered Buffer, allocate()d memory, a narrowed blob), encoded
+// descriptor lists, and control frames (test/fuzz/native/control_frame_seeds.cc,
+// which needs a C++ compiler); with NIXL installed, the NIXL engine's envelopes
+// too (without it that corpus is left as it is). Run it again after a format change:
 //   node test/fuzz/seeds.mjs
 //   NIXL_PREFIX=/opt/nixl LD_LIBRARY_PATH=<NIXL's UCX>/lib:/opt/nixl/lib/x86_64-linux-gnu node test/fuzz/seeds.mjs
+import { spawnSync } from 'node:child_process'
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -17,7 +19,7 @@ function write(target, name, bytes) {
   writeFileSync(join(CORPUS, target, name), bytes)
 }
 
-for (const target of ['ucx_metadata', 'desc_list']) rmSync(join(CORPUS, target), { recursive: true, force: true })
+for (const target of ['ucx_metadata', 'desc_list', 'control_frame']) rmSync(join(CORPUS, target), { recursive: true, force: true })
 
 // Shared memory only: the worker address then names no network interface of this machine.
 const agent = await Agent.create({ name: 'fuzz-seed', engine: 'ucx', transports: 'sm,self' })
@@ -51,4 +53,7 @@ if (info().engines.nixl.available) {
 } else {
   console.log(`NIXL is not available here: test/fuzz/corpus/nixl_envelope is left as it is (${info().engines.nixl.reason?.split('\n')[0]})`)
 }
+// Control frames are packed by the engine's own code, around the metadata written above.
+const made = spawnSync('make', ['-s', '-C', join(dirname(fileURLToPath(import.meta.url)), 'native'), 'seeds'], { stdio: 'inherit' })
+if (made.status !== 0) throw new Error('make seeds failed: test/fuzz/corpus/control_frame is incomplete')
 console.log(`seeds written under ${CORPUS}`)

@@ -47,6 +47,8 @@ function measure() {
     externalMiB: mib(m.external),
     fds: readdirSync('/proc/self/fd').length,
     mappings: readFileSync('/proc/self/maps', 'utf8').split('\n').length - 1,
+    // Where UCX's shared-memory attachments live.
+    sharedMappings: readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.split(' ')[1]?.[3] === 's').length,
     handles: process.getActiveResourcesInfo().length,
     handleKinds: [...new Set(process.getActiveResourcesInfo())].join(","),
   }
@@ -137,18 +139,32 @@ async function main() {
   if (phases.has('agents')) {
     const peer = await Agent.create()
     const pool = await peer.allocate(4096)
+    let notifications = 0
+    const abort = new AbortController()
+    const counting = (async () => {
+      try {
+        for await (const n of peer.notifications({ signal: abort.signal })) if (n.message.length === 1000) notifications++
+      } catch {
+        // aborted at the end
+      }
+    })()
     const before = measure()
     for (let i = 0; i < M; i++) {
       const a = await Agent.create()
       await a.loadPeer(peer.metadata())
+      // register() pushes the agent's metadata to the peer, and the notification is longer than
+      // UCX's short messages: both reach the peer as messages of their own.
       const local = await a.register(Buffer.alloc(4096))
-      await a.write(local, pool.slice(0, 4096), peer.name)
+      await a.write(local, pool.slice(0, 4096), peer.name, { notify: Buffer.alloc(1000, i & 0xff) })
       await a.close()
     }
     await settle()
     const after = measure()
+    abort.abort()
+    await counting
     await peer.close()
-    result.agents = { agents: M, before, after }
+    result.agents = { agents: M, notifications, before, after }
+    if (notifications !== M) failed = true
   }
 
   // worker_threads terminated with an agent open
