@@ -1,6 +1,7 @@
 #include "progress.h"
 
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -19,6 +20,11 @@ namespace {
 // nothing happening it sleeps on the event fd in short naps, so a transfer
 // stalled on a slow peer does not burn a core.
 constexpr auto kSpinBeforeNap = std::chrono::microseconds(200);
+// Past this much of that spin it yields its core between passes: where
+// threads outnumber cores, the JS thread that will repost (or a peer's
+// thread that will answer) may be waiting for it. Alone on its core, a yield
+// returns at once.
+constexpr auto kSpinBeforeYield = std::chrono::microseconds(20);
 constexpr int kNapMs = 1;
 // With nothing in flight it keeps polling this long before it sleeps: a
 // caller posting back to back then never pays for a wake-up (an eventfd
@@ -491,7 +497,10 @@ void OwnerThread::Run() {
       idle_since = now;
     }
     if (in_flight_ > 0) {
-      if (now - idle_since < kSpinBeforeNap) continue;
+      if (now - idle_since < kSpinBeforeNap) {
+        if (now - idle_since >= kSpinBeforeYield) sched_yield();
+        continue;
+      }
       // Still idle after the nap: nap again, the spin is over.
       if (engine_->Arm()) SleepUntilWork(kNapMs);
       continue;
