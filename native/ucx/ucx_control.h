@@ -28,9 +28,9 @@
 
 namespace kvxfer {
 
-// The high 32 bits of every control tag ("KVXF"); the low byte is the kind.
+// The high 32 bits of every control tag ("KVXF"); the low byte is the kind,
+// the bytes between are zero.
 constexpr uint64_t kControlTag = 0x4b56584600000000ull;
-constexpr uint64_t kControlTagMask = 0xffffffff00000000ull;
 
 enum class ControlKind : uint8_t { kNotification = 1, kRevocation = 2, kMetadata = 3 };
 

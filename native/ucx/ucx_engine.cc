@@ -1147,14 +1147,15 @@ class UcxEngine final : public Engine {
     }
   }
 
-  // Takes every control message UCX holds for this worker. Called after
-  // each progress: UCX keeps a tagged message nobody asked for (its
-  // unexpected queue) until it is probed for.
+  // Takes every tagged message UCX holds for this worker. Called after each
+  // progress: UCX keeps a tagged message nobody asked for (its unexpected
+  // queue) until it is probed for, so one with a tag kvxfer does not send
+  // is taken too (and dropped), or a peer could fill that queue for good.
   bool ReceiveControl() {
     bool received = false;
     for (;;) {
       ucp_tag_recv_info_t info{};
-      ucp_tag_message_h message = ucp_tag_probe_nb(worker_, kControlTag, kControlTagMask, 1, &info);
+      ucp_tag_message_h message = ucp_tag_probe_nb(worker_, 0, 0, 1, &info);
       if (message == nullptr) return received;
       received = true;
       auto* recv = new UcxControlRecv{this, ControlKind::kNotification, {}};
