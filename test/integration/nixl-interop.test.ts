@@ -12,16 +12,15 @@
 // Once over the default transports and once with UCX_TLS=tcp in both processes.
 // Skipped, with the reason in the title, when NIXL does not load, its headers (nixl.h) or
 // libnixl.so are not under its prefix, there is no g++, or the UCX in use has no thread support.
-import { execFile, execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
-import { existsSync, mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
+import { existsSync, rmSync } from 'node:fs'
 import { dirname, join } from 'node:path'
-import { createInterface } from 'node:readline'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DescList, info, type Agent, type Region } from '../../dist/index.js'
 import {
-  KiB, MiB, NIXL_ABSENT, closeAll, createAgent, fillBytes, fixturePath, invertBytes, range, settle, uniqueName, within,
+  KiB, MiB, NIXL_ABSENT, closeAll, createAgent, fillBytes, invertBytes, range, settle, uniqueName, within,
 } from '../fixtures/index.js'
+import { LinePeer, compileFixture } from '../fixtures/native-peers.js'
 
 const ARCH_DIR: Record<string, string> = { x64: 'x86_64-linux-gnu', arm64: 'aarch64-linux-gnu' }
 
@@ -73,120 +72,33 @@ function fnv1a(...parts: Uint8Array[]): string {
 const b64 = (data: string | Uint8Array) => Buffer.from(data).toString('base64')
 const unb64 = (text: string) => Buffer.from(text, 'base64').toString('utf8')
 
-let compiled: Promise<{ binary: string; dir: string }> | undefined
+let compiled: Promise<string> | undefined
 
 /** Compile test/fixtures/nixl_peer.cpp once per run (bounded), into a temp dir. */
-function compilePeer(): Promise<{ binary: string; dir: string }> {
-  compiled ??= new Promise((resolve, reject) => {
-    const { prefix, libDir } = toolchain as Toolchain
-    const dir = mkdtempSync(join(tmpdir(), 'kvxfer-nixl-peer-'))
-    const binary = join(dir, 'nixl_peer')
-    const args = ['-std=c++20', '-O2', `-I${join(prefix, 'include')}`, fixturePath('nixl_peer.cpp'), '-o', binary,
-      `-L${libDir}`, '-lnixl', '-lnixl_build', `-Wl,-rpath,${libDir}`]
-    execFile('g++', args, { timeout: 120_000, maxBuffer: 16 * MiB }, (error, _stdout, stderr) => {
-      if (error) reject(new Error(`g++ ${args.join(' ')} failed: ${error.message}\n${stderr.slice(-8000)}`))
-      else resolve({ binary, dir })
-    })
-  })
+function compilePeer(): Promise<string> {
+  const { prefix, libDir } = toolchain as Toolchain
+  compiled ??= compileFixture('nixl_peer.cpp', ['-std=c++20', '-O2', `-I${join(prefix, 'include')}`],
+    [`-L${libDir}`, '-lnixl', '-lnixl_build', `-Wl,-rpath,${libDir}`])
   return compiled
 }
 
-/** The C++ NIXL agent: one command line in, one reply line out (see nixl_peer.cpp). */
-class CppPeer {
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
-  private readonly lines: string[] = []
-  private readonly waiters: Array<(line: string | undefined) => void> = []
-  private stderrTail = ''
-  private gone = false
+/** The C++ NIXL agent (see nixl_peer.cpp). */
+class CppPeer extends LinePeer {
   address = 0n
   length = 0
   metadata = new Uint8Array(0)
 
-  constructor(readonly child: ChildProcessWithoutNullStreams) {
-    this.exited = new Promise((resolve) => child.once('exit', (code, signal) => {
-      this.gone = true
-      for (const w of this.waiters.splice(0)) w(undefined)
-      resolve({ code, signal })
-    }))
-    child.on('error', () => {})
-    child.stdin.on('error', () => {})
-    child.stderr.on('data', (d: Buffer) => {
-      this.stderrTail = (this.stderrTail + d.toString('utf8')).slice(-8000)
-    })
-    createInterface({ input: child.stdout }).on('line', (line) => {
-      // UCX logs to stdout too (e.g. its "unused environment variables" warning): only protocol
-      // lines are replies; the rest goes to the diagnostics tail.
-      if (!/^(READY|OK|ERR)( |$)/.test(line)) {
-        this.stderrTail = (this.stderrTail + `[stdout] ${line}\n`).slice(-8000)
-        return
-      }
-      const waiter = this.waiters.shift()
-      if (waiter) waiter(line)
-      else this.lines.push(line)
-    })
-  }
-
-  get alive(): boolean {
-    return this.child.exitCode === null && this.child.signalCode === null
-  }
-
-  private nextLine(timeoutMs: number, what: string): Promise<string> {
-    const ready = this.lines.shift()
-    if (ready !== undefined) return Promise.resolve(ready)
-    if (this.gone) return Promise.reject(this.failure(`exited before answering ${what}`))
-    let waiter!: (line: string | undefined) => void
-    const line = new Promise<string>((resolve, reject) => {
-      waiter = (l) => (l === undefined ? reject(this.failure(`exited before answering ${what}`)) : resolve(l))
-      this.waiters.push(waiter)
-    })
-    return within(line, timeoutMs, `nixl_peer answering ${what}`).catch((error: unknown) => {
-      const at = this.waiters.indexOf(waiter)
-      if (at >= 0) {
-        // Timed out: a late reply would be taken for the answer to the next command, so the
-        // peer is of no further use. Kill it; later commands fail with "not running".
-        this.waiters.splice(at, 1)
-        this.child.kill('SIGKILL')
-        throw this.failure((error as Error).message)
-      }
-      throw error
-    })
-  }
-
-  private failure(message: string): Error {
-    return new Error(`nixl_peer (pid ${this.child.pid}): ${message}\n--- output tail\n${this.stderrTail}`)
+  constructor(child: ChildProcessWithoutNullStreams) {
+    super(child, 'nixl_peer')
   }
 
   /** READY <address> <length> <b64 metadata> */
-  async ready(timeoutMs = 30_000): Promise<void> {
-    const line = await this.nextLine(timeoutMs, 'start-up')
-    const [word, address, length, metadata] = line.split(' ')
-    if (word !== 'READY' || metadata === undefined) throw this.failure(`expected READY, got: ${line}`)
+  async start(): Promise<void> {
+    const [address, length, metadata] = await this.ready()
+    if (metadata === undefined) throw this.failure(`READY without its address, length and metadata`)
     this.address = BigInt(address!)
     this.length = Number(length)
     this.metadata = new Uint8Array(Buffer.from(metadata, 'base64'))
-  }
-
-  /** Send one command; resolves with the words after OK, rejects on ERR. */
-  async send(command: string, timeoutMs = 20_000): Promise<string[]> {
-    const what = command.split(' ')[0]!
-    if (!this.alive) throw this.failure(`not running; cannot ${what}`)
-    const answer = this.nextLine(timeoutMs, what)
-    this.child.stdin.write(`${command}\n`)
-    const line = await answer
-    const [word, ...rest] = line.split(' ')
-    if (word !== 'OK') throw this.failure(`${what} failed: ${line}`)
-    return rest
-  }
-
-  /** QUIT, bounded; SIGKILL if it does not go. */
-  async stop(): Promise<void> {
-    if (this.alive) {
-      await settle(this.send('QUIT', 5_000))
-      this.child.stdin.end()
-      const quit = await settle(within(this.exited, 5_000, 'nixl_peer exiting'))
-      if (!quit.ok && this.alive) this.child.kill('SIGKILL')
-    }
-    await within(this.exited, 10_000, 'nixl_peer exiting after SIGKILL')
   }
 }
 
@@ -211,11 +123,11 @@ describe.skipIf(absent !== null).each(TRANSPORTS)(`kvxfer (NIXL engine) and a NI
     const cppDesc = (offset: number, length: number) => ({ address: cpp.address + BigInt(offset), length, device: 0 })
 
     beforeAll(async () => {
-      const { binary } = await compilePeer()
+      const binary = await compilePeer()
       const env: NodeJS.ProcessEnv = { ...process.env }
       if (transports !== undefined) env.UCX_TLS = transports
       cpp = new CppPeer(spawn(binary, [uniqueName('cpp'), String(CPP_BUFFER), '240'], { env, stdio: ['pipe', 'pipe', 'pipe'] }))
-      await cpp.ready()
+      await cpp.start()
       expect(cpp.length).toBe(CPP_BUFFER)
       agent = await createAgent('interop', { engine: 'nixl', transports })
       pool = await agent.allocate(POOL)
@@ -346,5 +258,5 @@ describe.skipIf(absent !== null).each(TRANSPORTS)(`kvxfer (NIXL engine) and a NI
 
 afterAll(async () => {
   const built = compiled === undefined ? undefined : await settle(compiled)
-  if (built?.ok) rmSync(built.value.dir, { recursive: true, force: true })
+  if (built?.ok) rmSync(dirname(built.value), { recursive: true, force: true })
 })
