@@ -204,8 +204,14 @@ uint64_t NowNs() {
       .count();
 }
 
+// What a transfer ends with when its peer went away. UCS_ERR_CANCELED is
+// among them: the engine never cancels a transfer itself (closing and
+// forgetting report theirs first), but UCX 1.22 discards the requests
+// pending on a failed lane with it (ucp_discard_lane_ff), and they can
+// complete before the endpoint's error callback has run.
 bool IsPeerFailure(ucs_status_t s) {
   switch (s) {
+    case UCS_ERR_CANCELED:
     case UCS_ERR_UNREACHABLE:
     case UCS_ERR_CONNECTION_RESET:
     case UCS_ERR_ENDPOINT_TIMEOUT:
