@@ -7,17 +7,24 @@
 //   agents     M agents created, used once and closed, one after another;
 //   workers    W worker_threads, each opening an agent, starting a transfer and being
 //              terminated with the agent open.
-// Prints one line `RESULT {json}` with every phase's figures; exits 1 when a phase fails
-// outright (a transfer rejected, a notification missing).
+// Prints one line `RESULT {json}` with every phase's figures and the engine the agents ran on;
+// exits 1 when a phase fails outright (a transfer rejected, a notification missing).
+// KVXFER_SOAK_ENGINE=ucx|nixl picks the engine (default: the library's, NIXL where it loads).
 import { Worker, isMainThread, parentPort } from 'node:worker_threads'
 import { readFileSync, readdirSync } from 'node:fs'
 
 const LIB = new URL('../../dist/index.js', import.meta.url).href
+const ENGINE = process.env.KVXFER_SOAK_ENGINE
+
+/** Agent.create on the engine KVXFER_SOAK_ENGINE names, if any. */
+function createAgent(Agent, options = {}) {
+  return Agent.create(ENGINE ? { ...options, engine: ENGINE } : options)
+}
 
 if (!isMainThread) {
   const { Agent } = await import(LIB)
-  const a = await Agent.create()
-  const b = await Agent.create()
+  const a = await createAgent(Agent)
+  const b = await createAgent(Agent)
   const pool = await b.allocate(1 << 20)
   await a.loadPeer(b.metadata())
   const local = await a.register(Buffer.alloc(1 << 20))
@@ -68,8 +75,8 @@ async function main() {
 
   // transfers
   if (phases.has('transfers')) {
-    const a = await Agent.create({ name: `soak-a-${process.pid}` })
-    const b = await Agent.create({ name: `soak-b-${process.pid}` })
+    const a = await createAgent(Agent, { name: `soak-a-${process.pid}` })
+    const b = await createAgent(Agent, { name: `soak-b-${process.pid}` })
     const pool = await b.allocate(64 * 4096)
     const local = await a.register(Buffer.alloc(64 * 4096))
     await a.loadPeer(b.metadata())
@@ -121,8 +128,8 @@ async function main() {
 
   // in flight at once
   if (phases.has('inFlight')) {
-    const a = await Agent.create()
-    const b = await Agent.create()
+    const a = await createAgent(Agent)
+    const b = await createAgent(Agent)
     const pool = await b.allocate(IN_FLIGHT * 64)
     const local = await a.register(Buffer.alloc(IN_FLIGHT * 64, 7))
     await a.loadPeer(b.metadata())
@@ -137,7 +144,7 @@ async function main() {
 
   // agents created and closed
   if (phases.has('agents')) {
-    const peer = await Agent.create()
+    const peer = await createAgent(Agent)
     const pool = await peer.allocate(4096)
     let notifications = 0
     const abort = new AbortController()
@@ -150,7 +157,7 @@ async function main() {
     })()
     const before = measure()
     for (let i = 0; i < M; i++) {
-      const a = await Agent.create()
+      const a = await createAgent(Agent)
       await a.loadPeer(peer.metadata())
       // register() pushes the agent's metadata to the peer, and the notification is longer than
       // UCX's short messages: both reach the peer as messages of their own.
@@ -164,6 +171,7 @@ async function main() {
     await counting
     await peer.close()
     result.agents = { agents: M, notifications, before, after }
+    result.engine = peer.engine
     if (notifications !== M) failed = true
   }
 

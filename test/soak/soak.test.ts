@@ -7,18 +7,37 @@
 import { spawnSync } from 'node:child_process'
 import { join } from 'node:path'
 import { beforeAll, describe, expect, it } from 'vitest'
+import { NIXL_ABSENT, itUnlessKnownBug } from '../fixtures/index.js'
 
 const SOAK = join(__dirname, 'soak.mjs')
 interface Sample { rssMiB: number; heapTotalMiB: number; fds: number; mappings: number; sharedMappings: number; handles: number }
+interface AgentsPhase { before: Sample; after: Sample; notifications: number }
+/** The library's default engine, which the soak uses unless told: NIXL where it loads. */
+const DEFAULT_ENGINE = NIXL_ABSENT === null ? 'nixl' : 'ucx'
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+function runSoak(env: Record<string, string>): any {
+  const run = spawnSync(process.execPath, ['--expose-gc', SOAK], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 280_000 })
+  expect(run.status, run.stdout + run.stderr).toBe(0)
+  return JSON.parse(run.stdout.split('\n').find((l) => l.startsWith('RESULT '))!.slice('RESULT '.length))
+}
+
+/** Every agent pushed its metadata and sent a 1,000-byte notification: the long-lived peer keeps none of it. */
+function expectNothingKept({ before, after, notifications }: AgentsPhase): void {
+  expect(notifications).toBe(100)
+  expect(after.sharedMappings - before.sharedMappings).toBeLessThanOrEqual(2)
+  expect(after.mappings - before.mappings).toBeLessThanOrEqual(20)
+}
 
 describe('soak, short', { timeout: 300_000 }, () => {
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   let r: any
+  let ucxAgents: AgentsPhase
   beforeAll(() => {
-    const env = { ...process.env, KVXFER_SOAK_TRANSFERS: '50000', KVXFER_SOAK_AGENTS: '100', KVXFER_SOAK_WORKERS: '30' }
-    const run = spawnSync(process.execPath, ['--expose-gc', SOAK], { env, encoding: 'utf8', timeout: 280_000 })
-    expect(run.status, run.stdout + run.stderr).toBe(0)
-    r = JSON.parse(run.stdout.split('\n').find((l) => l.startsWith('RESULT '))!.slice('RESULT '.length))
+    r = runSoak({ KVXFER_SOAK_TRANSFERS: '50000', KVXFER_SOAK_AGENTS: '100', KVXFER_SOAK_WORKERS: '30' })
+    expect(r.engine).toBe(DEFAULT_ENGINE)
+    // Where the default is NIXL, the agents phase runs on the UCX engine too.
+    ucxAgents = DEFAULT_ENGINE === 'ucx' ? r.agents : runSoak({ KVXFER_SOAK_PHASES: 'agents', KVXFER_SOAK_AGENTS: '100', KVXFER_SOAK_ENGINE: 'ucx' }).agents
   }, 300_000)
 
   it('50,000 transfers with notifications: nothing lost, no growth after warm-up, no new fds or handles', () => {
@@ -41,16 +60,21 @@ describe('soak, short', { timeout: 300_000 }, () => {
     expect(after.handles - before.handles).toBeLessThanOrEqual(1)
   })
 
-  // Every agent pushed its metadata and sent a 1,000-byte notification, which over UCX's active
-  // messages made the peer's worker create an endpoint for it that it kept until this process
-  // exited (~3 shared mappings per agent: 1,000 agents 206 -> 3,435 mappings); they are tagged
-  // messages now (native/ucx/ucx_control.h). What is left is V8's heap.
-  it('100 agents created and closed: the long-lived peer they wrote to keeps nothing of them', () => {
-    const { before, after, notifications } = r.agents as { before: Sample; after: Sample; notifications: number }
-    expect(notifications).toBe(100)
-    expect(after.sharedMappings - before.sharedMappings).toBeLessThanOrEqual(2)
-    expect(after.mappings - before.mappings).toBeLessThanOrEqual(20)
+  // Over UCX's active messages, each of those made the peer's worker create an endpoint for the
+  // sender that it kept until this process exited (~3 shared mappings per agent: 1,000 agents
+  // 206 -> 3,435 mappings); the UCX engine sends tagged messages now (native/ucx/ucx_control.h).
+  // What is left is V8's heap.
+  it('ucx engine: 100 agents created and closed: the long-lived peer they wrote to keeps nothing of them', () => {
+    expectNothingKept(ucxAgents)
   })
+
+  // NIXL sends its notifications as UCX active messages (README "Peers and failures"): about 3
+  // shared mappings per agent stay.
+  if (DEFAULT_ENGINE === 'nixl') {
+    itUnlessKnownBug(true)('nixl engine: the same [known: NIXL\'s notifications are active messages; the peer keeps ~3 mappings per agent]', () => {
+      expectNothingKept(r.agents)
+    })
+  }
 
   it('30 worker_threads terminated with agents open: fds and handles stay (one-time ones aside)', () => {
     const { before, after } = r.workers as { before: Sample; after: Sample }
