@@ -5,7 +5,8 @@
 // 1 MiB copy takes). So in the loop's prepare phase, when the loop is about
 // to block, the JS thread looks for published events for up to the agent's
 // budget (Agent.create({ busyPollUs })), never past the loop's next timer,
-// yielding its core between looks. JS thread only.
+// yielding its core between looks. Where the cores are oversubscribed it
+// stops: see BeforeLoopSleeps. JS thread only.
 #pragma once
 
 #include <uv.h>
@@ -24,6 +25,10 @@ namespace loop {
 struct BusyPollWindow {
   uint64_t deadline_ns = 0;
   uint64_t last_exit_ns = 0;
+  // After a poll found the core taken by other threads: no polling before
+  // this time, for a pause that doubles while it keeps finding them.
+  uint64_t resume_ns = 0;
+  uint64_t backoff_ns = 0;
 };
 
 // What the busy poll did, for stats(): tells whether busyPollUs pays.
