@@ -102,7 +102,7 @@ export interface NativeAgent {
   release(transferId: number): void;
   notify(peer: string, message: Uint8Array): number;
   close(): number;
-  /** [polls, polls that found a completion, nanoseconds spent polling] */
+  /** [polls, polls that found a completion, nanoseconds spent polling, polls cut short by a taken core] */
   busyPollStats(): Float64Array;
   /** Keep the event loop alive while JS waits for something native. */
   hold(): void;

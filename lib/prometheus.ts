@@ -156,6 +156,7 @@ class MetricSet {
     perAgent('counter', 'busy_polls', 'Polls of the JS thread for completions before the event loop slept (busyPollUs).', (s) => s.busyPoll.polls);
     perAgent('counter', 'busy_poll_hits', 'Busy polls that found a completion (each a wake-up saved).', (s) => s.busyPoll.found);
     perAgent('counter', 'busy_poll_seconds', 'Time spent busy-polling.', (s) => s.busyPoll.us / 1e6);
+    perAgent('counter', 'busy_poll_contended', 'Busy polls cut short because other threads held the core (polling then pauses).', (s) => s.busyPoll.contended);
     this.#gauge('peer_failed', 'Peers found dead or unreachable (1) or not (0); under peer="other", how many of the rest are.', ['agent', 'peer'], (metric) => {
       for (const [entry, stats] of this.#scrape()) {
         const agent = entry.agent.name;

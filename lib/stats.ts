@@ -110,7 +110,7 @@ export class Stats {
   snapshot(regions: number, busyPoll: Float64Array): AgentStats {
     const peers: Record<string, PeerStats> = {};
     for (const [name, stats] of this.#peers) peers[name] = { ...stats };
-    const [polls, found, ns] = busyPoll;
+    const [polls, found, ns, contended] = busyPoll;
     const stats: AgentStats = {
       transfers: this.transfers,
       failures: this.failures,
@@ -121,7 +121,7 @@ export class Stats {
       notificationsReceived: this.notificationsReceived,
       regions,
       peers,
-      busyPoll: { polls, found, us: Math.round(ns / 1e3) },
+      busyPoll: { polls, found, us: Math.round(ns / 1e3), contended },
     };
     if (this.#telemetry !== undefined) stats.telemetry = { ...this.#telemetry };
     return stats;

@@ -258,5 +258,11 @@ export interface AgentStats {
     found: number;
     /** Microseconds spent polling. */
     us: number;
+    /**
+     * Polls cut short because other threads held the core (a yield came
+     * back late); after each the loop slept without polling for a while.
+     * Many of them: the cores are oversubscribed, polling is mostly off.
+     */
+    contended: number;
   };
 }

@@ -471,13 +471,14 @@ Napi::Value NativeAgent::Unhold(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// busyPollStats() -> [polls, found, ns]
+// busyPollStats() -> [polls, found, ns, contended]
 Napi::Value NativeAgent::BusyPollStats(const Napi::CallbackInfo& info) {
   const loop::BusyPollStats& stats = busy_poll_.stats();
-  Napi::Float64Array out = Napi::Float64Array::New(info.Env(), 3);
+  Napi::Float64Array out = Napi::Float64Array::New(info.Env(), 4);
   out[0] = stats.polls;
   out[1] = stats.found;
   out[2] = stats.ns;
+  out[3] = stats.contended;
   return out;
 }
 

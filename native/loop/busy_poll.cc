@@ -64,6 +64,7 @@ void BusyPoll::BeforeLoopSleeps(uv_loop_t* loop, const OwnerThread& owner) {
     look = back;
   }
   if (contended) {
+    stats_.contended += 1;
     window.backoff_ns = std::clamp(window.backoff_ns * 2, kFirstBackoffNs, kMaxBackoffNs);
     window.resume_ns = uv_hrtime() + window.backoff_ns;
   } else {

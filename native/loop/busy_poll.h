@@ -36,6 +36,8 @@ struct BusyPollStats {
   double polls = 0;
   double found = 0;
   double ns = 0;
+  // Polls cut short because other threads held the core.
+  double contended = 0;
 };
 
 class BusyPoll {

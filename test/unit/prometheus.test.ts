@@ -175,6 +175,7 @@ describe('collectMetrics', { timeout: 60_000 }, () => {
     expect(valueOf(e, 'kvxfer_busy_poll_hits_total', A)).toBeLessThanOrEqual(polls)
     expect(polls).toBeLessThanOrEqual(a.stats().busyPoll.polls)
     expect(valueOf(e, 'kvxfer_busy_poll_seconds_total', A)).toBeGreaterThanOrEqual(0)
+    expect(valueOf(e, 'kvxfer_busy_poll_contended_total', A)).toBeLessThanOrEqual(a.stats().busyPoll.contended)
     // The UCX engine has no NIXL telemetry to report.
     if (a.engine === 'ucx') expect([...e.type.keys()].filter((n) => n.includes('nixl'))).toEqual([])
 
