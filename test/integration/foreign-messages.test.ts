@@ -18,6 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Agent, Notification, PeerEvent, Region } from '../../dist/index.js'
 import { KiB, MiB, closeAll, createAgent, fillBytes, settle, sha256, within } from '../fixtures/index.js'
 import { LinePeer, compileFixture } from '../fixtures/native-peers.js'
+import { ucxMetadataFields } from '../fixtures/ucx-metadata.js'
 
 /** The compiler flags for UCX, or why the raw peer cannot be built here. */
 function findUcxFlags(): { cflags: string[]; libs: string[] } | string {
@@ -84,19 +85,6 @@ function revocation(incarnation: bigint, regions: Array<{ address: bigint; lengt
   return Buffer.concat([head, ...entries])
 }
 
-/** The name, incarnation and UCX worker address in a UCX metadata blob (native/ucx/ucx_metadata.h). */
-function identityOf(blob: Buffer): { name: string; incarnation: bigint; workerAddress: Buffer } {
-  expect(blob.subarray(0, 4).toString('latin1')).toBe('KVXM')
-  let at = 16
-  const nameLength = blob.readUInt16LE(at)
-  const name = blob.subarray(at + 2, at + 2 + nameLength).toString('utf8')
-  at += 2 + nameLength
-  const incarnation = blob.readBigUInt64LE(at)
-  at += 8 + 16 + 4 + 4 + 8 + 8
-  const length = blob.readUInt32LE(at)
-  return { name, incarnation, workerAddress: blob.subarray(at + 4, at + 4 + length) }
-}
-
 const TRANSPORTS = [
   { label: 'default transports', transports: undefined as string | undefined },
   { label: 'tcp', transports: 'tcp' as string | undefined },
@@ -121,7 +109,7 @@ describe.skipIf(absent !== null).each(TRANSPORTS)(`ucx engine: tagged messages f
       await honest.loadPeer(target.metadata())
       const env: NodeJS.ProcessEnv = { ...process.env }
       if (transports !== undefined) env.UCX_TLS = transports
-      const address = identityOf(target.metadata()).workerAddress
+      const address = ucxMetadataFields(target.metadata()).workerAddress
       raw = new LinePeer(spawn(binary, [hex(address)], { env, stdio: ['pipe', 'pipe', 'pipe'] }), 'ucx_raw_peer')
       await raw.ready()
     }, 180_000)
@@ -180,7 +168,7 @@ describe.skipIf(absent !== null).each(TRANSPORTS)(`ucx engine: tagged messages f
     })
 
     it('malformed frames under kvxfer tags, and ones claiming a loaded peer with another incarnation, are dropped', async () => {
-      const { name: honestName, incarnation } = identityOf(honest.metadata())
+      const { name: honestName, incarnation } = ucxMetadataFields(honest.metadata())
       const wrongIncarnation = incarnation ^ 1n
       const cases: Array<[string, number, Buffer]> = [
         ['frame version 1', NOTIFICATION, frame('bad-1', { version: 1 })],

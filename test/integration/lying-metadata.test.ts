@@ -6,36 +6,12 @@ import { crc32 } from 'node:zlib'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Agent, Region } from '../../dist/index.js'
 import { MiB, closeAll, createAgent, fillBytes, rejectsWith, sha256 } from '../fixtures/index.js'
-
-interface RegionEntry {
-  /** Byte offset of the entry's u64 address in the blob. */
-  at: number
-  address: bigint
-  length: bigint
-}
-
-/** The region entries of a UCX metadata blob (layout: native/ucx/ucx_metadata.h). */
-function regionsOf(blob: Buffer): RegionEntry[] {
-  expect(blob.subarray(0, 4).toString('latin1')).toBe('KVXM')
-  let at = 16
-  at += 2 + blob.readUInt16LE(at) // name
-  at += 8 + 16 + 4 + 4 + 8 + 8 // identity
-  at += 4 + blob.readUInt32LE(at) // worker address
-  const count = blob.readUInt32LE(at)
-  at += 4
-  const out: RegionEntry[] = []
-  for (let i = 0; i < count; i++) {
-    out.push({ at, address: blob.readBigUInt64LE(at), length: blob.readBigUInt64LE(at + 8) })
-    at += 8 + 8 + 1 + 3 + 4
-    at += 4 + blob.readUInt32LE(at) // key
-  }
-  return out
-}
+import { ucxMetadataFields } from '../fixtures/ucx-metadata.js'
 
 /** The blob with one region's address and length changed and its checksum made right again. */
 function withRegion(blob: Buffer, index: number, change: { address?: bigint; length?: bigint }): Buffer {
   const out = Buffer.from(blob)
-  const entry = regionsOf(out)[index]!
+  const entry = ucxMetadataFields(out).regions[index]!
   if (change.address !== undefined) out.writeBigUInt64LE(change.address, entry.at)
   if (change.length !== undefined) out.writeBigUInt64LE(change.length, entry.at + 8)
   out.writeUInt32LE(crc32(out.subarray(16, 16 + out.readUInt32LE(8))), 12)
@@ -57,7 +33,7 @@ describe('ucx engine: metadata whose regions lie about their memory', { timeout:
 
   it('a region longer than its memory, or starting before it, is ERR_BAD_METADATA; the honest blob loads and works', async () => {
     const honest = b.metadata()
-    const [region] = regionsOf(honest)
+    const [region] = ucxMetadataFields(honest).regions
     expect(region!.address).toBe(rb.address)
     // The tampered blobs pass the checksum: only the region check can refuse them.
     for (const lie of [
