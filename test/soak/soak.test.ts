@@ -7,7 +7,7 @@
 import { spawnSync } from 'node:child_process'
 import { join } from 'node:path'
 import { beforeAll, describe, expect, it } from 'vitest'
-import { NIXL_ABSENT, itUnlessKnownBug } from '../fixtures/index.js'
+import { NIXL_ABSENT, RESULT_PREFIX, itUnlessKnownBug } from '../fixtures/index.js'
 
 const SOAK = join(__dirname, 'soak.mjs')
 interface Sample { rssMiB: number; heapTotalMiB: number; fds: number; mappings: number; sharedMappings: number; handles: number }
@@ -19,7 +19,7 @@ const DEFAULT_ENGINE = NIXL_ABSENT === null ? 'nixl' : 'ucx'
 function runSoak(env: Record<string, string>): any {
   const run = spawnSync(process.execPath, ['--expose-gc', SOAK], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 280_000 })
   expect(run.status, run.stdout + run.stderr).toBe(0)
-  return JSON.parse(run.stdout.split('\n').find((l) => l.startsWith('RESULT '))!.slice('RESULT '.length))
+  return JSON.parse(run.stdout.split('\n').find((l) => l.startsWith(RESULT_PREFIX))!.slice(RESULT_PREFIX.length))
 }
 
 /** Every agent pushed its metadata and sent a 1,000-byte notification: the long-lived peer keeps none of it. */

@@ -12,9 +12,10 @@ import { randomBytes } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { Agent, info, type Region } from '../../dist/index.js'
 import {
-  ENGINES, KiB, MiB, NIXL_ABSENT, RESULT_PREFIX, closeAll, createAgent, createAgents, eachCase, exchangeMetadata, expectKvxferError,
-  fillBytes, fixturePath, rejectsWith, reportNixlSkipped, settle, sha256, throwsWith, uniqueName, within,
+  ENGINES, KiB, MiB, NIXL_ABSENT, closeAll, createAgent, createAgents, eachCase, exchangeMetadata, expectKvxferError, fillBytes,
+  rejectsWith, reportNixlSkipped, settle, sha256, throwsWith, uniqueName, within,
 } from '../fixtures/index.js'
+import { explain, runFixture } from '../fixtures/peers.js'
 
 // Every test here is bounded (30 s unless a suite sets its own).
 vi.setConfig({ testTimeout: 30_000, hookTimeout: 60_000 })
@@ -106,11 +107,11 @@ describe.each(ENGINES)('%s engine', (engine) => {
 
   // One core shared with a busy process (test/fixtures/busy-poll-load.mjs under taskset): a poll's
   // yield hands the core over and comes back late, so polling pauses. Before that rule every write
-  // polled (200 writes: 204 polls, none counted contended); now 94-136 polls, 30-42 contended.
-  it.skipIf(!hasTaskset)(`busy polling pauses where the core is taken by another process${hasTaskset ? '' : ' [skipped: no taskset]'}`, () => {
-    const run = spawnSync('taskset', ['-c', '0', process.execPath, fixturePath('busy-poll-load.mjs'), engine], { encoding: 'utf8', timeout: 60_000 })
-    expect(run.status, run.stdout + run.stderr).toBe(0)
-    const r = JSON.parse(run.stdout.split('\n').find((l) => l.startsWith(RESULT_PREFIX))!.slice(RESULT_PREFIX.length))
+  // polled (200 writes: 204 polls, none counted contended); now 94-139 polls, 29-42 contended.
+  it.skipIf(!hasTaskset)(`busy polling pauses where the core is taken by another process${hasTaskset ? '' : ' [skipped: no taskset]'}`, async () => {
+    const run = await runFixture('busy-poll-load.mjs', [engine], { via: ['taskset', '-c', '0'] })
+    expect(run.code, explain(run)).toBe(0)
+    const r = run.results[0] as { writes: number; bytesOk: boolean; busyPoll: { polls: number; contended: number } }
     expect(r.bytesOk, 'every write arrived').toBe(true)
     expect(r.busyPoll.contended, 'polls that found the core taken').toBeGreaterThan(0)
     expect(r.busyPoll.contended).toBeLessThanOrEqual(r.busyPoll.polls)
