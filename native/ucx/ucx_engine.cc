@@ -41,6 +41,7 @@ namespace {
 
 constexpr auto kShutdownDeadline = std::chrono::seconds(5);
 constexpr auto kQuietBeforeDestroy = std::chrono::milliseconds(100);
+constexpr auto kReceivesSettleDeadline = std::chrono::milliseconds(500);
 constexpr uint64_t kCloseDeferredLimitNs = 2000000000;
 constexpr int kCloseDeferredPollMs = 100;
 
@@ -926,11 +927,25 @@ class UcxEngine final : public Engine {
       // their buffers.
       const std::vector<UcxControlRecv*> receiving(control_recvs_.begin(), control_recvs_.end());
       for (UcxControlRecv* recv : receiving) ucp_request_cancel(worker_, recv->request);
+      // One UCX had matched already is not cancelled. An eager one finishes
+      // as its last fragments arrive; a rendezvous (only a sender that is not
+      // kvxfer sends one: kvxfer's own messages are eager) waits on its
+      // sender, and if that sender stopped, UCX 1.13 aborts the process
+      // destroying the worker while the endpoint to it still holds the
+      // request (ucp_ep.c:437, proto_reqs). So progress a while, for the rest
+      // to finish or for UCX to fail that endpoint; a worker still holding
+      // one then is left undestroyed, with its context: memory and
+      // descriptors lost to the process, rather than the process.
+      const auto settled_by = std::chrono::steady_clock::now() + kReceivesSettleDeadline;
+      while (!control_recvs_.empty() && std::chrono::steady_clock::now() < settled_by) ucp_worker_progress(worker_);
+      if (!control_recvs_.empty()) {
+        new std::shared_ptr<UcxContext>(std::move(context_holder_));  // never released
+        worker_ = nullptr;
+        context_ = nullptr;
+        event_fd_ = -1;
+        return;
+      }
       ucp_worker_destroy(worker_);
-      // One UCX had matched already cannot be cancelled; it went with the
-      // worker.
-      for (UcxControlRecv* recv : control_recvs_) delete recv;
-      control_recvs_.clear();
     }
     worker_ = nullptr;
     context_holder_.reset();  // ucp_cleanup, now or when the last allocation goes
