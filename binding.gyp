@@ -37,6 +37,7 @@
         "native/liveness.cc",
         "native/loop/busy_poll.cc",
         "native/process_copy.cc",
+        "native/shared_pages.cc",
         "native/progress.cc",
         "native/nixl/nixl_api.cc",
         "native/nixl/nixl_engine.cc",

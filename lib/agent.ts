@@ -92,6 +92,7 @@ export class Agent implements AsyncDisposable {
       busyPollUs: options.busyPollUs === undefined ? DEFAULT_BUSY_POLL_US : options.busyPollUs,
       peerTimeoutMs: options.peerTimeoutMs,
       pushUpdates: options.pushUpdates,
+      shareRegisteredMemory: options.shareRegisteredMemory,
     });
     try {
       await core.submit<void>('starting the agent', () => core.native.start(), options);
@@ -127,7 +128,7 @@ export class Agent implements AsyncDisposable {
         'registering memory',
         options,
         (id, address) => Region.adopt(core, { id, address, length: view.byteLength, kind: 'dram', device: 0, memory: view }),
-        () => core.native.registerMemory(view),
+        () => core.native.registerMemory(view, !(view.buffer instanceof SharedArrayBuffer)),
       );
     }
     const isFile = memory !== null && typeof memory === 'object' && (memory as FileMemory).kind === 'file';

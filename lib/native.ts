@@ -73,7 +73,8 @@ export type NativeEventHandler = (done: Float64Array, others: NativeEvent[]) => 
 export interface NativeAgent {
   start(): number;
   /** -> [token, regionId]; the completion's value is the region's address. */
-  registerMemory(bytes: Uint8Array): [number, number];
+  /** movable: no other thread writes the memory (not a SharedArrayBuffer). */
+  registerMemory(bytes: Uint8Array, movable: boolean): [number, number];
   registerAddress(kind: number, address: bigint, length: number | bigint, device: number): [number, number];
   allocate(length: number | bigint): [number, number];
   deregister(regionId: number): number;
@@ -119,6 +120,7 @@ export interface NativeAgentOptions {
   busyPollUs?: number;
   peerTimeoutMs?: number;
   pushUpdates?: boolean;
+  shareRegisteredMemory?: boolean;
 }
 
 /** @internal */

@@ -66,6 +66,23 @@ export interface AgentOptions extends OperationOptions {
    * and decide yourself who learns of what. Default true.
    */
   pushUpdates?: boolean;
+  /**
+   * UCX engine: move the whole pages of each registered Buffer, TypedArray
+   * or ArrayBuffer into shared memory where they make 1 MiB or more (up to
+   * 512 such buffers at a time), once, when it is
+   * registered, so that agents in other processes on this host copy into and
+   * out of it with memcpy, as into `allocate()`d memory, instead of the
+   * kernel's cross-process copy (a quarter of memcpy's speed on some
+   * kernels). The memory stays at its address with its bytes; the bytes
+   * before its first whole page and after its last go by the kernel copy.
+   * register() then copies the buffer's touched pages on the calling thread
+   * (about memcpy's speed); pages never written are not copied. Memory
+   * another thread writes while it is registered must not be registered
+   * (a SharedArrayBuffer is never moved). Off where the agent cannot copy
+   * across processes itself (transports without cma, KVXFER_UCX_DIRECT_COPY=0).
+   * Default true.
+   */
+  shareRegisteredMemory?: boolean;
 }
 
 /** Memory that is not a JS buffer: a CUDA allocation, or host memory the caller owns. */

@@ -24,6 +24,21 @@ namespace kvxfer {
 // backend; address is the file offset and device the file descriptor, as in
 // NIXL.
 
+// The whole pages of a registered JS buffer that this process placed in a
+// shared-memory file (shared_pages.h), so that an engine on this host maps
+// them and copies with memcpy: [begin, begin + length) of this process is
+// the file `fd` (inode `inode`) from `offset`. length 0: none.
+struct SharedPagesInfo {
+  uint64_t begin = 0;
+  uint64_t length = 0;
+  uint64_t offset = 0;
+  uint64_t inode = 0;
+  uint32_t fd = 0;
+  bool operator==(const SharedPagesInfo& o) const {
+    return begin == o.begin && length == o.length && offset == o.offset && inode == o.inode && fd == o.fd;
+  }
+};
+
 // Memory this agent registered. The agent (JS thread) owns it; the engine
 // fills in its handles on the owner thread.
 struct LocalRegion {
@@ -35,6 +50,8 @@ struct LocalRegion {
   // What a peer needs to reach this region (a packed UCX rkey). Written by
   // Register, read on the JS thread only after Register has completed.
   std::vector<uint8_t> remote_key;
+  // Set on the JS thread before the region is submitted.
+  SharedPagesInfo shared;
   // Set by Allocate: owns the memory. Buffer views share it, so the memory
   // stays mapped while a view of it is reachable, even after the region is
   // deregistered or the agent closed; the last holder frees it, on whatever
@@ -51,10 +68,14 @@ struct RemoteRegion {
   // Made and freed by the engine on the owner thread (UCX: the unpacked
   // rkey), read there by Post.
   void* engine_key = nullptr;
-  // UCX: where the region is mapped in this process when it is the peer's
-  // shared memory on this host (ucp_rkey_ptr), else null. Lives as long as
+  // UCX: where [mapped_begin, mapped_end) of the region is mapped in this
+  // process when that is the peer's shared memory on this host (all of it
+  // where UCX allocated it, ucp_rkey_ptr; the whole pages of a registered
+  // buffer the peer shared, SharedPagesInfo), else null. Lives as long as
   // engine_key.
   uint8_t* engine_mapped = nullptr;
+  uint64_t mapped_begin = 0;
+  uint64_t mapped_end = 0;
   // Its owner deregistered it (a revocation, or newer metadata without it):
   // descriptors into it are refused. JS thread only, like what follows.
   bool revoked = false;
@@ -156,6 +177,9 @@ struct EngineOptions {
   // Tell the kvxfer peers this agent loaded of each region it registers
   // (they merge it: EngineEvents::MetadataPushed on their side).
   bool push_updates = true;
+  // Move the whole pages of registered JS buffers into shared memory that
+  // peers on this host map (shared_pages.h); UCX engine only.
+  bool share_registered_memory = true;
 };
 
 // Newer metadata of a loaded peer, of the same incarnation, against what

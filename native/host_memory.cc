@@ -1,19 +1,31 @@
 #include "host_memory.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
 
 namespace kvxfer {
 
-bool ForEachMapping(const std::function<bool(const MappedRange&)>& visit) {
-  FILE* maps = std::fopen("/proc/self/maps", "r");
+bool ForEachMapping(const char* maps_path, const std::function<bool(const MappedRange&)>& visit) {
+  FILE* maps = std::fopen(maps_path, "r");
   if (maps == nullptr) return false;
   char line[512];
   while (std::fgets(line, sizeof line, maps) != nullptr) {
     MappedRange m;
     unsigned long from = 0, to = 0;
-    const bool parsed = std::sscanf(line, "%lx-%lx %4s", &from, &to, m.perms) == 3;
+    unsigned long long offset = 0, inode = 0;
+    int name_at = 0;
+    const bool parsed = std::sscanf(line, "%lx-%lx %4s %llx %x:%x %llu %n", &from, &to, m.perms, &offset,
+                                    &m.dev_major, &m.dev_minor, &inode, &name_at) == 7;
+    if (parsed && name_at > 0) {
+      const char* name = line + name_at;
+      const size_t n = std::min(std::strcspn(name, "\n"), sizeof m.name - 1);
+      std::memcpy(m.name, name, n);
+      m.name[n] = '\0';
+    }
+    m.offset = offset;
+    m.inode = inode;
     // Lines that do not end in a newline were longer than `line`: skip their rest.
     while (std::strchr(line, '\n') == nullptr && std::fgets(line, sizeof line, maps) != nullptr) {
     }

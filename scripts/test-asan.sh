@@ -41,7 +41,7 @@ CXX=${CXX:-g++}
 SHORT=(test/unit test/integration/transfer.test.ts test/integration/lifecycle.test.ts
   test/integration/errors.test.ts test/integration/lying-metadata.test.ts test/integration/peers.test.ts
   test/integration/kv-handoff.test.ts test/integration/metadata-updates.test.ts test/integration/side-channel.test.ts
-  test/integration/foreign-messages.test.ts
+  test/integration/foreign-messages.test.ts test/integration/shared-pages.test.ts
   test/faults/kill.test.ts test/faults/cancel.test.ts test/faults/load-forget.test.ts)
 # Sanitized on their own (test/native and test/fuzz build their own ASan +
 # UBSan binaries), opt-in measurements (test/soak), and this wrapper.

@@ -7,6 +7,7 @@
 #include "agent/convert.h"
 #include "agent/deliver.h"
 #include "agent/plan_builder.h"
+#include "ucx/ucx_defaults.h"
 
 namespace kvxfer {
 
@@ -69,6 +70,8 @@ NativeAgent::NativeAgent(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Nati
   }
   AgentConfig config = ToAgentConfig(env, info[1].As<Napi::Object>());
   engine_name_ = config.engine.engine;
+  share_pages_ = engine_name_ == "ucx" && config.engine.share_registered_memory &&
+                 CopiesAcrossProcesses(config.engine.transports);
   busy_poll_ = loop::BusyPoll(&addon_->busy_poll, config.busy_poll_ns);
   DefinePostFunction(info.This().As<Napi::Object>());
   OpenLoopHandles(env);
@@ -159,16 +162,22 @@ Napi::Value NativeAgent::SubmitRegister(RegionEntry* entry, bool allocate, bool 
   return Pair(Env(), token, entry->id);
 }
 
-// registerMemory(bytes: Uint8Array): JS memory, kept alive by the region.
+// registerMemory(bytes: Uint8Array, movable: boolean): JS memory, kept
+// alive by the region. Movable: no other thread writes it (not a
+// SharedArrayBuffer), so its whole pages may move into shared memory
+// (shared_pages.h), here on the JS thread, which is not writing it either.
 Napi::Value NativeAgent::RegisterMemory(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   CheckOpen(env);
   Napi::Uint8Array bytes = ToBytes(env, info[0], "memory");
   if (bytes.ByteLength() == 0) Throw(env, Code::kInvalidArg, "cannot register empty (or detached) memory");
+  const bool movable = info.Length() > 1 && info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
   RegionEntry* entry = tables_.regions().Add();
   entry->region.address = reinterpret_cast<uint64_t>(bytes.Data());
   entry->region.length = bytes.ByteLength();
   entry->pin = std::make_unique<JsPin>(info[0]);
+  entry->host = HostRegistration::Add(entry->region.address, entry->region.length, share_pages_ && movable);
+  entry->region.shared = entry->host->shared();
   return SubmitRegister(entry, false);
 }
 
@@ -190,6 +199,7 @@ Napi::Value NativeAgent::RegisterAddress(const Napi::CallbackInfo& info) {
   entry->region.length = length;
   entry->region.kind = kind;
   entry->region.device = device;
+  if (kind == MemKind::kDram) entry->host = HostRegistration::Add(address, length, false);
   return SubmitRegister(entry, false, true);
 }
 

@@ -97,6 +97,8 @@ class NativeAgent : public Napi::ObjectWrap<NativeAgent>, private TableEvents {
   std::shared_ptr<AgentLink> link_;
   std::string name_;
   std::string engine_name_;
+  // Registered JS buffers' pages move into shared memory (shared_pages.h).
+  bool share_pages_ = false;
   KvxferAddon* addon_ = nullptr;
   State state_ = State::kCreated;
   AgentTables tables_{this};

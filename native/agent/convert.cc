@@ -131,6 +131,11 @@ AgentConfig ToAgentConfig(Napi::Env env, Napi::Object o) {
     if (!push.IsBoolean()) Throw(env, Code::kInvalidArg, "pushUpdates must be a boolean");
     options.push_updates = push.As<Napi::Boolean>().Value();
   }
+  Napi::Value share = o.Get("shareRegisteredMemory");
+  if (!share.IsUndefined()) {
+    if (!share.IsBoolean()) Throw(env, Code::kInvalidArg, "shareRegisteredMemory must be a boolean");
+    options.share_registered_memory = share.As<Napi::Boolean>().Value();
+  }
   return config;
 }
 

@@ -24,6 +24,7 @@
 
 #include "descs.h"
 #include "engine.h"
+#include "shared_pages.h"
 #include "status.h"
 
 namespace kvxfer {
@@ -69,6 +70,9 @@ struct RegionEntry {
   State state = State::kRegistering;
   LocalRegion region;
   std::unique_ptr<Pin> pin;
+  // Host memory: its record among this process's registrations (and its
+  // shared pages, if moved). Goes with the entry, after the engine let go.
+  std::unique_ptr<HostRegistration> host;
   uint32_t users = 0;  // unreleased transfers using it
   // The plan builder's scratch: the last plan that counted this region.
   uint64_t plan_mark = 0;

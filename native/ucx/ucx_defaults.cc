@@ -30,6 +30,13 @@ bool AllowsCma(const std::string& tls) {
   return excluding != named;
 }
 
+bool CopiesAcrossProcesses(const std::string& transports) {
+  const char* direct = std::getenv("KVXFER_UCX_DIRECT_COPY");
+  if (direct != nullptr && std::strcmp(direct, "0") == 0) return false;
+  const char* env_tls = std::getenv("UCX_TLS");
+  return AllowsCma(!transports.empty() ? transports : env_tls != nullptr ? env_tls : "");
+}
+
 std::vector<std::pair<std::string, std::string>> UcxDefaults(const std::string& transports) {
   std::vector<std::pair<std::string, std::string>> settings;
   auto set = [&](const char* key, const char* value) {

@@ -22,4 +22,9 @@ bool AllowsSharedMemory(const std::string& tls);
 // all), or not excluded by a '^' list.
 bool AllowsCma(const std::string& tls);
 
+// Whether the UCX engine copies into and out of other processes on this host
+// itself (KVXFER_UCX_DIRECT_COPY not 0) with the kernel's copy allowed (cma
+// left in the agent's transports, or UCX_TLS where it has none).
+bool CopiesAcrossProcesses(const std::string& transports);
+
 }  // namespace kvxfer

@@ -27,6 +27,7 @@
 #include "engine.h"
 #include "host_memory.h"
 #include "process_copy.h"
+#include "shared_pages.h"
 #include "ucx/ucx_control.h"
 #include "ucx/ucx_defaults.h"
 #include "ucx/ucx_info.h"
@@ -268,11 +269,20 @@ struct UcxConn {
   struct KnownRegion {
     wire::RegionFields fields;
     std::vector<uint8_t> key;  // packed
+    SharedPagesInfo shared;
+    bool operator==(const KnownRegion& o) const {
+      return fields.address == o.fields.address && fields.length == o.fields.length && fields.kind == o.fields.kind &&
+             fields.device == o.fields.device && key == o.key && shared == o.shared;
+    }
   };
   std::vector<KnownRegion> known;
-  // Every key unpacked for the peer and not yet dropped: they go when the
-  // endpoint closes.
-  std::vector<ucp_rkey_h> keys;
+  // Every key unpacked for the peer and not yet dropped, with the peer's
+  // shared pages mapped for its region: they go when the endpoint closes.
+  struct Key {
+    ucp_rkey_h rkey;
+    PeerPages pages;
+  };
+  std::vector<Key> keys;
   // The peer's process, where this agent copies into and out of its memory
   // itself (ProcessCopy); 0 where it cannot (CrossMemoryPid), or once the
   // kernel refused it.
@@ -343,8 +353,7 @@ class UcxEngine final : public Engine {
     direct_copy_ = direct == nullptr || std::strcmp(direct, "0") != 0;
     const char* prefault = std::getenv("KVXFER_UCX_PREFAULT");
     prefault_ = prefault == nullptr || std::strcmp(prefault, "0") != 0;
-    const char* env_tls = std::getenv("UCX_TLS");
-    cma_ = direct_copy_ && AllowsCma(!options.transports.empty() ? options.transports : env_tls ? env_tls : "");
+    cma_ = direct_copy_ && CopiesAcrossProcesses(options.transports);
     control_header_ = PackControlHeader(identity_.incarnation, name_);
     ucp_config_t* config = nullptr;
     ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
@@ -577,9 +586,9 @@ class UcxEngine final : public Engine {
     auto* conn = static_cast<UcxConn*>(peer->engine_conn);
     if (conn == nullptr) return;
     for (const std::unique_ptr<RemoteRegion>& region : regions) {
-      auto key = std::find(conn->keys.begin(), conn->keys.end(), static_cast<ucp_rkey_h>(region->engine_key));
+      auto key = FindKey(conn, static_cast<ucp_rkey_h>(region->engine_key));
       if (key == conn->keys.end()) continue;  // gone with the endpoint
-      ucp_rkey_destroy(*key);
+      ucp_rkey_destroy(key->rkey);
       conn->keys.erase(key);
     }
   }
@@ -672,8 +681,9 @@ class UcxEngine final : public Engine {
     bool cross_process = false;
     for (const Segment& s : plan.segments) {
       if (s.remote_region == nullptr || s.local_region->kind != MemKind::kDram) return false;
-      if (s.remote_region->engine_mapped == nullptr) {
-        if (conn->cma_pid == 0 || s.remote_region->kind != MemKind::kDram) return false;
+      const RemoteRegion& r = *s.remote_region;
+      if (r.engine_mapped == nullptr || s.remote < r.mapped_begin || s.remote + s.length > r.mapped_end) {
+        if (conn->cma_pid == 0 || r.kind != MemKind::kDram) return false;
         cross_process = true;
       }
       total += s.length;
@@ -681,18 +691,26 @@ class UcxEngine final : public Engine {
     const bool streaming = plan.segments.size() > 1 && total >= kStreamingCopyBytes;
     ProcessCopy kernel(cross_process ? conn->cma_pid : 0, write);
     for (const Segment& s : plan.segments) {
-      if (s.remote_region->engine_mapped == nullptr) {
+      const RemoteRegion& r = *s.remote_region;
+      const uint64_t end = s.remote + s.length;
+      // The part in mapped memory (all of it, or the whole pages of a
+      // shared buffer) is copied here; the bytes around it by the kernel.
+      const uint64_t from_mapped = r.engine_mapped == nullptr ? end : std::max(s.remote, r.mapped_begin);
+      const uint64_t to_mapped = r.engine_mapped == nullptr ? end : std::min(end, r.mapped_end);
+      if (from_mapped >= to_mapped) {
         if (!kernel.Add(s.local, s.remote, s.length)) break;
         continue;
       }
-      uint8_t* remote = s.remote_region->engine_mapped + (s.remote - s.remote_region->address);
-      auto* local = reinterpret_cast<uint8_t*>(s.local);
+      if (from_mapped > s.remote && !kernel.Add(s.local, s.remote, from_mapped - s.remote)) break;
+      if (to_mapped < end && !kernel.Add(s.local + (to_mapped - s.remote), to_mapped, end - to_mapped)) break;
+      uint8_t* remote = r.engine_mapped + (from_mapped - r.mapped_begin);
+      auto* local = reinterpret_cast<uint8_t*>(s.local + (from_mapped - s.remote));
       uint8_t* to = write ? remote : local;
       const uint8_t* from = write ? local : remote;
       if (streaming) {
-        CopyStreaming(to, from, s.length);
+        CopyStreaming(to, from, to_mapped - from_mapped);
       } else {
-        std::memcpy(to, from, s.length);
+        std::memcpy(to, from, to_mapped - from_mapped);
       }
     }
     if (cross_process && !kernel.Finish()) return CrossMemoryFailed(kernel, op);
@@ -1081,11 +1099,15 @@ class UcxEngine final : public Engine {
     conn->engine->RequestDone(conn);
   }
 
+  static std::vector<UcxConn::Key>::iterator FindKey(UcxConn* conn, ucp_rkey_h rkey) {
+    return std::find_if(conn->keys.begin(), conn->keys.end(), [rkey](const UcxConn::Key& k) { return k.rkey == rkey; });
+  }
+
   // Undoes what UnpackRegions added so far: their keys destroyed, none kept.
   static void DropAdded(UcxConn* conn, PeerUpdate* update) {
     for (std::unique_ptr<RemoteRegion>& added : update->added) {
       auto key = static_cast<ucp_rkey_h>(added->engine_key);
-      conn->keys.erase(std::find(conn->keys.begin(), conn->keys.end(), key));
+      conn->keys.erase(FindKey(conn, key));
       ucp_rkey_destroy(key);
     }
     update->added.clear();
@@ -1097,14 +1119,14 @@ class UcxEngine final : public Engine {
     std::vector<UcxConn::KnownRegion> known;
     known.reserve(md.regions.size());
     std::vector<bool> kept(conn->known.size(), false);
+    std::vector<MappedRange> peer_maps;  // read once, for the first shared region
     for (const UcxMetadataRegion& r : md.regions) {
       UcxConn::KnownRegion region{{r.address, r.length, static_cast<uint8_t>(r.kind), r.device},
-                                  std::vector<uint8_t>(r.key, r.key + r.key_length)};
+                                  std::vector<uint8_t>(r.key, r.key + r.key_length),
+                                  r.shared};
       bool had = false;
       for (size_t i = 0; i < conn->known.size() && !had; ++i) {
-        const UcxConn::KnownRegion& k = conn->known[i];
-        had = !kept[i] && k.fields.address == region.fields.address && k.fields.length == region.fields.length &&
-              k.fields.kind == region.fields.kind && k.fields.device == region.fields.device && k.key == region.key;
+        had = !kept[i] && conn->known[i] == region;
         if (had) kept[i] = true;
       }
       known.push_back(std::move(region));
@@ -1115,7 +1137,7 @@ class UcxEngine final : public Engine {
         DropAdded(conn, update);
         return UcsError(Code::kBadMetadata, "unpacking a remote key of peer '" + md.name + "'", st);
       }
-      conn->keys.push_back(rkey);
+      conn->keys.push_back({rkey, {}});
       auto added = std::make_unique<RemoteRegion>();
       added->address = r.address;
       added->length = r.length;
@@ -1143,7 +1165,20 @@ class UcxEngine final : public Engine {
         }
         if (direct_copy_ && mapping == Mapping::kCovers) {
           added->engine_mapped = static_cast<uint8_t*>(mapped);
+          added->mapped_begin = r.address;
+          added->mapped_end = r.address + r.length;
           if (prefault_) PrefaultInBackground(mapped, r.length);
+        }
+      } else if (r.shared.length != 0 && conn->cma_pid != 0) {
+        // Checked against the peer's own mappings: pages that do not check
+        // out are reached by the kernel copy, as if not shared.
+        PeerPages pages = PeerPages::Map(conn->cma_pid, r.shared, &peer_maps);
+        if (pages.data() != nullptr) {
+          added->engine_mapped = pages.data();
+          added->mapped_begin = r.shared.begin;
+          added->mapped_end = r.shared.begin + r.shared.length;
+          if (prefault_) PrefaultInBackground(pages.data(), pages.length());
+          conn->keys.back().pages = std::move(pages);
         }
       }
       update->added.push_back(std::move(added));
@@ -1294,7 +1329,7 @@ class UcxEngine final : public Engine {
     --closing_;
     conn->endpoint = UcxConn::Endpoint::kClosed;
     conn->ep = nullptr;
-    for (ucp_rkey_h key : conn->keys) ucp_rkey_destroy(key);
+    for (UcxConn::Key& key : conn->keys) ucp_rkey_destroy(key.rkey);
     conn->keys.clear();
     if (conn->destroy_requested) ForgetConn(conn);
   }

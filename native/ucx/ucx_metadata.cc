@@ -18,8 +18,11 @@ constexpr size_t kHeaderSize = 16;
 constexpr uint32_t kMaxWorkerAddress = 64 * 1024;
 constexpr uint32_t kMaxKey = 64 * 1024;
 constexpr uint32_t kMaxRegions = 1u << 20;
-// The fixed part plus the u32 key length.
-constexpr size_t kRegionFixedSize = wire::kRegionFixedBytes + 4;
+// The fixed part, the u32 key length and the shared pages.
+constexpr size_t kSharedPagesBytes = 4 * 8 + 2 * 4;
+constexpr size_t kRegionFixedSize = wire::kRegionFixedBytes + 4 + kSharedPagesBytes;
+// Pages are multiples of this on every host.
+constexpr uint64_t kPageUnit = 4096;
 
 Status Bad(const std::string& why) {
   return Status::Error(Code::kBadMetadata, "malformed peer metadata: " + why);
@@ -42,6 +45,12 @@ std::vector<uint8_t> PackUcxMetadata(const std::string& name, const ProcessIdent
     wire::PutRegion(w, {r->address, r->length, static_cast<uint8_t>(r->kind), r->device});
     w.Put<uint32_t>(static_cast<uint32_t>(r->remote_key.size()));
     w.PutBytes(r->remote_key.data(), r->remote_key.size());
+    w.Put<uint64_t>(r->shared.begin);
+    w.Put<uint64_t>(r->shared.length);
+    w.Put<uint64_t>(r->shared.offset);
+    w.Put<uint64_t>(r->shared.inode);
+    w.Put<uint32_t>(r->shared.fd);
+    w.Put<uint32_t>(0);
   }
   const uint32_t body_length = static_cast<uint32_t>(blob.size() - kHeaderSize);
   const uint32_t crc = Crc32(blob.data() + kHeaderSize, body_length);
@@ -116,7 +125,23 @@ Status ParseUcxMetadata(const uint8_t* blob, size_t length, UcxMetadata* out) {
       return Bad("region " + std::to_string(i) + " key length");
     }
     region.key = r.Take(region.key_length);
+    SharedPagesInfo& shared = region.shared;
+    shared.begin = r.Get<uint64_t>();
+    shared.length = r.Get<uint64_t>();
+    shared.offset = r.Get<uint64_t>();
+    shared.inode = r.Get<uint64_t>();
+    shared.fd = r.Get<uint32_t>();
+    const uint32_t reserved = r.Get<uint32_t>();
     if (r.failed()) return Bad("truncated region " + std::to_string(i));
+    if (reserved != 0) return Bad("region " + std::to_string(i) + " reserved field is set");
+    // Whole pages inside the region, or nothing at all.
+    const bool none = shared.length == 0 && shared.begin == 0 && shared.offset == 0 && shared.inode == 0 &&
+                      shared.fd == 0;
+    const bool pages = shared.length != 0 && fields.kind == static_cast<uint8_t>(MemKind::kDram) &&
+                       shared.begin >= fields.address && shared.begin % kPageUnit == 0 &&
+                       shared.length % kPageUnit == 0 && shared.offset % kPageUnit == 0 &&
+                       shared.length <= fields.length && shared.begin - fields.address <= fields.length - shared.length;
+    if (!none && !pages) return Bad("region " + std::to_string(i) + " shared pages");
     md.regions.push_back(region);
   }
   if (r.left() != 0) return Bad("trailing bytes");

@@ -16,7 +16,10 @@
 //             u32 worker address length, worker address,
 //             u32 region count, regions:
 //               u64 address, u64 length, u8 kind, 3 bytes reserved,
-//               u32 device, u32 key length, key
+//               u32 device, u32 key length, key,
+//               shared pages (SharedPagesInfo, all 0 for none): u64 begin,
+//                 u64 length, u64 file offset, u64 inode, u32 fd,
+//                 u32 reserved
 #pragma once
 
 #include <cstdint>
@@ -28,7 +31,7 @@
 
 namespace kvxfer {
 
-constexpr uint16_t kUcxMetadataVersion = 3;
+constexpr uint16_t kUcxMetadataVersion = 4;
 
 struct UcxMetadataRegion {
   uint64_t address;
@@ -37,6 +40,7 @@ struct UcxMetadataRegion {
   uint32_t device;
   const uint8_t* key;  // points into the parsed blob
   uint32_t key_length;
+  SharedPagesInfo shared;
 };
 
 struct UcxMetadata {

@@ -31,6 +31,9 @@ try {
   await agent.register(new Uint8Array(4096))
   write('ucx_metadata', 'three-regions', agent.metadata())
   write('ucx_metadata', 'narrowed', agent.metadata({ regions: [pool] }))
+  // Whole pages of a large registered Buffer in shared memory: the region's shared-pages fields set.
+  await agent.register(Buffer.alloc(2 << 20))
+  write('ucx_metadata', 'shared-pages', agent.metadata())
 
   write('desc_list', 'one', DescList.from([buffer.slice(0, 4096)]).encode())
   write('desc_list', 'blocks', DescList.from(Array.from({ length: 16 }, (_, i) => pool.slice(i * 4096, 4096))).encode())
