@@ -1,4 +1,5 @@
 import * as os from 'node:os';
+import { isSharedArrayBuffer } from 'node:util/types';
 import { checkBounds } from './bounds';
 import { AgentCore } from './core';
 import { DescList, type DescLike } from './descs';
@@ -128,7 +129,8 @@ export class Agent implements AsyncDisposable {
         'registering memory',
         options,
         (id, address) => Region.adopt(core, { id, address, length: view.byteLength, kind: 'dram', device: 0, memory: view }),
-        () => core.native.registerMemory(view, !(view.buffer instanceof SharedArrayBuffer)),
+        // isSharedArrayBuffer, not instanceof: it holds for one from another realm too.
+        () => core.native.registerMemory(view, !isSharedArrayBuffer(view.buffer)),
       );
     }
     const isFile = memory !== null && typeof memory === 'object' && (memory as FileMemory).kind === 'file';

@@ -75,12 +75,15 @@ export interface AgentOptions extends OperationOptions {
    * kernel's cross-process copy (a quarter of memcpy's speed on some
    * kernels). The memory stays at its address with its bytes; the bytes
    * before its first whole page and after its last go by the kernel copy.
-   * register() then copies the buffer's touched pages on the calling thread
-   * (about memcpy's speed); pages never written are not copied. Memory
-   * another thread writes while it is registered must not be registered
-   * (a SharedArrayBuffer is never moved). Off where the agent cannot copy
-   * across processes itself (transports without cma, KVXFER_UCX_DIRECT_COPY=0).
-   * Default true.
+   * register() then copies the buffer's written pages on the calling
+   * thread (about what writing them the first time cost; pages never
+   * written are not copied), and the last deregistration of them copies
+   * them back to private memory. Turn it off for memory that another thread
+   * writes while it is registered, or that other code pinned for a device
+   * (cudaHostRegister, io_uring, another RDMA library): those writes, or
+   * that device, would miss the moved pages. A SharedArrayBuffer is never
+   * moved. Off where the agent cannot copy across processes itself
+   * (transports without cma, KVXFER_UCX_DIRECT_COPY=0). Default true.
    */
   shareRegisteredMemory?: boolean;
 }

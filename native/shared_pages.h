@@ -14,22 +14,29 @@
 // maps it (PeerPages). The bytes before the first whole page and after the
 // last stay private and go by the kernel copy.
 //
-// The pages stay in the file after deregistration: there is no way back to
-// private memory without a second copy, and a buffer that lives on keeps its
-// bytes. The file's memory goes with its last mapping (the buffer freed, the
-// peers' mappings dropped with the region). The file descriptor is closed
-// once no registration uses the pages.
+// When the last registration of the pages goes, they move back to private
+// memory the same way (the file's data copied out, its holes left as
+// untouched pages), so the buffer is what it was: memory the allocator may
+// free or reuse unshared, and a peer's late write into the file (before it
+// heard of the deregistration) no longer lands in it. The file is sealed
+// against shrinking: a peer that truncated it under our mapping would make
+// our next copy die of SIGBUS.
 //
-// What this costs and where it is off: a copy of the pages' resident bytes
-// on the JS thread when the buffer is registered (pages never touched are
-// skipped: the file reads as zeros there too); nothing where another live
+// What this costs and where it is off: a copy of the pages' written bytes
+// on the JS thread when the buffer is registered and again when its last
+// registration goes (pages never touched are skipped: the file reads as
+// zeros there too); the copy runs outside the registry's lock. Nothing where another live
 // registration of this process already covers some of the pages (moving
 // pages another registration may have pinned, for RDMA, would part it from
 // the memory), where the pages are not private anonymous read-write memory,
 // or for a SharedArrayBuffer (another thread may write it while the bytes
 // are copied). A buffer that another thread of this process writes into
 // while it is being registered (a pending fs.read into it) may lose those
-// writes: registering memory under a pending write is a race already.
+// writes: registering memory under a pending write is a race already. Pages
+// that other code pinned for DMA (cudaHostRegister, io_uring fixed buffers,
+// another RDMA library) must not move: its device would keep the old pages.
+// That cannot be seen from here, so it is documented, and
+// shareRegisteredMemory: false turns moving off.
 #pragma once
 
 #include <sys/types.h>

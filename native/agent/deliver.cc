@@ -54,6 +54,11 @@ void BatchTranslator::operator()(ev::Registered& e) {
     if (e.status.ok()) {
       *metadata_ = std::move(e.metadata);
       tables_->regions().MarkRegistered(*region);
+      // Memory the engine allocated (heap memory where UCX has no shared
+      // transport) is recorded too, before JS knows its address: a view of
+      // it registered elsewhere must not move pages this engine holds.
+      LocalRegion& r = (*region)->region;
+      if (r.memory && !(*region)->host) (*region)->host = HostRegistration::Add(r.address, r.length, false);
       o.Set("value", Napi::BigInt::New(env_, static_cast<uint64_t>((*region)->region.address)));
     } else {
       tables_->regions().Erase(*region);

@@ -1177,7 +1177,9 @@ class UcxEngine final : public Engine {
           added->engine_mapped = pages.data();
           added->mapped_begin = r.shared.begin;
           added->mapped_end = r.shared.begin + r.shared.length;
-          if (prefault_) PrefaultInBackground(pages.data(), pages.length());
+          // Not faulted in ahead, unlike a shared pool: that would fill
+          // the file's holes (a buffer registered before it was written,
+          // or a peer's huge sparse file) with memory charged to us.
           conn->keys.back().pages = std::move(pages);
         }
       }

@@ -5,11 +5,11 @@
 // it loaded the metadata, and every byte of a write or read lands, the ones around the whole
 // pages (still private, copied by the kernel) included. Metadata that lies about the shared pages
 // is either refused (malformed) or checked against the peer's real mappings and not trusted.
-import { readFileSync } from 'node:fs'
+import { closeSync, ftruncateSync, openSync, readFileSync } from 'node:fs'
 import { afterEach, describe, expect, it } from 'vitest'
 import { Agent, DescList, type Region } from '../../dist/index.js'
 import {
-  KiB, MiB, closeAll, createAgent, exchangeMetadata, fillBytes, rdesc, rejectsWith, sha256, sha256Slices, type Slice,
+  KiB, MiB, closeAll, createAgent, eventually, exchangeMetadata, fillBytes, rdesc, rejectsWith, sha256, sha256Slices, type Slice,
 } from '../fixtures/index.js'
 import { disposeAllPeers, spawnPeer, type Peer, type PeerRegion } from '../fixtures/peers.js'
 import { ucxMetadataFields, withFixedChecksum } from '../fixtures/ucx-metadata.js'
@@ -86,15 +86,27 @@ describe('ucx engine: registered Buffers in shared memory', { timeout: 60_000 },
     const held = sharedHolding(peer.pid, region)
     expect(held, 'its whole pages are in a kvxfer shared-memory file').toBeDefined()
 
+    // Sealed: a peer that maps the file cannot shrink it under our copies (SIGBUS).
+    const shared = ucxMetadataFields(Buffer.from(await peer.metadata())).regions.find((r) => r.address === region.address)!.shared
+    const opened = openSync(`/proc/${peer.pid}/fd/${shared.fd}`, 'r+')
+    try {
+      expect(() => ftruncateSync(opened, 0)).toThrow(/EPERM/)
+    } finally {
+      closeSync(opened)
+    }
+
     const initiator = await agent('shared-init')
     const name = await exchangeMetadata(initiator, peer)
     expect(sharedMappings('self').map((m) => m.inode), 'the peer\'s file mapped here').toContain(held!.inode)
 
     const memory = Buffer.alloc(size)
     const local = await initiator.register(memory)
+    expect(residentKb(held!.inode), 'not faulted in ahead').toBeLessThan(64)
     let want = sha256(fillBytes(memory, 6))
     await initiator.write(local, rdesc(region, 0, size), name)
     expect(await peer.hash(region)).toBe(want)
+    // Copied through that mapping (the kernel copy would leave it untouched).
+    expect(residentKb(held!.inode), 'written through the mapping').toBeGreaterThanOrEqual(4 * 1024 - 8)
 
     // Descriptors that cross the edges of the whole pages, and ones wholly outside them.
     const pages = wholePages(region.address, size)
@@ -124,6 +136,8 @@ describe('ucx engine: registered Buffers in shared memory', { timeout: 60_000 },
 
     expect(await peer.deregister(region, true)).toBe(true)
     expect(await peer.hashMemory(region)).toBe(region.filledHash)
+    expect(sharedHolding(peer.pid, region), 'its pages back in private memory').toBeUndefined()
+    await eventually('the revocation dropped the mapping here', () => !sharedMappings('self').some((m) => m.inode === first!.inode))
     const again = await peer.reregister(region)
     expect(again.address).toBe(region.address)
     const second = sharedHolding(peer.pid, again)
@@ -176,6 +190,13 @@ describe('ucx engine: registered Buffers in shared memory', { timeout: 60_000 },
     memory[3 * MiB + 17] = 2
     memory[size - 1] = 3
 
+    // Memory an engine allocated on the heap (no shared transport) is another registration too.
+    const heapAgent = await agent('shared-own-tcp', { transports: 'tcp' })
+    const pool = await heapAgent.allocate(8 * MiB)
+    const view = await a.register(pool.view())
+    expect(sharedHolding('self', view), 'allocate()d pages stay with their engine').toBeUndefined()
+    await view.deregister()
+
     const small = await a.register(memory.subarray(MiB, MiB + 64 * Number(KiB)))
     let whole = await a.register(memory)
     expect(sharedHolding('self', whole), 'another registration covers some of its pages').toBeUndefined()
@@ -192,7 +213,9 @@ describe('ucx engine: registered Buffers in shared memory', { timeout: 60_000 },
 
     // In b, a part of the same pages: the same file, no second move.
     const part = await b.register(memory.subarray(2 * MiB, 5 * MiB))
-    expect(sharedHolding('self', part)?.inode).toBe(file!.inode)
+    const partEntry = ucxMetadataFields(b.metadata()).regions.find((r) => r.address === part.address)!
+    expect(partEntry.shared.inode, 'b names a\'s file').toBe(BigInt(file!.inode))
+    expect(partEntry.shared.offset, 'at its pages\' place in it').toBe(wholePages(part.address, part.length).from - file!.from)
 
     // A peer in another process writes into b's part through that file.
     const peer = await spawnPeer({ engine: 'ucx' })
@@ -203,6 +226,14 @@ describe('ucx engine: registered Buffers in shared memory', { timeout: 60_000 },
     await peer.transfer('write', source, [[0, 3 * MiB]], [rdesc(part, 0, 3 * MiB)], b.name)
     expect(sha256(memory.subarray(2 * MiB, 5 * MiB))).toBe(want)
     expect(name).toBe(peer.name)
+
+    // Only the last of the two registrations moves the pages back, bytes kept.
+    const before = sha256(memory)
+    await whole.deregister()
+    expect(sharedHolding('self', part)?.inode).toBe(file!.inode)
+    await part.deregister()
+    expect(sharedMappings('self').some((m) => m.inode === file!.inode), 'no longer shared').toBe(false)
+    expect(sha256(memory)).toBe(before)
   })
 
   it('metadata that lies about the shared pages: malformed is ERR_BAD_METADATA; a wrong file, inode or offset is not mapped, and the kernel copy lands the bytes', async () => {
@@ -210,14 +241,26 @@ describe('ucx engine: registered Buffers in shared memory', { timeout: 60_000 },
     const region = await peer.register(4 * MiB + 300)
     const held = sharedHolding(peer.pid, region)!
     expect(held).toBeDefined()
+    // Private memory of the peer (not shared: too small), to be claimed as that file.
+    const other = await peer.register(64 * Number(KiB))
     const honest = Buffer.from(await peer.metadata())
-    const entry = ucxMetadataFields(honest).regions.find((r) => r.address === region.address)!
+    const entries = ucxMetadataFields(honest).regions
+    const entry = entries.find((r) => r.address === region.address)!
+    const otherEntry = entries.find((r) => r.address === other.address)!
     expect(entry.shared.length).toBeGreaterThan(0n)
+    expect(otherEntry.shared.length).toBe(0n)
     const lie = (change: (blob: Buffer, at: number) => void): Buffer => {
       const blob = Buffer.from(honest)
       change(blob, entry.sharedAt)
       return withFixedChecksum(blob)
     }
+    // The other region said to be the first pages of the file, with its fd and inode.
+    const otherLie = Buffer.from(honest)
+    otherLie.writeBigUInt64LE(wholePages(other.address, other.length).from, otherEntry.sharedAt)
+    otherLie.writeBigUInt64LE(PAGE * 4n, otherEntry.sharedAt + 8)
+    otherLie.writeBigUInt64LE(entry.shared.inode, otherEntry.sharedAt + 24)
+    otherLie.writeUInt32LE(entry.shared.fd, otherEntry.sharedAt + 32)
+    withFixedChecksum(otherLie)
     const malformed = [
       lie((blob, at) => blob.writeBigUInt64LE(entry.shared.begin - PAGE * 2n, at)), // starts before the region
       lie((blob, at) => blob.writeBigUInt64LE(entry.shared.length + PAGE * 4n, at + 8)), // ends past it
@@ -232,7 +275,7 @@ describe('ucx engine: registered Buffers in shared memory', { timeout: 60_000 },
       lie((blob, at) => blob.writeBigUInt64LE(entry.shared.inode + 1n, at + 24)), // another inode
       lie((blob, at) => blob.writeUInt32LE(0, at + 32)), // stdin: not a memfd
       lie((blob, at) => blob.writeUInt32LE(99_999, at + 32)), // no such descriptor
-      lie((blob, at) => blob.writeBigUInt64LE(PAGE, at + 16)), // the file, but shifted a page
+      lie((blob, at) => blob.writeBigUInt64LE(PAGE, at + 16)), // the file, but runs past its end
       lie((blob, at) => { // the file, but a page off
         blob.writeBigUInt64LE(entry.shared.begin + PAGE, at)
         blob.writeBigUInt64LE(entry.shared.length - PAGE, at + 8)
@@ -248,5 +291,18 @@ describe('ucx engine: registered Buffers in shared memory', { timeout: 60_000 },
       await initiator.write(local, rdesc(region, 0, region.length), name)
       expect(await peer.hash(region), `lie ${i}`).toBe(want)
     }
+    // The honest region maps; the one that claims the file over private memory does not.
+    const initiator = await agent('shared-lie-other')
+    const name = await initiator.loadPeer(otherLie)
+    const mine = sharedMappings('self').filter((m) => m.inode === held.inode)
+    expect(mine.length, 'only the honest region\'s pages').toBe(1)
+    expect(mine[0]!.to - mine[0]!.from).toBe(entry.shared.length)
+    const memory = Buffer.alloc(other.length)
+    const local = await initiator.register(memory)
+    const regionBefore = await peer.hash(region)
+    const want = sha256(fillBytes(memory, 30))
+    await initiator.write(local, rdesc(other, 0, other.length), name)
+    expect(await peer.hash(other)).toBe(want)
+    expect(await peer.hash(region), 'the file untouched by that write').toBe(regionBefore)
   })
 })
