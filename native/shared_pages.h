@@ -90,7 +90,6 @@ class PeerPages {
   ~PeerPages();
 
   uint8_t* data() const { return data_; }
-  uint64_t length() const { return length_; }
 
   // Maps the pages `info` describes in process `pid` where they check out:
   // the descriptor names a memfd with that inode, and `pid`'s maps show that
